@@ -1,0 +1,179 @@
+"""Connections: URLs, the embedded ``memory://`` server, and Redis error translation.
+
+``memory://`` (or ``memory://NAME``) opens an in-process fakeredis server that runs the same
+Lua scripts as a real Redis. Every provider of the process that opens the same URL shares it;
+it lives while one of them uses it. Its ``XREADGROUP BLOCK`` does not block, so readers on it
+wait on a :class:`WakeUps` notification that the script wrappers set after each enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import fakeredis
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from plait.workflows import ProviderUnavailableError
+
+T = TypeVar("T")
+
+logger = logging.getLogger("plait.redis")
+
+#: Errors that mean "Redis cannot be reached right now": retried, never leaked.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.TryAgainError,
+    ConnectionError,
+    OSError,
+)
+
+
+class WakeUps:
+    """In-process "a job was enqueued on this stream" notifications for ``memory://``."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def kick(self, key: str) -> None:
+        """Wake every reader waiting on ``key``."""
+        for event in self._events.get(key, ()):
+            event.set()
+
+    @asynccontextmanager
+    async def listening(self, key: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``key`` is kicked, for as long as the context lasts."""
+        event = asyncio.Event()
+        self._events.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self._events.get(key)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._events[key]
+
+
+@dataclass
+class _MemoryServer:
+    server: Any
+    wakeups: WakeUps = field(default_factory=WakeUps)
+    users: int = 0
+
+
+_MEMORY_SERVERS: dict[str, _MemoryServer] = {}
+
+
+@dataclass
+class Connection:
+    """A Redis client plus what the providers need to know about it.
+
+    Attributes:
+        client: the asyncio client (decode_responses is off: bytes in, bytes out).
+        wakeups: in-process wake-ups when the backend cannot block (``memory://``), else None.
+        owned: whether closing the connection closes the client.
+    """
+
+    client: aioredis.Redis
+    wakeups: WakeUps | None
+    owned: bool
+    memory_name: str | None = None
+
+    @property
+    def blocks(self) -> bool:
+        """Whether ``XREADGROUP BLOCK`` really blocks on this backend."""
+        return self.wakeups is None
+
+    def kick(self, key: str) -> None:
+        """Tell local readers of ``key`` that something was enqueued (``memory://`` only)."""
+        if self.wakeups is not None:
+            self.wakeups.kick(key)
+
+    async def aclose(self) -> None:
+        """Release the client (if owned) and the embedded server (when last user)."""
+        if self.owned:
+            await self.client.aclose()
+        if self.memory_name is not None:
+            entry = _MEMORY_SERVERS.get(self.memory_name)
+            if entry is not None:
+                entry.users -= 1
+                if entry.users <= 0:
+                    del _MEMORY_SERVERS[self.memory_name]
+
+
+def connect(url: str, *, connect_timeout: float) -> Connection:
+    """Open a connection for ``url`` (``redis://``, ``rediss://``, ``unix://``, ``memory://``)."""
+    if url.startswith("memory://"):
+        name = url[len("memory://") :] or "default"
+        entry = _MEMORY_SERVERS.get(name)
+        if entry is None:
+            entry = _MEMORY_SERVERS[name] = _MemoryServer(fakeredis.FakeServer())
+        entry.users += 1
+        client = fakeredis.FakeAsyncRedis(server=entry.server)
+        return Connection(client, entry.wakeups, owned=True, memory_name=name)
+    client = aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=30,
+    )
+    return Connection(client, None, owned=True)
+
+
+def wrap(client: aioredis.Redis) -> Connection:
+    """A connection around a client the caller owns (never closed by plait)."""
+    wakeups = None
+    if isinstance(client, fakeredis.FakeAsyncRedis):
+        wakeups = WakeUps()
+    return Connection(client, wakeups, owned=False)
+
+
+async def call_until(
+    operation: Callable[[], Awaitable[T]], *, timeout: float, what: str = "redis"
+) -> T:
+    """Run ``operation``, retrying connection errors with backoff for up to ``timeout`` seconds.
+
+    Raises:
+        ProviderUnavailableError: Redis stayed unreachable for ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except CONNECTION_ERRORS as error:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProviderUnavailableError(f"{what}: Redis unreachable: {error}") from error
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+
+async def call_forever(
+    operation: Callable[[], Awaitable[T]], *, what: str, stopping: Callable[[], bool]
+) -> T | None:
+    """Run a background ``operation`` until it succeeds, retrying connection errors.
+
+    Used by workers for transitions that must never be dropped. Returns None only when
+    ``stopping()`` turns true while Redis is unreachable (the job is then left to reclaim).
+    """
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except CONNECTION_ERRORS as error:
+            if stopping():
+                logger.warning("%s: giving up while stopping: %s", what, error)
+                return None
+            logger.warning("%s: Redis unreachable (%s), retrying in %.2fs", what, error, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)

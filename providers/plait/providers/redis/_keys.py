@@ -1,0 +1,91 @@
+"""The whole Redis key schema of plait, in one place.
+
+Every key of a workflow shares the hash tag ``{<workflow>}`` so that each Lua script touches a
+single slot and stays valid on Redis Cluster::
+
+    <prefix>:{<wf>}:jobs              stream of step attempts, read by the group ``plait``
+    <prefix>:{<wf>}:delayed           zset "run|job|token" -> due ms (retries with backoff)
+    <prefix>:{<wf>}:deadlines         zset run id -> deadline ms
+    <prefix>:{<wf>}:active            zset run id -> created ms (runs not finished yet)
+    <prefix>:{<wf>}:caps              JSON: which handlers the consumers have (on_complete...)
+    <prefix>:{<wf>}:dead              stream of dead-lettered entries, with a reason
+    <prefix>:{<wf>}:finished          pub/sub channel: "run|STATUS" when a run ends
+    <prefix>:{<wf>}:cancel            pub/sub channel: run id when running steps must stop
+    <prefix>:{<wf>}:idem:<key>        string "run|input hash"
+    <prefix>:{<wf>}:run:<id>          hash: the run record (status, plan, per-job fields)
+    <prefix>:{<wf>}:run:<id>:results  hash: step -> JSON result
+    <prefix>:{<wf>}:run:<id>:events   stream of RunEvents (watch)
+
+Lua scripts receive the run hash as KEYS[1] and ``base`` (``<prefix>:{<wf>}:``) as ARGV[1]
+and derive the other keys of the same slot from it, which keeps calls short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "plait"
+"""The consumer group every instance reads step streams through."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowKeys:
+    """Keys of one workflow under one prefix."""
+
+    prefix: str
+    workflow: str
+
+    @property
+    def base(self) -> str:
+        """Common start of every key of this workflow (carries the hash tag)."""
+        return f"{self.prefix}:{{{self.workflow}}}:"
+
+    @property
+    def jobs(self) -> str:
+        return self.base + "jobs"
+
+    @property
+    def delayed(self) -> str:
+        return self.base + "delayed"
+
+    @property
+    def deadlines(self) -> str:
+        return self.base + "deadlines"
+
+    @property
+    def active(self) -> str:
+        return self.base + "active"
+
+    @property
+    def caps(self) -> str:
+        return self.base + "caps"
+
+    @property
+    def dead(self) -> str:
+        return self.base + "dead"
+
+    @property
+    def finished_channel(self) -> str:
+        return self.base + "finished"
+
+    @property
+    def cancel_channel(self) -> str:
+        return self.base + "cancel"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.base}idem:{key}"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.base}run:{run_id}"
+
+    def results(self, run_id: str) -> str:
+        return f"{self.base}run:{run_id}:results"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.base}run:{run_id}:events"
+
+
+def workflow_of(run_id: str) -> str:
+    """The workflow name carried by a run id (``<workflow>.<hex>``)."""
+    workflow, dot, _ = run_id.rpartition(".")
+    return workflow if dot else ""

@@ -1,0 +1,230 @@
+"""Workflow definitions: pure, immutable data shared by emitters and consumers."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from ._errors import InvalidDefinitionError, NonRetryableError, qualified_name
+
+__all__ = ["RetryPolicy", "Step", "Workflow"]
+
+InputT = TypeVar("InputT", bound=BaseModel)
+OutputT = TypeVar("OutputT")
+
+STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How often and how fast a failed attempt is tried again.
+
+    The delay before attempt ``n + 1`` is ``initial_interval * backoff ** (n - 1)``, capped at
+    ``max_interval``. Retries wait in a delayed set in Redis, never in a sleeping worker.
+    """
+
+    max_attempts: int = 3
+    """Total attempts, the first included (1 means no retry)."""
+    initial_interval: timedelta = timedelta(seconds=1)
+    """Delay before the second attempt."""
+    backoff: float = 2.0
+    """Factor applied to the delay after each failed attempt."""
+    max_interval: timedelta = timedelta(seconds=60)
+    """Upper bound of any delay."""
+    non_retryable: tuple[type[BaseException] | str, ...] = ()
+    """Exception classes (or ``"module.QualName"`` strings) that fail the step at once."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidDefinitionError("RetryPolicy.max_attempts must be >= 1")
+        if self.backoff < 1:
+            raise InvalidDefinitionError("RetryPolicy.backoff must be >= 1")
+        if self.initial_interval < timedelta(0) or self.max_interval < timedelta(0):
+            raise InvalidDefinitionError("RetryPolicy intervals must not be negative")
+
+    def delay(self, attempt: int) -> timedelta:
+        """The delay after failed attempt number ``attempt`` (1-based)."""
+        seconds = self.initial_interval.total_seconds() * self.backoff ** max(attempt - 1, 0)
+        return min(timedelta(seconds=seconds), self.max_interval)
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """False for :class:`NonRetryableError` and the classes listed in ``non_retryable``."""
+        if isinstance(error, NonRetryableError):
+            return False
+        names = {qualified_name(kind) for kind in type(error).__mro__}
+        for entry in self.non_retryable:
+            if isinstance(entry, str):
+                if entry in names or _resolves_to_base(entry, error):
+                    return False
+            elif isinstance(error, entry):
+                return False
+        return True
+
+
+def _resolves_to_base(dotted: str, error: BaseException) -> bool:
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        return False
+    try:
+        kind = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(kind, type) and isinstance(error, kind)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a workflow, with its options.
+
+    Args:
+        name: matches ``^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$``, unique in its workflow.
+        retry: the step's retry policy (default: the provider's).
+        timeout: limit of one attempt (default: only the run's deadline).
+        output: a pydantic model the step's result is validated into in ``ctx.results``.
+        rollback_retry: retry policy of the step's rollback (default: ``retry``).
+        rate_limit: at most ``n`` starts per ``period`` across all instances.
+    """
+
+    name: str
+    retry: RetryPolicy | None = field(default=None, kw_only=True)
+    timeout: timedelta | None = field(default=None, kw_only=True)
+    output: type[BaseModel] | None = field(default=None, kw_only=True)
+    rollback_retry: RetryPolicy | None = field(default=None, kw_only=True)
+    rate_limit: tuple[int, timedelta] | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not STEP_NAME.match(self.name):
+            raise InvalidDefinitionError(
+                f"invalid step name {self.name!r}: must match {STEP_NAME.pattern}"
+            )
+        if self.timeout is not None and self.timeout <= timedelta(0):
+            raise InvalidDefinitionError(f"step {self.name!r}: timeout must be positive")
+        if self.rate_limit is not None:
+            count, period = self.rate_limit
+            if count < 1 or period <= timedelta(0):
+                raise InvalidDefinitionError(f"step {self.name!r}: invalid rate_limit")
+
+
+class Workflow(Generic[InputT, OutputT]):
+    """An immutable workflow definition: named groups of steps run in order.
+
+    ``.step()`` and ``.parallel()`` return a new definition, so a definition can be shared
+    freely between emitters and consumers::
+
+        place_order = (
+            Workflow("place-order", input=Order, output=Receipt)
+            .step("reserve", retry=RetryPolicy(max_attempts=5))
+            .parallel("charge", "notify")
+            .step("ship")
+        )
+
+    Args:
+        name: the workflow's name, unique in a prefix.
+        input: the pydantic model of the run's input.
+        output: the model the run's result is validated into (``None``: plain JSON).
+        concurrency: at most this many running steps of this workflow across all instances.
+    """
+
+    __slots__ = ("concurrency", "groups", "input", "name", "output")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[InputT],  # noqa: A002 - the contract's name
+        output: type[OutputT] | None = None,
+        concurrency: int | None = None,
+        _groups: tuple[tuple[Step, ...], ...] = (),
+    ) -> None:
+        if not isinstance(name, str) or not WORKFLOW_NAME.match(name):
+            raise InvalidDefinitionError(
+                f"invalid workflow name {name!r}: must match {WORKFLOW_NAME.pattern}"
+            )
+        if not (isinstance(input, type) and issubclass(input, BaseModel)):
+            raise InvalidDefinitionError(f"workflow {name!r}: input must be a pydantic model")
+        if concurrency is not None and concurrency < 1:
+            raise InvalidDefinitionError(f"workflow {name!r}: concurrency must be >= 1")
+        self.name = name
+        self.input: type[InputT] = input
+        self.output: type[OutputT] | None = output
+        self.concurrency = concurrency
+        self.groups: tuple[tuple[Step, ...], ...] = _groups
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if hasattr(self, "groups"):
+            raise AttributeError("Workflow definitions are immutable")
+        object.__setattr__(self, key, value)
+
+    def __repr__(self) -> str:
+        plan = " -> ".join("|".join(s.name for s in g) for g in self.groups) or "(no steps)"
+        return f"Workflow({self.name!r}: {plan})"
+
+    def step(
+        self,
+        name: str | Step,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+        output: type[BaseModel] | None = None,
+        rollback_retry: RetryPolicy | None = None,
+        rate_limit: tuple[int, timedelta] | None = None,
+    ) -> Workflow[InputT, OutputT]:
+        """Return a new definition with one more sequential step."""
+        if isinstance(name, Step):
+            step = name
+        else:
+            step = Step(
+                name,
+                retry=retry,
+                timeout=timeout,
+                output=output,
+                rollback_retry=rollback_retry,
+                rate_limit=rate_limit,
+            )
+        return self._extend((step,))
+
+    def parallel(self, *steps: str | Step) -> Workflow[InputT, OutputT]:
+        """Return a new definition with a group of two or more steps run concurrently."""
+        if len(steps) < 2:
+            raise InvalidDefinitionError(
+                f"workflow {self.name!r}: parallel() needs at least two steps"
+            )
+        return self._extend(tuple(s if isinstance(s, Step) else Step(s) for s in steps))
+
+    def _extend(self, group: tuple[Step, ...]) -> Workflow[InputT, OutputT]:
+        seen = {s.name for s in self.steps}
+        for step in group:
+            if step.name in seen:
+                raise InvalidDefinitionError(
+                    f"workflow {self.name!r}: duplicate step name {step.name!r}"
+                )
+            seen.add(step.name)
+        return Workflow(
+            self.name,
+            input=self.input,
+            output=self.output,
+            concurrency=self.concurrency,
+            _groups=(*self.groups, group),
+        )
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """Every step, in definition order."""
+        return tuple(step for group in self.groups for step in group)
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def get_step(self, name: str) -> Step:
+        """The step called ``name``; ``KeyError`` when there is none."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)

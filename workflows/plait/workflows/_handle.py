@@ -1,0 +1,159 @@
+"""Handles on runs, and what they report: status, step timeline, live events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from ._errors import WorkflowStepError
+from ._protocols import RunBackend
+
+__all__ = ["RunEvent", "RunInfo", "StepInfo", "WorkflowHandle", "WorkflowStatus"]
+
+OutputT = TypeVar("OutputT")
+
+
+class WorkflowStatus(StrEnum):
+    """Where a run is in its life. The last four are final."""
+
+    PENDING = "PENDING"
+    """Created; no step attempt has started yet."""
+    RUNNING = "RUNNING"
+    """At least one step attempt started."""
+    COMPENSATING = "COMPENSATING"
+    """Failing, timing out or cancelled: rollbacks are running."""
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the run has ended."""
+        return self in _FINAL
+
+
+_FINAL = frozenset(
+    {
+        WorkflowStatus.COMPLETED,
+        WorkflowStatus.FAILED,
+        WorkflowStatus.CANCELLED,
+        WorkflowStatus.TIMED_OUT,
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepInfo:
+    """One job of a run (a step, a rollback, ``on_complete`` or ``on_error``) as recorded."""
+
+    name: str
+    """The step name; rollbacks are ``rollback:<step>``, plus ``on_complete`` and ``on_error``."""
+    state: str
+    """queued, running, retrying, completed, failed, cancelled or skipped."""
+    attempts: int
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: WorkflowStepError | None = None
+    """The last failure of this job, if any."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    """A snapshot of a run, from :meth:`WorkflowHandle.describe`."""
+
+    run_id: str
+    workflow: str
+    status: WorkflowStatus
+    created_at: datetime
+    finished_at: datetime | None
+    deadline: datetime | None
+    meta: Mapping[str, str]
+    steps: Mapping[str, StepInfo]
+    """Every job that was scheduled, in the order it was first scheduled."""
+    completion_order: tuple[str, ...] = ()
+    """Completed steps, in the order they completed."""
+    error: WorkflowStepError | None = None
+    """The step error that failed the run, if one did."""
+    rollback_errors: tuple[WorkflowStepError, ...] = field(default=())
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunEvent:
+    """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
+
+    ``kind`` is one of ``run.started``, ``step.started``, ``step.progress``, ``step.completed``,
+    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``.
+    """
+
+    kind: str
+    step: str | None
+    attempt: int | None
+    at: datetime
+    data: Mapping[str, Any]
+
+
+class WorkflowHandle(Generic[OutputT]):
+    """A reference to one run, usable from any instance.
+
+    Attributes:
+        run_id: the run's id.
+        workflow: the workflow's name.
+        created: False when an idempotency key attached this call to an existing run.
+    """
+
+    def __init__(
+        self,
+        backend: RunBackend,
+        run_id: str,
+        workflow: str,
+        *,
+        created: bool = True,
+        output: type[OutputT] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.created = created
+        self._backend = backend
+        self._output = output
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow!r}, run_id={self.run_id!r})"
+
+    async def status(self) -> WorkflowStatus:
+        """The run's current status (``RunNotFoundError`` if it does not exist)."""
+        return await self._backend.run_status(self.workflow, self.run_id)
+
+    async def result(self, timeout: timedelta | float | None = None) -> OutputT:
+        """Wait for the run to end and return its result, or raise its error.
+
+        Args:
+            timeout: how long to wait; on expiry the builtin ``TimeoutError`` is raised and
+                the run goes on.
+
+        Raises:
+            WorkflowStepError, WorkflowRollbackError, WorkflowTimeoutError,
+            WorkflowCancelledError: how the run ended.
+            ProviderClosedError: the provider stopped while waiting.
+        """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        value = await self._backend.run_result(self.workflow, self.run_id, self._output, seconds)
+        return value  # type: ignore[no-any-return]
+
+    async def cancel(self) -> bool:
+        """Cancel the run: compensate completed steps and end it CANCELLED.
+
+        Returns False when the run had already ended.
+        """
+        return await self._backend.cancel_run(self.workflow, self.run_id)
+
+    async def describe(self) -> RunInfo:
+        """The run's status, per-step states, attempts, errors and timings."""
+        return await self._backend.describe_run(self.workflow, self.run_id)
+
+    def watch(self) -> AsyncIterator[RunEvent]:
+        """Replay the run's events from its start, then follow live; ends after ``finished``."""
+        return self._backend.watch_run(self.workflow, self.run_id)
