@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import fakeredis
-import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
+import redis.asyncio as aioredis
 from plait.workflows import ProviderUnavailableError
+from redis import exceptions as redis_errors
 
 T = TypeVar("T")
 
@@ -119,8 +119,8 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         if entry is None:
             entry = _MEMORY_SERVERS[name] = _MemoryServer(fakeredis.FakeServer())
         entry.users += 1
-        client = fakeredis.FakeAsyncRedis(server=entry.server)
-        return Connection(client, entry.wakeups, owned=True, memory_name=name)
+        fake = fakeredis.FakeAsyncRedis(server=entry.server)
+        return Connection(fake, entry.wakeups, owned=True, memory_name=name)
     client = aioredis.Redis.from_url(
         url,
         socket_connect_timeout=connect_timeout,

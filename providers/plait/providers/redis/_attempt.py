@@ -1,0 +1,226 @@
+"""One attempt of one job: its context, the handler call, and what the outcome means.
+
+A job is a step, a rollback (``~rb:<step>``), ``on_complete`` (``~complete``) or ``on_error``
+(``~error``). This module knows how to call each kind of handler and how to turn what it
+returned or raised into the JSON result or the wire error and retry delay the scripts record.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ValidationError
+
+from plait.workflows import (
+    NonRetryableError,
+    RetryPolicy,
+    StepContext,
+    WorkflowConsumer,
+    WorkflowContext,
+    WorkflowError,
+    WorkflowStepError,
+)
+from plait.workflows._errors import step_error_from_exception, step_error_to_wire
+
+from ._codec import COMPLETE, ERROR, ROLLBACK, decode_result, encode_result, error_step_name
+from ._scripts import Job, Started
+
+
+class ResultNotSerializableError(NonRetryableError):
+    """A handler returned a value that cannot be stored as JSON (never retried)."""
+
+
+class InvalidResultError(NonRetryableError):
+    """``on_complete`` returned a value that does not validate as the workflow's output."""
+
+
+class InvalidStoredInputError(NonRetryableError):
+    """The run's stored input no longer validates as the workflow's input model."""
+
+
+class UnknownJobError(NonRetryableError):
+    """The consumer on this instance has no handler for the job (a version mismatch)."""
+
+
+class WorkerLostError(Exception):
+    """The instance running an attempt stopped renewing its lease and the attempt was reclaimed.
+
+    Recorded with ``cause_type="plait.WorkerLost"``.
+    """
+
+
+class StepTimeoutError(TimeoutError):
+    """The attempt ran past its step timeout and was cancelled."""
+
+
+class RunStoppedError(Exception):
+    """The attempt was cancelled because its run left RUNNING (cancel, deadline, a failure)."""
+
+
+class AttemptSupersededError(WorkflowError):
+    """A fenced write (``save_progress``) came from an attempt that is no longer the live one."""
+
+
+def cause_type_of(error: BaseException) -> str | None:
+    """The stable wire type of plait's own causes (``plait.WorkerLost``), else None."""
+    return "plait.WorkerLost" if isinstance(error, WorkerLostError) else None
+
+
+class Handlers:
+    """Calls the handlers of one consumer and judges their outcomes."""
+
+    def __init__(self, consumer: WorkflowConsumer[Any, Any], default_retry: RetryPolicy) -> None:
+        self.consumer = consumer
+        self.definition = consumer.definition
+        self._default_retry = default_retry
+        self._outputs = {step.name: step.output for step in self.definition.steps}
+
+    def knows(self, job: str) -> bool:
+        """Whether this consumer can run ``job`` (missing rollbacks and hooks are no-ops)."""
+        if job.startswith("~"):
+            return job in (COMPLETE, ERROR) or job[len(ROLLBACK) :] in self._outputs
+        return job in self.consumer.steps
+
+    def policy(self, job: str) -> RetryPolicy:
+        """The retry policy of a job: its step's, its rollback's, or the provider default."""
+        if job.startswith(ROLLBACK):
+            step = self.definition.get_step(job[len(ROLLBACK) :])
+            return step.rollback_retry or step.retry or self._default_retry
+        if job.startswith("~"):
+            return self._default_retry
+        return self.definition.get_step(job).retry or self._default_retry
+
+    def timeout(self, job: str) -> float | None:
+        """The step timeout of a job in seconds (rollbacks use their step's), or None."""
+        name = job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job
+        if name.startswith("~"):
+            return None
+        limit = self.definition.get_step(name).timeout
+        return limit.total_seconds() if limit is not None else None
+
+    def retry_delay_ms(self, job: str, attempt: int, error: BaseException) -> int:
+        """Milliseconds until the next attempt, or -1 when the job has failed for good."""
+        policy = self.policy(job)
+        if attempt >= policy.max_attempts or not policy.is_retryable(error):
+            return -1
+        return int(policy.delay(attempt).total_seconds() * 1000)
+
+    def context(
+        self,
+        job: Job,
+        started: Started,
+        save: Callable[[Any], Awaitable[None]],
+    ) -> WorkflowContext[Any]:
+        """The context handed to the job's handler."""
+        try:
+            data = self.definition.input.model_validate_json(started.input)
+        except ValidationError as error:
+            raise InvalidStoredInputError(f"stored input does not validate: {error}") from error
+        results = {
+            name: decode_result(text, self._outputs.get(name))
+            for name, text in started.results.items()
+        }
+        common: dict[str, Any] = {
+            "run_id": job.run_id,
+            "workflow": self.definition.name,
+            "attempt": started.attempt,
+            "input": data,
+            "results": results,
+            "meta": json.loads(started.meta),
+            "deadline": (
+                datetime.fromtimestamp(started.deadline_ms / 1000, tz=UTC)
+                if started.deadline_ms
+                else None
+            ),
+        }
+        if job.name in (COMPLETE, ERROR):
+            return WorkflowContext(**common)
+        return StepContext(
+            step=error_step_name(job.name),
+            fencing_token=int(job.token),
+            progress=json.loads(started.progress) if started.progress else None,
+            save=save,
+            **common,
+        )
+
+    async def call(
+        self, job: str, context: WorkflowContext[Any], run_error: WorkflowError | None
+    ) -> str:
+        """Run the job's handler and return its result as JSON (``"null"`` for hooks)."""
+        if job == COMPLETE:
+            handler: Callable[..., Any] | None = self.consumer.complete_handler
+            value = await _invoke(handler, context) if handler else None
+            return self._complete_result(value)
+        if job == ERROR:
+            handler = self.consumer.error_handler
+            if handler is not None:
+                await _invoke(handler, context, run_error)
+            return "null"
+        if job.startswith(ROLLBACK):
+            handler = self.consumer.rollbacks.get(job[len(ROLLBACK) :])
+            if handler is not None:
+                await _invoke(handler, context)
+            return "null"
+        value = await _invoke(self.consumer.steps[job], context)
+        try:
+            return encode_result(value)
+        except TypeError as error:
+            raise ResultNotSerializableError(f"step {job!r}: {error}") from None
+
+    def _complete_result(self, value: Any) -> str:
+        output = self.definition.output
+        if isinstance(output, type) and issubclass(output, BaseModel):
+            try:
+                value = output.model_validate(value)
+            except ValidationError as error:
+                raise InvalidResultError(
+                    f"on_complete result does not validate as {output.__name__}: {error}"
+                ) from None
+        try:
+            return encode_result(value)
+        except TypeError as error:
+            raise ResultNotSerializableError(f"on_complete: {error}") from None
+
+
+async def _invoke(handler: Callable[..., Any], *args: Any) -> Any:
+    """Await an async handler, or run a sync one in a worker thread (abandoned on cancel)."""
+    if _is_async(handler):
+        return await handler(*args)
+    value = await anyio.to_thread.run_sync(
+        functools.partial(handler, *args), abandon_on_cancel=True
+    )
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    target = handler.func if isinstance(handler, functools.partial) else handler
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+def wire_error(job: str, attempt: int, error: BaseException) -> dict[str, Any]:
+    """The stored form of a failed attempt's error."""
+    captured = step_error_from_exception(error_step_name(job), attempt, error)
+    plait_type = cause_type_of(error)
+    if plait_type is not None:
+        captured = WorkflowStepError(
+            captured.step, attempt, plait_type, captured.cause_message, captured.cause_traceback
+        )
+    return step_error_to_wire(captured)
+
+
+def meta_of(started: Started, job: Job) -> Mapping[str, str]:
+    """What a handler's emits inherit: the run's meta plus the run and job names."""
+    meta: dict[str, str] = json.loads(started.meta)
+    meta["run_id"] = job.run_id
+    meta["step"] = error_step_name(job.name)
+    return meta

@@ -1,0 +1,178 @@
+"""How runs are written to and read from Redis: JSON, plans, run records, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pydantic_core
+from pydantic import BaseModel
+
+from plait.workflows import (
+    RunInfo,
+    StepInfo,
+    Workflow,
+    WorkflowCancelledError,
+    WorkflowConsumer,
+    WorkflowError,
+    WorkflowRollbackError,
+    WorkflowStatus,
+    WorkflowStepError,
+    WorkflowTimeoutError,
+)
+from plait.workflows._errors import step_error_from_wire
+
+COMPLETE = "~complete"
+ERROR = "~error"
+ROLLBACK = "~rb:"
+
+
+def new_run_id(workflow: str) -> str:
+    """A time-ordered run id that names its workflow: ``<workflow>.<ms hex><random hex>``."""
+    return f"{workflow}.{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys: equal values give equal text (and hash)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def input_hash(canonical: str) -> str:
+    """The hash that tells two inputs of one idempotency key apart."""
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def encode_result(value: Any) -> str:
+    """A step's return value as JSON (pydantic models, dicts, lists, scalars, ``None``).
+
+    Raises:
+        TypeError: the value cannot be serialized.
+    """
+    try:
+        return pydantic_core.to_json(value).decode()
+    except pydantic_core.PydanticSerializationError as error:
+        raise TypeError(f"step result of type {type(value).__name__} is not JSON-able") from error
+
+
+def decode_result(text: str, model: type[Any] | None) -> Any:
+    """Decode a stored result, validated into ``model`` when given."""
+    value = json.loads(text)
+    if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_validate(value)
+    return value
+
+
+def plan_of(definition: Workflow[Any, Any]) -> str:
+    """The run's plan as stored: a JSON list of groups of step names."""
+    return json.dumps([[step.name for step in group] for group in definition.groups])
+
+
+def caps_of(consumer: WorkflowConsumer[Any, Any]) -> str:
+    """Which handlers a consumer has, as the Lua scripts read them."""
+    return json.dumps(
+        {
+            "oc": consumer.complete_handler is not None,
+            "oe": consumer.error_handler is not None,
+            "rb": dict.fromkeys(consumer.rollbacks, True),
+        }
+    )
+
+
+def display_name(job: str) -> str:
+    """The user-facing name of a job (``on_complete``, ``on_error``, ``rollback:<step>``)."""
+    if job == COMPLETE:
+        return "on_complete"
+    if job == ERROR:
+        return "on_error"
+    if job.startswith(ROLLBACK):
+        return "rollback:" + job[len(ROLLBACK) :]
+    return job
+
+
+def error_step_name(job: str) -> str:
+    """The ``step`` an error of this job names (a rollback error names its step)."""
+    if job.startswith(ROLLBACK):
+        return job[len(ROLLBACK) :]
+    return display_name(job)
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def _error(value: str | None) -> WorkflowStepError | None:
+    return step_error_from_wire(json.loads(value)) if value else None
+
+
+def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    """A run hash as text."""
+    return {key.decode(): value.decode() for key, value in raw.items()}
+
+
+def rollback_errors(record: Mapping[str, str]) -> list[WorkflowStepError]:
+    """The errors of every rollback that failed, in the order they ran."""
+    errors = []
+    for job in record.get("jobs", "").split(","):
+        if job.startswith(ROLLBACK) and record.get(f"{job}|st") == "failed":
+            error = _error(record.get(f"{job}|er"))
+            if error is not None:
+                errors.append(error)
+    return errors
+
+
+def run_info(run_id: str, workflow: str, record: Mapping[str, str]) -> RunInfo:
+    """A :class:`RunInfo` snapshot from a run hash."""
+    steps = {}
+    for job in filter(None, record.get("jobs", "").split(",")):
+        name = display_name(job)
+        steps[name] = StepInfo(
+            name=name,
+            state=_state(record.get(f"{job}|st", "queued")),
+            attempts=int(record.get(f"{job}|at", "0")),
+            started_at=_time(record.get(f"{job}|t0")),
+            finished_at=_time(record.get(f"{job}|t1")),
+            error=_error(record.get(f"{job}|er")),
+        )
+    return RunInfo(
+        run_id=run_id,
+        workflow=workflow,
+        status=WorkflowStatus(record["status"]),
+        created_at=_time(record.get("created")) or datetime.now(tz=UTC),
+        finished_at=_time(record.get("finished")),
+        deadline=_time(record.get("deadline")),
+        meta=json.loads(record.get("meta", "{}")),
+        steps=steps,
+        completion_order=tuple(filter(None, record.get("order", "").split(","))),
+        error=_error(record.get("err")),
+        rollback_errors=tuple(rollback_errors(record)),
+    )
+
+
+def _state(stored: str) -> str:
+    return {"done": "completed", "cancelling": "running"}.get(stored, stored)
+
+
+def outcome_error(run_id: str, record: Mapping[str, str]) -> WorkflowError:
+    """The error ``result()`` raises for a run that ended without completing."""
+    status = record["status"]
+    primary: WorkflowError
+    if status == WorkflowStatus.TIMED_OUT:
+        timeout_ms = int(record.get("tmo", "0") or 0)
+        primary = WorkflowTimeoutError(
+            run_id, timedelta(milliseconds=timeout_ms) if timeout_ms else None
+        )
+    elif status == WorkflowStatus.CANCELLED:
+        primary = WorkflowCancelledError(run_id)
+    else:
+        primary = _error(record.get("err")) or WorkflowStepError("?", 0, "Unknown", "no error")
+    failed_rollbacks = rollback_errors(record)
+    if failed_rollbacks:
+        return WorkflowRollbackError(primary, failed_rollbacks)
+    return primary

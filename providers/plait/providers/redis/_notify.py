@@ -1,0 +1,100 @@
+"""Pub/sub notifications: run endings (for ``result()``) and cancellations (for workers).
+
+One pub/sub connection per provider, subscribed lazily to the channels someone listens on,
+re-subscribed after a reconnect. Notifications only wake waiters early: every waiter also
+re-reads the state it waits for, so a notification lost during an outage delays, never loses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._connection import CONNECTION_ERRORS, Connection
+
+logger = logging.getLogger("plait.redis.notify")
+
+Callback = Callable[[str], None]
+
+
+class Notifications:
+    """Dispatches pub/sub messages to callbacks by channel."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._pubsub: Any = None
+        self._callbacks: dict[str, list[Callback]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._ready = asyncio.Event()
+
+    async def listen(self, channel: str, callback: Callback, *, timeout: float = 2.0) -> None:
+        """Call ``callback(message)`` for every message on ``channel`` from now on.
+
+        Waits up to ``timeout`` seconds for the subscription to be confirmed; a caller that
+        must not miss a message re-reads its state after this returns.
+        """
+        new = channel not in self._callbacks
+        self._callbacks.setdefault(channel, []).append(callback)
+        if new:
+            self._confirmed[channel] = asyncio.Event()
+            self._ready.set()
+            if self._pubsub is not None:
+                # on failure, the session resubscribes every channel when it reconnects
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await self._pubsub.subscribe(channel)
+        try:
+            await asyncio.wait_for(self._confirmed[channel].wait(), timeout)
+        except TimeoutError:
+            logger.debug("subscription to %s not confirmed yet", channel)
+
+    def forget(self, channel: str, callback: Callback) -> None:
+        """Stop calling ``callback`` for ``channel`` (the subscription itself stays)."""
+        callbacks = self._callbacks.get(channel)
+        if callbacks and callback in callbacks:
+            callbacks.remove(callback)
+
+    async def run(self) -> None:
+        """Receive messages until cancelled; reconnects with backoff."""
+        delay = 0.05
+        while True:
+            await self._ready.wait()
+            try:
+                await self._session()
+            except CONNECTION_ERRORS as error:
+                logger.warning("pub/sub connection lost (%s); reconnecting", error)
+                for event in self._confirmed.values():
+                    event.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _session(self) -> None:
+        pubsub: Any = self._connection.client.pubsub()
+        try:
+            self._pubsub = pubsub
+            await pubsub.subscribe(*self._callbacks)
+            async for message in pubsub.listen():
+                self._dispatch(message)
+        finally:
+            self._pubsub = None
+            await pubsub.aclose()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if message["type"] == "subscribe":
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+            return
+        if message["type"] != "message":
+            return
+        data = message["data"]
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        for callback in list(self._callbacks.get(channel, ())):
+            try:
+                callback(text)
+            except Exception:
+                logger.exception("notification callback failed for %s", channel)

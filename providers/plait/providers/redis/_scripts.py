@@ -1,0 +1,154 @@
+"""Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ._connection import Connection
+from ._keys import GROUP, WorkflowKeys
+from ._lua import register
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A stream entry naming one attempt: ``entry`` id, run, job name and fencing token."""
+
+    entry: str
+    run_id: str
+    name: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What a worker needs to run an attempt, read in the same call that marked it running."""
+
+    attempt: int
+    input: str
+    meta: str
+    deadline_ms: int | None
+    progress: str | None
+    results: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The entry was reclaimed from an attempt recorded as running by ``owner``."""
+
+    attempt: int
+    owner: str
+
+
+class RunScripts:
+    """The run transitions of one connection; every method is one atomic Lua call."""
+
+    def __init__(self, connection: Connection) -> None:
+        client = connection.client
+        self._connection = connection
+        self._execute = register(client, "run_execute", "lib_run")
+        self._start = register(client, "run_start", "lib_run")
+        self._complete = register(client, "run_complete", "lib_run")
+        self._fail = register(client, "run_fail", "lib_run")
+        self._tick = register(client, "run_tick", "lib_run")
+        self._cancel = register(client, "run_cancel", "lib_run")
+        self._progress = register(client, "run_progress", "lib_run")
+        self._dead_letter = register(client, "dead_letter")
+
+    async def execute(
+        self,
+        keys: WorkflowKeys,
+        run_id: str,
+        *,
+        idempotency_key: str,
+        input_hash: str,
+        input_json: str,
+        meta_json: str,
+        plan_json: str,
+        timeout_ms: int,
+        retention_ms: int,
+    ) -> tuple[str, str]:
+        """Create the run (or find the key's run); returns (outcome, run id)."""
+        args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
+        reply = await self._execute(keys=[keys.run(run_id)], args=[*args, timeout_ms, retention_ms])
+        self._connection.kick(keys.jobs)
+        return _text(reply[0]), _text(reply[1])
+
+    async def start(self, keys: WorkflowKeys, job: Job, owner: str) -> Started | Lost | None:
+        """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
+        reply = await self._start(
+            keys=[keys.run(job.run_id)],
+            args=[keys.base, job.run_id, job.name, job.token, job.entry, owner],
+        )
+        outcome = _text(reply[0])
+        if outcome == "lost":
+            return Lost(int(reply[1]), _text(reply[2]))
+        if outcome != "run":
+            return None
+        flat = reply[6:]
+        results = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Started(
+            attempt=int(reply[1]),
+            input=_text(reply[2]),
+            meta=_text(reply[3]),
+            deadline_ms=int(reply[4]) if reply[4] else None,
+            progress=_text(reply[5]) if reply[5] else None,
+            results=results,
+        )
+
+    async def complete(self, keys: WorkflowKeys, job: Job, result: str) -> str | None:
+        """Record success; returns the run's status, or None when the token was superseded."""
+        reply = await self._complete(
+            keys=[keys.run(job.run_id)],
+            args=[keys.base, job.run_id, job.name, job.token, job.entry, result],
+        )
+        self._connection.kick(keys.jobs)
+        return _text(reply[1]) if _text(reply[0]) == "ok" else None
+
+    async def fail(
+        self, keys: WorkflowKeys, job: Job, *, error: dict[str, Any], retry_delay_ms: int
+    ) -> tuple[str, int]:
+        """Record a failed attempt; returns ("retry", due ms), ("failed", 0) or ("stale", 0)."""
+        args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
+        args += [json.dumps(error), retry_delay_ms]
+        reply = await self._fail(keys=[keys.run(job.run_id)], args=args)
+        self._connection.kick(keys.jobs)
+        outcome = _text(reply[0])
+        return outcome, int(reply[2]) if outcome == "retry" else 0
+
+    async def tick(self, keys: WorkflowKeys, limit: int = 200) -> tuple[int, int, int, int]:
+        """Promote due retries and expire due deadlines.
+
+        Returns (promoted, timed out, next due ms or -1, server now ms).
+        """
+        reply = await self._tick(keys=[keys.delayed], args=[keys.base, limit])
+        promoted, expired, next_due, now = (int(x) for x in reply)
+        if promoted or expired:
+            self._connection.kick(keys.jobs)
+        return promoted, expired, next_due, now
+
+    async def cancel(self, keys: WorkflowKeys, run_id: str) -> tuple[int, str]:
+        """Cancel a run; returns (1 cancelled | 0 not live | -1 unknown, status)."""
+        reply = await self._cancel(keys=[keys.run(run_id)], args=[keys.base, run_id])
+        self._connection.kick(keys.jobs)
+        return int(reply[0]), _text(reply[1])
+
+    async def progress(self, keys: WorkflowKeys, job: Job, value: str) -> bool:
+        """Save a progress checkpoint; False when the attempt was superseded."""
+        reply = await self._progress(
+            keys=[keys.run(job.run_id)], args=[keys.base, job.run_id, job.name, job.token, value]
+        )
+        return bool(reply)
+
+    async def dead_letter(
+        self, stream: str, dead: str, entry: str, reason: str, fields: dict[str, str]
+    ) -> None:
+        """Move a stream entry to the dead-letter stream with ``reason``."""
+        await self._dead_letter(
+            keys=[stream, dead], args=[GROUP, entry, reason, json.dumps(fields), 10_000]
+        )

@@ -1,0 +1,364 @@
+"""The worker of one registered consumer: claim step jobs, hold their leases, run them.
+
+Jobs arrive on the workflow's stream through the consumer group shared by every instance.
+A worker reads at most as many entries as it has free slots, marks each attempt running in one
+Lua call, runs the handler under the step timeout and the run deadline, and records the outcome
+in one more Lua call. While an entry is held, a lease loop keeps it fresh in the pending list
+(``XCLAIM JUSTID``); entries left idle by a dead instance are taken over by the reclaim loop
+(``XAUTOCLAIM``) and the attempt they carried is failed as ``plait.WorkerLost`` and retried.
+Only the token-checked scripts acknowledge entries, so a zombie can never empty the pending list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from plait.workflows import WorkflowError
+from redis import exceptions as redis_errors
+
+from ._attempt import (
+    AttemptSupersededError,
+    Handlers,
+    RunStoppedError,
+    StepTimeoutError,
+    UnknownJobError,
+    WorkerLostError,
+    meta_of,
+    wire_error,
+)
+from ._codec import ERROR, ROLLBACK, decode_record, encode_result, outcome_error
+from ._connection import CONNECTION_ERRORS, Connection, call_forever
+from ._keys import GROUP, WorkflowKeys
+from ._scripts import Job, Lost, RunScripts, Started
+from ._tracing import current_meta
+
+logger = logging.getLogger("plait.worker")
+
+LEASE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis_errors.ResponseError)
+
+FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
+
+T = TypeVar("T")
+
+
+class Worker:
+    """Runs the jobs of one workflow on this instance, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        handlers: Handlers,
+        *,
+        prefix: str,
+        owner: str,
+        concurrency: int,
+        stall_timeout: float,
+        caps: str,
+        on_retry: Callable[[str], None],
+    ) -> None:
+        self.keys = WorkflowKeys(prefix, handlers.definition.name)
+        self._connection = connection
+        self._client: Any = connection.client
+        self._scripts = RunScripts(connection)
+        self._handlers = handlers
+        self._owner = owner
+        self._concurrency = concurrency
+        self._stall = stall_timeout
+        self._caps = caps
+        self._on_retry = on_retry
+        self._held: set[str] = set()
+        self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
+        self._slot_freed = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._intake = anyio.CancelScope()
+        self._stopping = False
+        self._tg: TaskGroup | None = None
+
+    @property
+    def running(self) -> int:
+        """Jobs held by this worker now."""
+        return len(self._held)
+
+    async def prepare(self) -> None:
+        """Create the consumer group (from the stream's start) and publish the handler caps."""
+        with suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
+            await self._client.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
+        await self._client.set(self.keys.caps, self._caps)
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take and run jobs until cancelled; :meth:`drain` stops the intake first."""
+        await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._lease_loop)
+            tg.start_soon(self._take_loop)
+            task_status.started()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking jobs and wait up to ``timeout`` s for running ones; True when idle."""
+        self._stopping = True
+        self._intake.cancel()
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        return self._idle.is_set()
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel this instance's running attempts of ``run_id`` (not its compensation)."""
+        for name, scope in list(self._scopes.get(run_id, {}).values()):
+            if not name.startswith(ROLLBACK) and name != ERROR:
+                scope.cancel()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def _take_loop(self) -> None:
+        with self._intake:
+            last_reclaim = 0.0
+            while True:
+                free = self._concurrency - len(self._held)
+                if free <= 0:
+                    self._slot_freed = anyio.Event()
+                    await self._slot_freed.wait()
+                    continue
+                if time.monotonic() - last_reclaim >= self._stall / 2:
+                    last_reclaim = time.monotonic()
+                    free -= await self._reclaim(free)
+                    if free <= 0:
+                        continue
+                for entry, fields in await self._read(free):
+                    self._spawn(entry, fields)
+
+    async def _read(self, count: int) -> list[tuple[bytes, Any]]:
+        streams: dict[Any, Any] = {self.keys.jobs: ">"}
+        try:
+            if self._connection.wakeups is None:
+                reply = await self._client.xreadgroup(
+                    GROUP, self._owner, streams, count=count, block=1000
+                )
+                return _entries(reply)
+            async with self._connection.wakeups.listening(self.keys.jobs) as kicked:
+                entries = _entries(
+                    await self._client.xreadgroup(GROUP, self._owner, streams, count=count)
+                )
+                if not entries:
+                    with anyio.move_on_after(1.0):
+                        await kicked.wait()
+                return entries
+        except redis_errors.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
+        except CONNECTION_ERRORS as error:
+            logger.warning("%s: reading jobs failed (%s); retrying", self.keys.jobs, error)
+            await anyio.sleep(0.5)
+        return []
+
+    async def _reclaim(self, count: int) -> int:
+        """Take over entries idle past the stall timeout; returns how many were taken."""
+        try:
+            reply = await self._client.xautoclaim(
+                self.keys.jobs,
+                GROUP,
+                self._owner,
+                min_idle_time=int(self._stall * 1250),
+                start_id="0-0",
+                count=count,
+            )
+        except CONNECTION_ERRORS:
+            return 0
+        except redis_errors.ResponseError:
+            return 0
+        taken = 0
+        for entry, fields in reply[1]:
+            if fields and _text(entry) not in self._held:
+                self._spawn(entry, fields)
+                taken += 1
+        return taken
+
+    def _spawn(self, entry: bytes, fields: dict[bytes, bytes] | None) -> None:
+        assert self._tg is not None
+        entry_id = _text(entry)
+        self._held.add(entry_id)
+        self._idle = anyio.Event()
+        self._tg.start_soon(self._process, entry_id, fields or {})
+
+    def _release(self, entry: str) -> None:
+        self._held.discard(entry)
+        self._slot_freed.set()
+        if not self._held:
+            self._idle.set()
+
+    async def _lease_loop(self) -> None:
+        """Keep held entries fresh so that no live attempt looks stalled."""
+        while True:
+            await anyio.sleep(self._stall / 4)
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                await self._client.xclaim(self.keys.jobs, GROUP, self._owner, 0, held, justid=True)
+            except LEASE_ERRORS as error:
+                logger.warning("%s: lease renewal failed: %s", self.keys.jobs, error)
+
+    # -- one job -----------------------------------------------------------------------------
+
+    async def _process(self, entry: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            job = _parse(entry, fields)
+            if isinstance(job, str):
+                await self._dead_letter(entry, job, fields)
+                return
+            if not self._handlers.knows(job.name):
+                await self._reject(job, fields)
+                return
+            started = await self._transition(
+                lambda: self._scripts.start(self.keys, job, self._owner)
+            )
+            if isinstance(started, Lost):
+                lost = WorkerLostError(
+                    f"instance {started.owner or '?'} stopped while running attempt "
+                    f"{started.attempt} of {job.name!r}"
+                )
+                await self._record_failure(job, started.attempt, lost)
+            elif isinstance(started, Started):
+                await self._attempt(job, started)
+        finally:
+            self._release(entry)
+
+    async def _attempt(self, job: Job, started: Started) -> None:
+        scope = anyio.CancelScope()
+        self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
+        meta_token = current_meta.set(meta_of(started, job))
+        result: str | None = None
+        error: BaseException | None = None
+        try:
+            with scope:
+                try:
+                    result = await self._call(job, started)
+                except Exception as raised:
+                    error = raised
+            if scope.cancelled_caught:
+                error = RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
+        finally:
+            current_meta.reset(meta_token)
+            attempts = self._scopes.get(job.run_id, {})
+            attempts.pop(job.entry, None)
+            if not attempts:
+                self._scopes.pop(job.run_id, None)
+        if error is None and result is not None:
+            value = result
+            await self._transition(lambda: self._scripts.complete(self.keys, job, value))
+        elif error is not None:
+            await self._record_failure(job, started.attempt, error)
+
+    async def _call(self, job: Job, started: Started) -> str:
+        """The handler call, bounded by the step timeout and the run's deadline."""
+        limit = self._handlers.timeout(job.name)
+        by_deadline = False
+        if started.deadline_ms and not job.name.startswith("~"):
+            remaining = started.deadline_ms / 1000 - time.time()
+            if limit is None or remaining < limit:
+                limit, by_deadline = max(remaining, 0.0), True
+
+        async def save(value: Any) -> None:
+            text = encode_result(value)
+            saved = await self._scripts.progress(self.keys, job, text)
+            if not saved:
+                raise AttemptSupersededError(f"attempt of {job.name!r} in {job.run_id} superseded")
+
+        context = self._handlers.context(job, started, save)
+        run_error = await self._run_error(job.run_id) if job.name == ERROR else None
+        with anyio.move_on_after(limit):
+            return await self._handlers.call(job.name, context, run_error)
+        if by_deadline:
+            # Let the deadline compensate the run first, so this failure joins it.
+            await self._transition(lambda: self._scripts.tick(self.keys))
+            raise RunStoppedError(f"run {job.run_id} passed its deadline")
+        raise StepTimeoutError(f"{job.name!r} timed out after {limit:g}s")
+
+    async def _run_error(self, run_id: str) -> WorkflowError:
+        record = decode_record(await self._client.hgetall(self.keys.run(run_id)))
+        record["status"] = FINAL_STATUS.get(record.get("reason", ""), "FAILED")
+        return outcome_error(run_id, record)
+
+    async def _record_failure(self, job: Job, attempt: int, error: BaseException) -> None:
+        delay = self._handlers.retry_delay_ms(job.name, attempt, error)
+        if isinstance(error, RunStoppedError):
+            delay = -1
+        logger.warning(
+            "run %s: %s attempt %d failed (%s: %s)%s",
+            job.run_id,
+            job.name,
+            attempt,
+            type(error).__name__,
+            error,
+            "; retrying" if delay >= 0 else "",
+        )
+        outcome = await self._transition(
+            lambda: self._scripts.fail(
+                self.keys,
+                job,
+                error=wire_error(job.name, attempt, error),
+                retry_delay_ms=delay,
+            )
+        )
+        if outcome is not None and outcome[0] == "retry":
+            self._on_retry(self.keys.workflow)
+
+    async def _reject(self, job: Job, fields: dict[bytes, bytes]) -> None:
+        """A job this consumer has no handler for: dead-letter it and fail its attempt."""
+        reason = f"no handler for job {job.name!r} of workflow {self.keys.workflow!r}"
+        await self._dead_letter(job.entry, reason, fields)
+        detached = Job("", job.run_id, job.name, job.token)
+        started = await self._transition(
+            lambda: self._scripts.start(self.keys, detached, self._owner)
+        )
+        if isinstance(started, Started | Lost):
+            await self._record_failure(detached, started.attempt, UnknownJobError(reason))
+
+    async def _dead_letter(self, entry: str, reason: str, fields: dict[bytes, bytes]) -> None:
+        logger.error("%s: entry %s dead-lettered: %s", self.keys.jobs, entry, reason)
+        text = {_text(k): _text(v) for k, v in fields.items()}
+        await self._transition(
+            lambda: self._scripts.dead_letter(self.keys.jobs, self.keys.dead, entry, reason, text)
+        )
+
+    async def _transition(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        """A transition that must be recorded: retried through outages until it is."""
+        return await call_forever(operation, what=self.keys.workflow, stopping=lambda: False)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _entries(reply: Any) -> list[tuple[bytes, Any]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [entry for items in reply.values() for entry in items[0]]
+    return [entry for _, items in reply for entry in items]
+
+
+def _parse(entry: str, fields: dict[bytes, bytes]) -> Job | str:
+    """The job an entry names, or why it cannot be processed."""
+    try:
+        run_id = fields[b"r"].decode()
+        name = fields[b"j"].decode()
+        token = fields[b"t"].decode()
+    except KeyError as missing:
+        return f"malformed entry: field {missing.args[0]!r} missing"
+    except UnicodeDecodeError:
+        return "malformed entry: fields are not UTF-8"
+    if not token.isdigit():
+        return f"malformed entry: token {token!r} is not a number"
+    if not run_id or not name:
+        return "malformed entry: empty run id or job name"
+    return Job(entry, run_id, name, token)

@@ -1,0 +1,366 @@
+"""``RedisWorkflowProvider``: the public face of the workflow engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from pydantic import BaseModel, ValidationError
+
+import redis.asyncio as aioredis
+from plait.workflows import (
+    IdempotencyConflictError,
+    InvalidDefinitionError,
+    InvalidInputError,
+    ProviderClosedError,
+    RetryPolicy,
+    Workflow,
+    WorkflowConsumer,
+    WorkflowHandle,
+)
+
+from ._attempt import Handlers
+from ._codec import canonical_json, caps_of, input_hash, new_run_id, plan_of
+from ._connection import Connection, call_until, connect, wrap
+from ._keys import workflow_of
+from ._notify import Notifications
+from ._runs import Runs
+from ._scripts import RunScripts
+from ._timers import Timers
+from ._tracing import outgoing_meta
+from ._worker import Worker
+
+logger = logging.getLogger("plait.provider")
+
+InputT = TypeVar("InputT", bound=BaseModel)
+OutputT = TypeVar("OutputT")
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+class RedisWorkflowProvider:
+    """Runs workflows on Redis (or the embedded ``memory://`` server).
+
+    Any instance can ``execute`` runs; instances that ``register`` a consumer also run steps.
+    Use it as an async context manager, or call :meth:`start` and :meth:`stop`::
+
+        async with RedisWorkflowProvider.from_url("redis://localhost:6379/0") as workflows:
+            workflows.register(orders)
+            handle = await workflows.execute(place_order, order, idempotency_key="order-42")
+            receipt = await handle.result()
+
+    Args:
+        redis: an existing ``redis.asyncio.Redis`` (never closed by the provider).
+        prefix: the first part of every key, so several applications can share a Redis.
+        provider_id: this instance's name in consumer groups and errors (default: host-pid).
+        default_timeout: the deadline of runs executed without ``timeout=`` (None: no deadline).
+        stall_timeout: how long a running step may go without a lease renewal before another
+            instance reclaims it.
+        concurrency: how many steps of each registered workflow run at once on this instance.
+        retention: how long finished runs, their results and idempotency keys are kept.
+        retry: the retry policy of steps, hooks and rollbacks that declare none.
+        shutdown_timeout: how long :meth:`stop` waits for running steps.
+        connect_timeout: how long callers wait for an unreachable Redis before
+            :class:`~plait.workflows.ProviderUnavailableError`.
+        tracer_provider: the OpenTelemetry tracer provider (default: the global one).
+        meter_provider: the OpenTelemetry meter provider (default: the global one).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "plait",
+        provider_id: str | None = None,
+        default_timeout: timedelta | None = None,
+        stall_timeout: timedelta = timedelta(seconds=15),
+        concurrency: int = 10,
+        retention: timedelta = timedelta(days=1),
+        retry: RetryPolicy | None = None,
+        shutdown_timeout: timedelta = timedelta(seconds=10),
+        connect_timeout: timedelta = timedelta(seconds=5),
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        _connection: Connection | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self._connection = _connection or wrap(redis)
+        self.prefix = prefix
+        self.provider_id = provider_id or _default_id()
+        self.default_timeout = default_timeout
+        self.stall_timeout = stall_timeout
+        self.concurrency = concurrency
+        self.retention = retention
+        self.retry_policy = retry or RetryPolicy()
+        self.shutdown_timeout = shutdown_timeout
+        self.connect_timeout = connect_timeout
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self._scripts = RunScripts(self._connection)
+        self._notifications = Notifications(self._connection)
+        self._runs = Runs(
+            self._connection,
+            self._notifications,
+            prefix=prefix,
+            connect_timeout=connect_timeout.total_seconds(),
+        )
+        self._runs.close()
+        self._timers = Timers(self._connection, prefix)
+        self._workers: dict[str, Worker] = {}
+        self._definitions: dict[str, Workflow[Any, Any]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stop_requested = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "plait",
+        provider_id: str | None = None,
+        default_timeout: timedelta | None = None,
+        stall_timeout: timedelta = timedelta(seconds=15),
+        concurrency: int = 10,
+        retention: timedelta = timedelta(days=1),
+        retry: RetryPolicy | None = None,
+        shutdown_timeout: timedelta = timedelta(seconds=10),
+        connect_timeout: timedelta = timedelta(seconds=5),
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+    ) -> Self:
+        """A provider on ``redis://``, ``rediss://``, ``unix://`` or ``memory://[NAME]``.
+
+        ``memory://`` is an embedded in-process server shared by every provider of the process
+        that opens the same URL. The provider closes the connection it opened here.
+        """
+        connection = connect(url, connect_timeout=connect_timeout.total_seconds())
+        return cls(
+            connection.client,
+            prefix=prefix,
+            provider_id=provider_id,
+            default_timeout=default_timeout,
+            stall_timeout=stall_timeout,
+            concurrency=concurrency,
+            retention=retention,
+            retry=retry,
+            shutdown_timeout=shutdown_timeout,
+            connect_timeout=connect_timeout,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            _connection=connection,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Check Redis, then start the workers of registered consumers and the timers.
+
+        Raises:
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        if self._supervisor is not None:
+            return
+        await call_until(
+            self._connection.client.ping,
+            timeout=self.connect_timeout.total_seconds(),
+            what="start",
+        )
+        self._runs.open()
+        self._stop_requested = anyio.Event()
+        ready = anyio.Event()
+        self._supervisor = asyncio.create_task(self._serve(ready))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({self._supervisor, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._supervisor.done():
+            supervisor, self._supervisor = self._supervisor, None
+            supervisor.result()
+
+    async def stop(self) -> None:
+        """Stop taking steps, wait up to ``shutdown_timeout`` for running ones, release Redis.
+
+        Steps still running after the timeout are left to be reclaimed by other instances;
+        pending ``result()`` and ``watch()`` calls on this instance raise
+        :class:`~plait.workflows.ProviderClosedError`.
+        """
+        supervisor, self._supervisor = self._supervisor, None
+        self._runs.close()
+        if supervisor is not None:
+            self._stop_requested.set()
+            try:
+                await supervisor
+            finally:
+                await self._connection.aclose()
+
+    async def _serve(self, ready: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._notifications.run)
+            await tg.start(self._timers.serve)
+            for worker in self._workers.values():
+                await tg.start(self._run_worker, worker)
+            ready.set()
+            await self._stop_requested.wait()
+            with anyio.CancelScope(shield=True):
+                await self._drain()
+            tg.cancel_scope.cancel()
+        self._tg = None
+
+    async def _drain(self) -> None:
+        timeout = self.shutdown_timeout.total_seconds()
+        async with anyio.create_task_group() as tg:
+            for worker in self._workers.values():
+                tg.start_soon(worker.drain, timeout)
+        left = sum(worker.running for worker in self._workers.values())
+        if left:
+            logger.warning("%s: %d running steps left to be reclaimed", self.provider_id, left)
+
+    async def _run_worker(
+        self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.serve)
+            await self._notifications.listen(worker.keys.cancel_channel, worker.cancel_run)
+            task_status.started()
+
+    def register(self, consumer: WorkflowConsumer[Any, Any]) -> None:
+        """Run ``consumer``'s steps on this instance (before or after :meth:`start`).
+
+        Raises:
+            InvalidDefinitionError: a step has no handler, or a step-less workflow has no
+                ``on_complete``, or the workflow is registered twice.
+        """
+        consumer.validate()
+        name = consumer.definition.name
+        if name in self._workers:
+            raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
+        worker = Worker(
+            self._connection,
+            Handlers(consumer, self.retry_policy),
+            prefix=self.prefix,
+            owner=self.provider_id,
+            concurrency=self.concurrency,
+            stall_timeout=self.stall_timeout.total_seconds(),
+            caps=caps_of(consumer),
+            on_retry=self._timers.wake,
+        )
+        self._workers[name] = worker
+        self._definitions[name] = consumer.definition
+        self._timers.watch(name)
+        if self._tg is not None:
+            self._tg.start_soon(self._run_worker, worker)
+
+    # -- executing ---------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        definition: Workflow[InputT, OutputT],
+        data: InputT | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: timedelta | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> WorkflowHandle[OutputT]:
+        """Start a run of ``definition`` (or attach to the run owning ``idempotency_key``).
+
+        The run, its idempotency key and its first step jobs are written in one atomic call;
+        the handle is returned as soon as that is durable.
+
+        Args:
+            definition: the workflow to run.
+            data: its input, an instance of the workflow's input model or a mapping for it.
+            idempotency_key: one run per key and workflow, kept until ``retention`` after the
+                run ends; the same key with a different input raises
+                :class:`~plait.workflows.IdempotencyConflictError`.
+            timeout: the run's deadline, counted from now (default: ``default_timeout``).
+            meta: string pairs carried to every step, with ``correlation_id`` and
+                ``traceparent``.
+
+        Raises:
+            InvalidInputError: ``data`` does not validate (nothing is written).
+            IdempotencyConflictError: the key belongs to a run with a different input.
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        if self._supervisor is None:
+            raise ProviderClosedError("the workflow provider is not started")
+        if not isinstance(definition, Workflow):
+            raise TypeError(f"expected a Workflow, got {type(definition).__name__}")
+        name = definition.name
+        try:
+            model = definition.input.model_validate(data)
+        except ValidationError as error:
+            raise InvalidInputError(name, str(error)) from None
+        if meta is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+        ):
+            raise InvalidInputError(name, "meta must map strings to strings")
+        canonical = canonical_json(model.model_dump(mode="json"))
+        run_id = new_run_id(name)
+        deadline = _seconds(timeout if timeout is not None else self.default_timeout)
+        keys = self._runs.keys(name)
+        self._definitions.setdefault(name, definition)
+        outcome, found = await call_until(
+            lambda: self._scripts.execute(
+                keys,
+                run_id,
+                idempotency_key=idempotency_key or "",
+                input_hash=input_hash(canonical),
+                input_json=canonical,
+                meta_json=canonical_json(outgoing_meta(meta, correlation_id=run_id)),
+                plan_json=plan_of(definition),
+                timeout_ms=int(deadline * 1000) if deadline else 0,
+                retention_ms=int(self.retention.total_seconds() * 1000),
+            ),
+            timeout=self.connect_timeout.total_seconds(),
+            what=f"execute {name}",
+        )
+        if outcome == "conflict":
+            raise IdempotencyConflictError(idempotency_key or "", found)
+        if deadline:
+            self._timers.watch(name)
+        return WorkflowHandle(
+            self._runs, found, name, created=outcome == "created", output=definition.output
+        )
+
+    async def get_handle(
+        self, run_id: str, workflow: Workflow[Any, OutputT] | None = None
+    ) -> WorkflowHandle[OutputT]:
+        """A handle on an existing run, from any instance.
+
+        Raises:
+            RunNotFoundError: no run has this id (or it expired after ``retention``).
+        """
+        name = workflow.name if workflow is not None else workflow_of(run_id)
+        definition = workflow or self._definitions.get(name)
+        await self._runs.run_status(name, run_id)
+        output = definition.output if definition is not None else None
+        return WorkflowHandle(self._runs, run_id, name, created=False, output=output)

@@ -1,0 +1,173 @@
+-- lib_run.lua: functions shared by the run_*.lua transition scripts (prepended to each).
+--
+-- A run hash holds: status, reason (failed|timeout|cancel), input, meta, plan (JSON list of
+-- groups of step names), ikey, ihash, created, finished, deadline, tmo, ret (retention ms),
+-- gi (current group, 1-based), pend (steps of the group not done), tok (fencing counter),
+-- order (completed steps, in completion order), comp (steps still to compensate, next first),
+-- rbact (the compensation job running now), infl (steps still running while compensating),
+-- err (the error that failed the run), result, jobs (every job, in scheduling order), and per
+-- job J: J|st (queued running retrying done failed cancelling cancelled), J|at (attempt),
+-- J|tk (token of the live attempt), J|ow (owner), J|t0, J|t1, J|er (last error), J|pg.
+-- Jobs are step names, '~complete' (on_complete), '~error' (on_error), '~rb:<step>'.
+
+local GROUP = 'plait'
+local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function ctx(base, run)
+  local r = base .. 'run:' .. run
+  return {base = base, run = run, r = r, res = r .. ':results', ev = r .. ':events',
+          jobs = base .. 'jobs'}
+end
+
+local function event(c, kind, job, attempt, data)
+  redis.call('XADD', c.ev, '*', 'k', kind, 'j', job or '', 'a', attempt or '', 'd', data or '')
+end
+
+local function split(s)
+  local out = {}
+  if s and s ~= '' then
+    for part in string.gmatch(s, '[^,]+') do out[#out + 1] = part end
+  end
+  return out
+end
+
+local function append(c, field, item)
+  local cur = redis.call('HGET', c.r, field)
+  if cur and cur ~= '' then item = cur .. ',' .. item end
+  redis.call('HSET', c.r, field, item)
+end
+
+-- Which handlers the consumers of this workflow have; nil when no consumer started yet.
+local function caps(c)
+  local raw = redis.call('GET', c.base .. 'caps')
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+-- Returns the job's state and the run's status when `tok` is the live attempt's token.
+local function check(c, job, tok)
+  local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st', 'status')
+  if not v[1] or v[1] ~= tok then return nil, v[3] end
+  return v[2], v[3]
+end
+
+-- Acknowledge and delete a stream entry: only transition scripts ever do this.
+local function ack(c, entry)
+  if entry ~= '' then
+    redis.call('XACK', c.jobs, GROUP, entry)
+    redis.call('XDEL', c.jobs, entry)
+  end
+end
+
+local function enqueue(c, job)
+  local tok = redis.call('HINCRBY', c.r, 'tok', 1)
+  if redis.call('HINCRBY', c.r, job .. '|at', 1) == 1 then append(c, 'jobs', job) end
+  redis.call('HSET', c.r, job .. '|st', 'queued', job .. '|tk', tok)
+  redis.call('XADD', c.jobs, '*', 'r', c.run, 'j', job, 't', tok)
+  return tok
+end
+
+local function finalize(c, status, now)
+  redis.call('HSET', c.r, 'status', status, 'finished', now)
+  redis.call('ZREM', c.base .. 'deadlines', c.run)
+  redis.call('ZREM', c.base .. 'active', c.run)
+  event(c, 'finished', '', '', status)
+  local ret = tonumber(redis.call('HGET', c.r, 'ret') or '86400000')
+  redis.call('PEXPIRE', c.r, ret)
+  redis.call('PEXPIRE', c.res, ret)
+  redis.call('PEXPIRE', c.ev, ret)
+  local ikey = redis.call('HGET', c.r, 'ikey')
+  if ikey and ikey ~= '' then redis.call('PEXPIRE', c.base .. 'idem:' .. ikey, ret) end
+  redis.call('PUBLISH', c.base .. 'finished', c.run .. '|' .. status)
+end
+
+local function start_group(c, gi)
+  local group = cjson.decode(redis.call('HGET', c.r, 'plan'))[gi]
+  if group == nil then return false end
+  redis.call('HSET', c.r, 'gi', gi, 'pend', #group)
+  for _, step in ipairs(group) do enqueue(c, step) end
+  return true
+end
+
+-- The current group is done: start the next one, or complete the run.
+local function advance(c, now)
+  local gi = tonumber(redis.call('HGET', c.r, 'gi') or '0') + 1
+  if start_group(c, gi) then return end
+  redis.call('HSET', c.r, 'gi', gi)
+  local cp = caps(c)
+  if cp and not cp.oc then
+    redis.call('HSET', c.r, 'result', 'null')
+    finalize(c, 'COMPLETED', now)
+  else
+    enqueue(c, '~complete')
+  end
+end
+
+-- Start the next rollback, or on_error, or finish the compensated run.
+local function comp_next(c, now)
+  local active = redis.call('HGET', c.r, 'rbact')
+  if active and active ~= '' then return end
+  local cp = caps(c)
+  local queue = split(redis.call('HGET', c.r, 'comp'))
+  while #queue > 0 do
+    local step = table.remove(queue, 1)
+    if not cp or cp.rb[step] then
+      redis.call('HSET', c.r, 'comp', table.concat(queue, ','), 'rbact', '~rb:' .. step)
+      enqueue(c, '~rb:' .. step)
+      return
+    end
+  end
+  redis.call('HSET', c.r, 'comp', '')
+  if tonumber(redis.call('HGET', c.r, 'infl') or '0') > 0 then return end
+  if redis.call('HEXISTS', c.r, '~error|at') == 0 and (not cp or cp.oe) then
+    redis.call('HSET', c.r, 'rbact', '~error')
+    enqueue(c, '~error')
+    return
+  end
+  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
+end
+
+-- A step that was running when compensation began has settled.
+local function settle(c, now)
+  redis.call('HINCRBY', c.r, 'infl', -1)
+  comp_next(c, now)
+end
+
+-- Begin compensating a live run; false when it already ended or is compensating.
+local function compensate(c, reason, err, now)
+  local status = redis.call('HGET', c.r, 'status')
+  if status ~= 'PENDING' and status ~= 'RUNNING' then return false end
+  redis.call('HSET', c.r, 'status', 'COMPENSATING', 'reason', reason)
+  if err and err ~= '' then redis.call('HSET', c.r, 'err', err) end
+  local plan = cjson.decode(redis.call('HGET', c.r, 'plan'))
+  local live = {}
+  for _, step in ipairs(plan[tonumber(redis.call('HGET', c.r, 'gi') or '0')] or {}) do
+    live[#live + 1] = step
+  end
+  live[#live + 1] = '~complete'
+  local infl = 0
+  for _, job in ipairs(live) do
+    local st = redis.call('HGET', c.r, job .. '|st')
+    if st == 'queued' or st == 'retrying' then
+      redis.call('HSET', c.r, job .. '|st', 'cancelled', job .. '|tk',
+        redis.call('HINCRBY', c.r, 'tok', 1))
+    elseif st == 'running' then
+      redis.call('HSET', c.r, job .. '|st', 'cancelling')
+      infl = infl + 1
+    end
+  end
+  local order = split(redis.call('HGET', c.r, 'order'))
+  local reversed = {}
+  for i = #order, 1, -1 do reversed[#reversed + 1] = order[i] end
+  redis.call('HSET', c.r, 'infl', infl, 'comp', table.concat(reversed, ','), 'rbact', '')
+  redis.call('ZREM', c.base .. 'deadlines', c.run)
+  event(c, 'compensating', '', '', reason)
+  if infl > 0 then redis.call('PUBLISH', c.base .. 'cancel', c.run) end
+  comp_next(c, now)
+  return true
+end

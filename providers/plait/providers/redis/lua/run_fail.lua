@@ -1,0 +1,38 @@
+-- run_fail.lua: record a failed attempt; retry it later or fail the job (fenced by the token).
+-- KEYS[1] run hash
+-- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id ('' for none)
+-- ARGV[6] error JSON  ARGV[7] retry delay ms (-1: no further attempt)
+-- returns {'retry', next attempt, due ms} | {'failed', run status} | {'stale'}
+local c = ctx(ARGV[1], ARGV[2])
+local job, tok, err, delay = ARGV[3], ARGV[4], ARGV[6], tonumber(ARGV[7])
+local st = check(c, job, tok)
+ack(c, ARGV[5])
+if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
+local now = now_ms()
+local at = tonumber(redis.call('HGET', c.r, job .. '|at'))
+redis.call('HSET', c.r, job .. '|er', err, job .. '|t1', now)
+if st == 'cancelling' then
+  redis.call('HSET', c.r, job .. '|st', 'cancelled')
+  event(c, 'step.failed', job, at, err)
+  settle(c, now)
+  return {'failed', redis.call('HGET', c.r, 'status')}
+end
+if delay >= 0 then
+  local next_tok = redis.call('HINCRBY', c.r, 'tok', 1)
+  redis.call('HSET', c.r, job .. '|st', 'retrying', job .. '|tk', next_tok, job .. '|at', at + 1)
+  local due = now + delay
+  redis.call('ZADD', c.base .. 'delayed', due, c.run .. '|' .. job .. '|' .. next_tok)
+  event(c, 'step.retrying', job, at, err)
+  return {'retry', at + 1, due}
+end
+redis.call('HSET', c.r, job .. '|st', 'failed')
+event(c, 'step.failed', job, at, err)
+if string.sub(job, 1, 1) ~= '~' or job == '~complete' then
+  compensate(c, 'failed', err, now)
+elseif job == '~error' then
+  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
+else
+  redis.call('HSET', c.r, 'rbact', '')
+  comp_next(c, now)
+end
+return {'failed', redis.call('HGET', c.r, 'status')}
