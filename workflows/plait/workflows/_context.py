@@ -39,7 +39,7 @@ class WorkflowContext(Generic[InputT]):
         run_id: str,
         workflow: str,
         attempt: int,
-        input: InputT,  # noqa: A002 - the contract's name
+        input: InputT,
         results: Mapping[str, Any],
         meta: Mapping[str, str],
         deadline: datetime | None,

@@ -138,7 +138,7 @@ class Workflow(Generic[InputT, OutputT]):
         self,
         name: str,
         *,
-        input: type[InputT],  # noqa: A002 - the contract's name
+        input: type[InputT],
         output: type[OutputT] | None = None,
         concurrency: int | None = None,
         _groups: tuple[tuple[Step, ...], ...] = (),
