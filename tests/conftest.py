@@ -6,12 +6,19 @@ server name, so tests never see each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis as sync_redis
+
+from plait.providers.redis import RedisWorkflowProvider
+from plait.workflows import RetryPolicy, WorkflowConsumer
 
 REDIS_URL = os.environ.get("PLAIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -44,8 +51,9 @@ def url(backend: str) -> str:
 @pytest.fixture(autouse=True)
 def _clean_redis_prefix(request: pytest.FixtureRequest, prefix: str) -> Iterator[None]:
     """Delete the test's keys from the real Redis afterwards (only its own prefix)."""
+    uses_redis = "backend" in request.fixturenames and request.getfixturevalue("backend") == "redis"
     yield
-    if "backend" not in request.fixturenames or request.getfixturevalue("backend") != "redis":
+    if not uses_redis:
         return
     client = sync_redis.Redis.from_url(REDIS_URL)
     try:
@@ -54,3 +62,58 @@ def _clean_redis_prefix(request: pytest.FixtureRequest, prefix: str) -> Iterator
             client.delete(*keys[start : start + 500])
     finally:
         client.close()
+
+
+FAST_RETRY = RetryPolicy(
+    max_attempts=3, initial_interval=timedelta(milliseconds=10), max_interval=timedelta(seconds=1)
+)
+"""Retries fast enough for tests: 10 ms, 20 ms."""
+
+OpenProvider = Callable[..., Awaitable[RedisWorkflowProvider]]
+
+
+@pytest.fixture
+async def open_provider(url: str, prefix: str) -> AsyncIterator[OpenProvider]:
+    """Open started workflow providers on the test's backend and prefix; all stop afterwards.
+
+    ``await open_provider(consumer, ..., **options)`` registers the consumers before start.
+    """
+    opened: list[RedisWorkflowProvider] = []
+
+    async def open_(
+        *consumers: WorkflowConsumer[Any, Any], **options: Any
+    ) -> RedisWorkflowProvider:
+        settings: dict[str, Any] = {
+            "prefix": prefix,
+            "retry": FAST_RETRY,
+            "stall_timeout": timedelta(seconds=2),
+            "shutdown_timeout": timedelta(seconds=2),
+            **options,
+        }
+        provider = RedisWorkflowProvider.from_url(url, **settings)
+        for consumer in consumers:
+            provider.register(consumer)
+        await provider.start()
+        opened.append(provider)
+        return provider
+
+    yield open_
+    for provider in reversed(opened):
+        await provider.stop()
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = ""
+) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition never held: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def keys_under(provider: RedisWorkflowProvider, prefix: str) -> list[bytes]:
+    """Every key of the provider's Redis under ``prefix``."""
+    client: Any = provider._connection.client
+    return [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]

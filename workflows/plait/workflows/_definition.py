@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -134,6 +134,28 @@ class Workflow(Generic[InputT, OutputT]):
 
     __slots__ = ("concurrency", "groups", "input", "name", "output")
 
+    @overload
+    def __init__(
+        self: Workflow[InputT, Any],
+        name: str,
+        *,
+        input: type[InputT],
+        output: None = None,
+        concurrency: int | None = None,
+        _groups: tuple[tuple[Step, ...], ...] = (),
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[InputT],
+        output: type[OutputT],
+        concurrency: int | None = None,
+        _groups: tuple[tuple[Step, ...], ...] = (),
+    ) -> None: ...
+
     def __init__(
         self,
         name: str,
@@ -206,13 +228,14 @@ class Workflow(Generic[InputT, OutputT]):
                     f"workflow {self.name!r}: duplicate step name {step.name!r}"
                 )
             seen.add(step.name)
-        return Workflow(
+        extended: Workflow[InputT, OutputT] = Workflow(
             self.name,
             input=self.input,
             output=self.output,
             concurrency=self.concurrency,
             _groups=(*self.groups, group),
         )
+        return extended
 
     @property
     def steps(self) -> tuple[Step, ...]:

@@ -4,6 +4,11 @@ Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) o
 ``redis.asyncio.Redis``; the providers run the same Lua scripts on both.
 """
 
+import logging
+
 from ._workflow_provider import RedisWorkflowProvider
+
+# A library logs, the application decides where it goes.
+logging.getLogger("plait").addHandler(logging.NullHandler())
 
 __all__ = ["RedisWorkflowProvider"]

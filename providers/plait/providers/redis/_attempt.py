@@ -89,17 +89,19 @@ class Handlers:
 
     def policy(self, job: str) -> RetryPolicy:
         """The retry policy of a job: its step's, its rollback's, or the provider default."""
-        if job.startswith(ROLLBACK):
-            step = self.definition.get_step(job[len(ROLLBACK) :])
-            return step.rollback_retry or step.retry or self._default_retry
-        if job.startswith("~"):
+        name = job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job
+        try:
+            step = self.definition.get_step(name)
+        except KeyError:  # a hook, or a step this version of the workflow does not know
             return self._default_retry
-        return self.definition.get_step(job).retry or self._default_retry
+        if job.startswith(ROLLBACK):
+            return step.rollback_retry or step.retry or self._default_retry
+        return step.retry or self._default_retry
 
     def timeout(self, job: str) -> float | None:
         """The step timeout of a job in seconds (rollbacks use their step's), or None."""
         name = job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job
-        if name.startswith("~"):
+        if name not in self._outputs:
             return None
         limit = self.definition.get_step(name).timeout
         return limit.total_seconds() if limit is not None else None

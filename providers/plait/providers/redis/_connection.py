@@ -88,6 +88,7 @@ class Connection:
     wakeups: WakeUps | None
     owned: bool
     memory_name: str | None = None
+    closed: bool = False
 
     @property
     def blocks(self) -> bool:
@@ -100,7 +101,10 @@ class Connection:
             self.wakeups.kick(key)
 
     async def aclose(self) -> None:
-        """Release the client (if owned) and the embedded server (when last user)."""
+        """Release the client (if owned) and the embedded server (when last user); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         if self.owned:
             await self.client.aclose()
         if self.memory_name is not None:

@@ -229,6 +229,9 @@ class Worker:
                 await self._record_failure(job, started.attempt, lost)
             elif isinstance(started, Started):
                 await self._attempt(job, started)
+        except Exception:
+            # A bug must not take the worker down: the entry stays pending and is reclaimed.
+            logger.exception("%s: processing entry %s failed", self.keys.jobs, entry)
         finally:
             self._release(entry)
 

@@ -189,11 +189,15 @@ class RedisWorkflowProvider:
         """
         if self._supervisor is not None:
             return
-        await call_until(
-            self._connection.client.ping,
-            timeout=self.connect_timeout.total_seconds(),
-            what="start",
-        )
+        try:
+            await call_until(
+                self._connection.client.ping,
+                timeout=self.connect_timeout.total_seconds(),
+                what="start",
+            )
+        except BaseException:
+            await self._connection.aclose()
+            raise
         self._runs.open()
         self._stop_requested = anyio.Event()
         ready = anyio.Event()
@@ -214,12 +218,12 @@ class RedisWorkflowProvider:
         """
         supervisor, self._supervisor = self._supervisor, None
         self._runs.close()
-        if supervisor is not None:
-            self._stop_requested.set()
-            try:
+        try:
+            if supervisor is not None:
+                self._stop_requested.set()
                 await supervisor
-            finally:
-                await self._connection.aclose()
+        finally:
+            await self._connection.aclose()
 
     async def _serve(self, ready: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:

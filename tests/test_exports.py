@@ -1,0 +1,49 @@
+"""The public surface of each package is pinned: a change here is a change of the contract."""
+
+from __future__ import annotations
+
+import plait.events
+import plait.providers.redis
+import plait.workflows
+
+
+def test_workflows_exports_the_contract_names() -> None:
+    assert plait.workflows.__all__ == [
+        "IdempotencyConflictError",
+        "InvalidDefinitionError",
+        "InvalidInputError",
+        "InvalidRunStateError",
+        "NonRetryableError",
+        "ProviderClosedError",
+        "ProviderUnavailableError",
+        "RetryPolicy",
+        "RunBackend",
+        "RunEvent",
+        "RunInfo",
+        "RunNotFoundError",
+        "Step",
+        "StepContext",
+        "StepInfo",
+        "Workflow",
+        "WorkflowCancelledError",
+        "WorkflowConsumer",
+        "WorkflowContext",
+        "WorkflowError",
+        "WorkflowExecutor",
+        "WorkflowHandle",
+        "WorkflowLifecycle",
+        "WorkflowRollbackError",
+        "WorkflowStatus",
+        "WorkflowStepError",
+        "WorkflowTimeoutError",
+    ]
+
+
+def test_redis_provider_exports_the_contract_names() -> None:
+    assert plait.providers.redis.__all__ == ["RedisWorkflowProvider"]
+
+
+def test_every_exported_name_exists() -> None:
+    for package in (plait.workflows, plait.events, plait.providers.redis):
+        for name in getattr(package, "__all__", []):
+            assert hasattr(package, name), f"{package.__name__}.{name}"
