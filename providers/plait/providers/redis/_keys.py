@@ -9,6 +9,7 @@ single slot and stays valid on Redis Cluster::
     <prefix>:{<wf>}:active            zset run id -> created ms (runs not finished yet)
     <prefix>:{<wf>}:caps              JSON: which handlers the consumers have (on_complete...)
     <prefix>:{<wf>}:dead              stream of dead-lettered entries, with a reason
+    <prefix>:{<wf>}:stats             hash status -> runs that ended so (counters)
     <prefix>:{<wf>}:finished          pub/sub channel: "run|STATUS" when a run ends
     <prefix>:{<wf>}:cancel            pub/sub channel: run id when running steps must stop
     <prefix>:{<wf>}:idem:<key>        string "run|input hash"
@@ -18,6 +19,21 @@ single slot and stays valid on Redis Cluster::
 
 Lua scripts receive the run hash as KEYS[1] and ``base`` (``<prefix>:{<wf>}:``) as ARGV[1]
 and derive the other keys of the same slot from it, which keeps calls short.
+
+Every key of an event name shares the hash tag ``{<event>}`` behind an ``ev:`` namespace (so an
+event never shares keys with a workflow of the same name)::
+
+    <prefix>:ev:{<event>}:stream            stream of emitted events, one consumer group per group
+    <prefix>:ev:{<event>}:dead              stream of dead-lettered deliveries (group, reason)
+    <prefix>:ev:{<event>}:delayed           zset "k:<idempotency key>" | "i:<event id>" -> due ms
+    <prefix>:ev:{<event>}:delayed:data      hash member of ``delayed`` -> JSON of the entry's fields
+    <prefix>:ev:{<event>}:idem:<key>        string: the event id owning the key (expires: retention)
+    <prefix>:ev:{<event>}:retry:<group>     zset stream entry id -> due ms (pending, in backoff)
+    <prefix>:ev:{<event>}:attempts:<group>  hash stream entry id -> attempts failed or lost so far
+    <prefix>:ev:{<event>}:reply:<provider>  pub/sub channel: replies to that provider's requests
+
+Event scripts receive the stream as KEYS[1] and ``base`` (``<prefix>:ev:{<event>}:``) as
+ARGV[1], like the run scripts.
 """
 
 from __future__ import annotations
@@ -65,6 +81,10 @@ class WorkflowKeys:
         return self.base + "dead"
 
     @property
+    def stats(self) -> str:
+        return self.base + "stats"
+
+    @property
     def finished_channel(self) -> str:
         return self.base + "finished"
 
@@ -85,7 +105,67 @@ class WorkflowKeys:
         return f"{self.base}run:{run_id}:events"
 
 
+def reconcile_lock(prefix: str) -> str:
+    """The short lock that lets one instance at a time run a reconciler pass."""
+    return f"{prefix}:reconcile:lock"
+
+
+def active_pattern(prefix: str) -> str:
+    """SCAN pattern of every workflow's set of live runs."""
+    return f"{prefix}:{{*}}:active"
+
+
+def workflow_of_key(key: str, prefix: str) -> str:
+    """The workflow named by a key of that workflow (``<prefix>:{<wf>}:...``)."""
+    return key[len(prefix) + 2 :].partition("}")[0]
+
+
 def workflow_of(run_id: str) -> str:
     """The workflow name carried by a run id (``<workflow>.<hex>``)."""
     workflow, dot, _ = run_id.rpartition(".")
     return workflow if dot else ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventKeys:
+    """Keys of one event name under one prefix."""
+
+    prefix: str
+    event: str
+
+    @property
+    def base(self) -> str:
+        """Common start of every key of this event (carries the hash tag)."""
+        return f"{self.prefix}:ev:{{{self.event}}}:"
+
+    @property
+    def stream(self) -> str:
+        return self.base + "stream"
+
+    @property
+    def dead(self) -> str:
+        return self.base + "dead"
+
+    @property
+    def stats(self) -> str:
+        return self.base + "stats"
+
+    @property
+    def delayed(self) -> str:
+        return self.base + "delayed"
+
+    @property
+    def delayed_data(self) -> str:
+        return self.base + "delayed:data"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.base}idem:{key}"
+
+    def retry(self, group: str) -> str:
+        return f"{self.base}retry:{group}"
+
+    def attempts(self, group: str) -> str:
+        return f"{self.base}attempts:{group}"
+
+    def reply_channel(self, provider_id: str) -> str:
+        return f"{self.base}reply:{provider_id}"

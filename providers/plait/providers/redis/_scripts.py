@@ -58,6 +58,8 @@ class RunScripts:
         self._tick = register(client, "run_tick", "lib_run")
         self._cancel = register(client, "run_cancel", "lib_run")
         self._progress = register(client, "run_progress", "lib_run")
+        self._retry = register(client, "run_retry", "lib_run")
+        self._reconcile = register(client, "run_reconcile", "lib_run")
         self._dead_letter = register(client, "dead_letter")
 
     async def execute(
@@ -144,6 +146,20 @@ class RunScripts:
             keys=[keys.run(job.run_id)], args=[keys.base, job.run_id, job.name, job.token, value]
         )
         return bool(reply)
+
+    async def retry(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
+        """Resume a FAILED or TIMED_OUT run: ("resumed" | "invalid" | "unknown", status)."""
+        reply = await self._retry(keys=[keys.run(run_id)], args=[keys.base, run_id])
+        self._connection.kick(keys.jobs)
+        return _text(reply[0]), _text(reply[1])
+
+    async def reconcile(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
+        """Repair a live run that cannot advance: ("ok" | "repaired" | "gone", detail)."""
+        reply = await self._reconcile(keys=[keys.run(run_id)], args=[keys.base, run_id])
+        outcome = _text(reply[0])
+        if outcome == "repaired":
+            self._connection.kick(keys.jobs)
+        return outcome, _text(reply[1])
 
     async def dead_letter(
         self, stream: str, dead: str, entry: str, reason: str, fields: dict[str, str]

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from redis import exceptions as redis_errors
 
 from plait.workflows import WorkflowError
-from redis import exceptions as redis_errors
 
 from ._attempt import (
     AttemptSupersededError,
@@ -78,7 +78,7 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
-        self._intake = anyio.CancelScope()
+        self._intake: anyio.CancelScope | None = None
         self._stopping = False
         self._tg: TaskGroup | None = None
 
@@ -105,7 +105,8 @@ class Worker:
     async def drain(self, timeout: float) -> bool:
         """Stop taking jobs and wait up to ``timeout`` s for running ones; True when idle."""
         self._stopping = True
-        self._intake.cancel()
+        if self._intake is not None:
+            self._intake.cancel()
         with anyio.move_on_after(timeout):
             await self._idle.wait()
         return self._idle.is_set()
@@ -119,6 +120,9 @@ class Worker:
     # -- intake ------------------------------------------------------------------------------
 
     async def _take_loop(self) -> None:
+        self._intake = anyio.CancelScope()
+        if self._stopping:
+            return
         with self._intake:
             last_reclaim = 0.0
             while True:
@@ -257,7 +261,14 @@ class Worker:
                 self._scopes.pop(job.run_id, None)
         if error is None and result is not None:
             value = result
-            await self._transition(lambda: self._scripts.complete(self.keys, job, value))
+            status = await self._transition(lambda: self._scripts.complete(self.keys, job, value))
+            if status is None:
+                logger.warning(
+                    "run %s: late completion of %s attempt %d rejected (superseded)",
+                    job.run_id,
+                    job.name,
+                    started.attempt,
+                )
         elif error is not None:
             await self._record_failure(job, started.attempt, error)
 

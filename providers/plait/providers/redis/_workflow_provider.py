@@ -12,15 +12,17 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
 
-import redis.asyncio as aioredis
 from plait.workflows import (
     IdempotencyConflictError,
     InvalidDefinitionError,
     InvalidInputError,
+    InvalidRunStateError,
     ProviderClosedError,
     RetryPolicy,
+    RunNotFoundError,
     Workflow,
     WorkflowConsumer,
     WorkflowHandle,
@@ -33,7 +35,7 @@ from ._keys import workflow_of
 from ._notify import Notifications
 from ._runs import Runs
 from ._scripts import RunScripts
-from ._timers import Timers
+from ._timers import Reconciler, ReconcileStats, Timers
 from ._tracing import outgoing_meta
 from ._worker import Worker
 
@@ -77,6 +79,8 @@ class RedisWorkflowProvider:
         shutdown_timeout: how long :meth:`stop` waits for running steps.
         connect_timeout: how long callers wait for an unreachable Redis before
             :class:`~plait.workflows.ProviderUnavailableError`.
+        reconcile_interval: how often the reconciler looks for runs that cannot advance by
+            themselves (one instance at a time does a pass).
         tracer_provider: the OpenTelemetry tracer provider (default: the global one).
         meter_provider: the OpenTelemetry meter provider (default: the global one).
     """
@@ -94,6 +98,7 @@ class RedisWorkflowProvider:
         retry: RetryPolicy | None = None,
         shutdown_timeout: timedelta = timedelta(seconds=10),
         connect_timeout: timedelta = timedelta(seconds=5),
+        reconcile_interval: timedelta = timedelta(seconds=30),
         tracer_provider: Any = None,
         meter_provider: Any = None,
         _connection: Connection | None = None,
@@ -110,6 +115,7 @@ class RedisWorkflowProvider:
         self.retry_policy = retry or RetryPolicy()
         self.shutdown_timeout = shutdown_timeout
         self.connect_timeout = connect_timeout
+        self.reconcile_interval = reconcile_interval
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self._scripts = RunScripts(self._connection)
@@ -122,6 +128,12 @@ class RedisWorkflowProvider:
         )
         self._runs.close()
         self._timers = Timers(self._connection, prefix)
+        self._reconciler = Reconciler(
+            self._connection,
+            prefix,
+            owner=self.provider_id,
+            min_age=stall_timeout.total_seconds(),
+        )
         self._workers: dict[str, Worker] = {}
         self._definitions: dict[str, Workflow[Any, Any]] = {}
         self._supervisor: asyncio.Task[None] | None = None
@@ -142,6 +154,7 @@ class RedisWorkflowProvider:
         retry: RetryPolicy | None = None,
         shutdown_timeout: timedelta = timedelta(seconds=10),
         connect_timeout: timedelta = timedelta(seconds=5),
+        reconcile_interval: timedelta = timedelta(seconds=30),
         tracer_provider: Any = None,
         meter_provider: Any = None,
     ) -> Self:
@@ -162,6 +175,7 @@ class RedisWorkflowProvider:
             retry=retry,
             shutdown_timeout=shutdown_timeout,
             connect_timeout=connect_timeout,
+            reconcile_interval=reconcile_interval,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             _connection=connection,
@@ -230,6 +244,7 @@ class RedisWorkflowProvider:
             self._tg = tg
             tg.start_soon(self._notifications.run)
             await tg.start(self._timers.serve)
+            tg.start_soon(self._reconciler.serve, self.reconcile_interval.total_seconds())
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
             ready.set()
@@ -314,8 +329,7 @@ class RedisWorkflowProvider:
             IdempotencyConflictError: the key belongs to a run with a different input.
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        if self._supervisor is None:
-            raise ProviderClosedError("the workflow provider is not started")
+        self._check_started()
         if not isinstance(definition, Workflow):
             raise TypeError(f"expected a Workflow, got {type(definition).__name__}")
         name = definition.name
@@ -368,3 +382,48 @@ class RedisWorkflowProvider:
         await self._runs.run_status(name, run_id)
         output = definition.output if definition is not None else None
         return WorkflowHandle(self._runs, run_id, name, created=False, output=output)
+
+    async def retry(self, run_id: str) -> WorkflowHandle[Any]:
+        """Resume a FAILED or TIMED_OUT run as a new attempt of the same run (same id).
+
+        Completed steps that have no rollback keep their results and are not run again;
+        steps whose rollbacks ran are run again; the run resumes at the earliest such step or
+        at the failed step, with a fresh deadline when it had a timeout.
+
+        Raises:
+            InvalidRunStateError: the run is in any other status.
+            RunNotFoundError: no run has this id.
+        """
+        self._check_started()
+        name = workflow_of(run_id)
+        outcome, status = await call_until(
+            lambda: self._scripts.retry(self._runs.keys(name), run_id),
+            timeout=self.connect_timeout.total_seconds(),
+            what=f"retry {run_id}",
+        )
+        if outcome == "unknown":
+            raise RunNotFoundError(run_id)
+        if outcome == "invalid":
+            raise InvalidRunStateError(run_id, status)
+        definition = self._definitions.get(name)
+        self._timers.watch(name)
+        output = definition.output if definition is not None else None
+        return WorkflowHandle(self._runs, run_id, name, created=False, output=output)
+
+    async def reconcile(self) -> ReconcileStats:
+        """Run one reconciler pass now (without the lock) and return what it found."""
+        self._check_started()
+        return await call_until(
+            self._reconciler.run_pass,
+            timeout=self.connect_timeout.total_seconds(),
+            what="reconcile",
+        )
+
+    @property
+    def last_reconcile(self) -> ReconcileStats | None:
+        """The stats of this instance's last reconciler pass, if it ran one."""
+        return self._reconciler.last
+
+    def _check_started(self) -> None:
+        if self._supervisor is None:
+            raise ProviderClosedError("the workflow provider is not started")

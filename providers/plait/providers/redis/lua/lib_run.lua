@@ -7,7 +7,8 @@
 -- rbact (the compensation job running now), infl (steps still running while compensating),
 -- err (the error that failed the run), result, jobs (every job, in scheduling order), and per
 -- job J: J|st (queued running retrying done failed cancelling cancelled), J|at (attempt),
--- J|tk (token of the live attempt), J|ow (owner), J|t0, J|t1, J|er (last error), J|pg.
+-- J|tk (token of the live attempt), J|en (its stream entry), J|ow (owner), J|t0, J|t1,
+-- J|er (last error), J|pg (progress).
 -- Jobs are step names, '~complete' (on_complete), '~error' (on_error), '~rb:<step>'.
 
 local GROUP = 'plait'
@@ -49,10 +50,15 @@ local function caps(c)
   return cjson.decode(raw)
 end
 
--- Returns the job's state and the run's status when `tok` is the live attempt's token.
-local function check(c, job, tok)
+-- Returns the job's state and the run's status when `tok` is the live attempt's token, else
+-- nil; with `fence`, a write refused because its attempt was superseded is counted (stats
+-- field 'fenced').
+local function check(c, job, tok, fence)
   local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st', 'status')
-  if not v[1] or v[1] ~= tok then return nil, v[3] end
+  if not v[1] or v[1] ~= tok then
+    if fence and v[1] then redis.call('HINCRBY', c.base .. 'stats', 'fenced', 1) end
+    return nil, v[3]
+  end
   return v[2], v[3]
 end
 
@@ -64,11 +70,16 @@ local function ack(c, entry)
   end
 end
 
+-- Put an attempt of `job` with token `tok` on the stream and remember its entry.
+local function push(c, job, tok)
+  local id = redis.call('XADD', c.jobs, '*', 'r', c.run, 'j', job, 't', tok)
+  redis.call('HSET', c.r, job .. '|st', 'queued', job .. '|tk', tok, job .. '|en', id)
+end
+
 local function enqueue(c, job)
   local tok = redis.call('HINCRBY', c.r, 'tok', 1)
   if redis.call('HINCRBY', c.r, job .. '|at', 1) == 1 then append(c, 'jobs', job) end
-  redis.call('HSET', c.r, job .. '|st', 'queued', job .. '|tk', tok)
-  redis.call('XADD', c.jobs, '*', 'r', c.run, 'j', job, 't', tok)
+  push(c, job, tok)
   return tok
 end
 
@@ -83,21 +94,35 @@ local function finalize(c, status, now)
   redis.call('PEXPIRE', c.ev, ret)
   local ikey = redis.call('HGET', c.r, 'ikey')
   if ikey and ikey ~= '' then redis.call('PEXPIRE', c.base .. 'idem:' .. ikey, ret) end
+  redis.call('HINCRBY', c.base .. 'stats', status, 1)
   redis.call('PUBLISH', c.base .. 'finished', c.run .. '|' .. status)
 end
 
+-- Start group `gi` (steps already done, kept by a resumed run, are skipped); returns whether
+-- the group exists and how many of its steps were enqueued.
 local function start_group(c, gi)
   local group = cjson.decode(redis.call('HGET', c.r, 'plan'))[gi]
-  if group == nil then return false end
-  redis.call('HSET', c.r, 'gi', gi, 'pend', #group)
-  for _, step in ipairs(group) do enqueue(c, step) end
-  return true
+  if group == nil then return false, 0 end
+  local pend = 0
+  for _, step in ipairs(group) do
+    if redis.call('HGET', c.r, step .. '|st') ~= 'done' then
+      enqueue(c, step)
+      pend = pend + 1
+    end
+  end
+  redis.call('HSET', c.r, 'gi', gi, 'pend', pend)
+  return true, pend
 end
 
 -- The current group is done: start the next one, or complete the run.
 local function advance(c, now)
-  local gi = tonumber(redis.call('HGET', c.r, 'gi') or '0') + 1
-  if start_group(c, gi) then return end
+  local gi = tonumber(redis.call('HGET', c.r, 'gi') or '0')
+  while true do
+    gi = gi + 1
+    local exists, pend = start_group(c, gi)
+    if not exists then break end
+    if pend > 0 then return end
+  end
   redis.call('HSET', c.r, 'gi', gi)
   local cp = caps(c)
   if cp and not cp.oc then

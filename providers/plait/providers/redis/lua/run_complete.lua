@@ -5,7 +5,7 @@
 -- returns {'ok', run status after the transition} | {'stale'} (superseded: nothing recorded)
 local c = ctx(ARGV[1], ARGV[2])
 local job, tok, value = ARGV[3], ARGV[4], ARGV[6]
-local st = check(c, job, tok)
+local st = check(c, job, tok, true)
 ack(c, ARGV[5])
 if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
 local now = now_ms()

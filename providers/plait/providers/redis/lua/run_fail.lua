@@ -5,7 +5,7 @@
 -- returns {'retry', next attempt, due ms} | {'failed', run status} | {'stale'}
 local c = ctx(ARGV[1], ARGV[2])
 local job, tok, err, delay = ARGV[3], ARGV[4], ARGV[6], tonumber(ARGV[7])
-local st = check(c, job, tok)
+local st = check(c, job, tok, true)
 ack(c, ARGV[5])
 if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
 local now = now_ms()

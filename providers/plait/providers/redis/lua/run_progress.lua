@@ -4,7 +4,7 @@
 -- returns 1 saved | 0 refused (the attempt was superseded)
 local c = ctx(ARGV[1], ARGV[2])
 local job = ARGV[3]
-local st = check(c, job, ARGV[4])
+local st = check(c, job, ARGV[4], true)
 if st ~= 'running' and st ~= 'cancelling' then return 0 end
 redis.call('HSET', c.r, job .. '|pg', ARGV[5])
 event(c, 'step.progress', job, redis.call('HGET', c.r, job .. '|at'), ARGV[5])

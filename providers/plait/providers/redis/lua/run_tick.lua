@@ -12,8 +12,7 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT
     local c = ctx(base, run)
     local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st')
     if v[1] == tok and v[2] == 'retrying' then
-      redis.call('HSET', c.r, job .. '|st', 'queued')
-      redis.call('XADD', c.jobs, '*', 'r', run, 'j', job, 't', tok)
+      push(c, job, tok)
       promoted = promoted + 1
     end
   end

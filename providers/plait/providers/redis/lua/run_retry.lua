@@ -1,0 +1,55 @@
+-- run_retry.lua: resume a FAILED or TIMED_OUT run as a new attempt of the same run.
+-- Completed steps whose rollback never ran keep their results and are not run again; every
+-- other step runs again, from the earliest group holding one. Hooks and rollbacks start over.
+-- KEYS[1] run hash
+-- ARGV[1] base  ARGV[2] run id
+-- returns {'resumed', status} | {'invalid', status} | {'unknown', ''}
+local c = ctx(ARGV[1], ARGV[2])
+local status = redis.call('HGET', c.r, 'status')
+if not status then return {'unknown', ''} end
+if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} end
+local now = now_ms()
+local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 't0', 't1', 'er'}
+local function wipe(job)
+  for _, f in ipairs(FIELDS) do redis.call('HDEL', c.r, job .. '|' .. f) end
+end
+local function kept(step)
+  return redis.call('HGET', c.r, step .. '|st') == 'done'
+    and redis.call('HEXISTS', c.r, '~rb:' .. step .. '|st') == 0
+end
+local jobs = {}
+local first = nil
+for gi, group in ipairs(cjson.decode(redis.call('HGET', c.r, 'plan'))) do
+  for _, step in ipairs(group) do
+    if kept(step) then
+      jobs[#jobs + 1] = step
+    else
+      first = first or gi
+      wipe(step)
+      redis.call('HDEL', c.res, step)
+    end
+  end
+end
+for _, job in ipairs(split(redis.call('HGET', c.r, 'jobs'))) do
+  if string.sub(job, 1, 1) == '~' then wipe(job) end
+end
+local order = {}
+for _, step in ipairs(split(redis.call('HGET', c.r, 'order'))) do
+  if redis.call('HGET', c.r, step .. '|st') == 'done' then order[#order + 1] = step end
+end
+redis.call('HDEL', c.r, 'err', 'reason', 'finished', 'result')
+redis.call('HSET', c.r, 'status', 'RUNNING', 'jobs', table.concat(jobs, ','),
+  'order', table.concat(order, ','), 'comp', '', 'rbact', '', 'infl', 0,
+  'gi', (first or (#cjson.decode(redis.call('HGET', c.r, 'plan')) + 1)) - 1)
+for _, key in ipairs({c.r, c.res, c.ev}) do redis.call('PERSIST', key) end
+local ikey = redis.call('HGET', c.r, 'ikey')
+if ikey and ikey ~= '' then redis.call('PERSIST', c.base .. 'idem:' .. ikey) end
+redis.call('ZADD', c.base .. 'active', now, c.run)
+local timeout = tonumber(redis.call('HGET', c.r, 'tmo') or '0')
+if timeout > 0 then
+  redis.call('HSET', c.r, 'deadline', now + timeout)
+  redis.call('ZADD', c.base .. 'deadlines', now + timeout, c.run)
+end
+event(c, 'run.resumed', '', '', status)
+advance(c, now)
+return {'resumed', redis.call('HGET', c.r, 'status')}

@@ -1,0 +1,18 @@
+"""Workflow definitions shared by the multi-process tests and their worker application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from plait.workflows import Workflow
+
+
+class Job(BaseModel):
+    n: int
+
+
+chain: Workflow[Job, Any] = Workflow("chain", input=Job).step("s1").step("s2").step("s3")
+hold: Workflow[Job, Any] = Workflow("hold", input=Job).step("work")
+booking: Workflow[Job, Any] = Workflow("booking", input=Job).step("book").step("wait")

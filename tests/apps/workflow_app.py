@@ -1,0 +1,95 @@
+"""A worker application for the multi-process tests, run with ``plait worker``.
+
+Configured by environment: ``PLAIT_URL``, ``PLAIT_PREFIX``, ``PLAIT_ID`` (instance name),
+``PLAIT_STALL`` (stall timeout, s), ``PLAIT_STEP_SECONDS`` (work per chain step, s). Every
+step attempt is counted in Redis (``<prefix>:test:ran`` hash, ``<run>:<step>`` -> attempts).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from apps.definitions import Job, booking, chain, hold
+
+from plait.providers.redis import RedisWorkflowProvider
+from plait.workflows import RetryPolicy, StepContext, WorkflowConsumer, WorkflowContext
+
+URL = os.environ.get("PLAIT_URL", "redis://127.0.0.1:6379/0")
+PREFIX = os.environ.get("PLAIT_PREFIX", "plait-test")
+INSTANCE = os.environ.get("PLAIT_ID", f"worker-{os.getpid()}")
+STEP_SECONDS = float(os.environ.get("PLAIT_STEP_SECONDS", "0.02"))
+HOLD_SECONDS = float(os.environ.get("PLAIT_HOLD_SECONDS", "3"))
+
+_counter: list[Any] = []
+
+
+async def count(ctx: StepContext[Job], what: str) -> None:
+    if not _counter:
+        _counter.append(aioredis.Redis.from_url(URL))
+    await _counter[0].hincrby(f"{PREFIX}:test:ran", f"{ctx.run_id}:{what}", 1)
+
+
+chains: WorkflowConsumer[Job, Any] = WorkflowConsumer(chain)
+
+
+async def chain_step(ctx: StepContext[Job]) -> str:
+    await count(ctx, ctx.step)
+    await anyio.sleep(STEP_SECONDS)
+    return INSTANCE
+
+
+for name in ("s1", "s2", "s3"):
+    chains.step(name)(chain_step)
+
+
+@chains.on_complete
+async def chain_done(ctx: WorkflowContext[Job]) -> dict[str, Any]:
+    return {"n": ctx.input.n, "by": [ctx.results[s] for s in ("s1", "s2", "s3")]}
+
+
+holds: WorkflowConsumer[Job, Any] = WorkflowConsumer(hold)
+
+
+@holds.step("work")
+async def work(ctx: StepContext[Job]) -> str:
+    await count(ctx, "work")
+    if ctx.attempt == 1:
+        await anyio.sleep(HOLD_SECONDS)
+    return f"{INSTANCE} attempt {ctx.attempt}"
+
+
+bookings: WorkflowConsumer[Job, Any] = WorkflowConsumer(booking)
+
+
+@bookings.step("book")
+async def book(ctx: StepContext[Job]) -> str:
+    await count(ctx, "book")
+    return "B-1"
+
+
+@bookings.rollback("book")
+async def unbook(ctx: StepContext[Job]) -> None:
+    await count(ctx, "unbook")
+
+
+@bookings.step("wait")
+async def wait(ctx: StepContext[Job]) -> None:
+    await count(ctx, "wait")
+    await anyio.sleep(3600)
+
+
+provider = RedisWorkflowProvider.from_url(
+    URL,
+    prefix=PREFIX,
+    provider_id=INSTANCE,
+    stall_timeout=timedelta(seconds=float(os.environ.get("PLAIT_STALL", "1"))),
+    shutdown_timeout=timedelta(seconds=1),
+    concurrency=10,
+    retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
+)
+for consumer in (chains, holds, bookings):
+    provider.register(consumer)
