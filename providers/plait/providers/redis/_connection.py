@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import fakeredis
-
 import redis.asyncio as aioredis
-from plait.workflows import ProviderUnavailableError
 from redis import exceptions as redis_errors
+
+from plait.workflows import ProviderUnavailableError
 
 T = TypeVar("T")
 
