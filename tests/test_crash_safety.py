@@ -22,13 +22,14 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from apps.definitions import chain, hold
+from apps.definitions import chain, crunch, hold
 from conftest import REDIS_URL, eventually
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import (
     ProviderUnavailableError,
     RetryPolicy,
+    WorkflowConsumer,
     WorkflowHandle,
     WorkflowStatus,
     WorkflowTimeoutError,
@@ -130,14 +131,16 @@ async def test_a_killed_worker_loses_no_run_and_completes_none_twice(
         for step in ("s1", "s2", "s3"):
             assert ran[f"{handle.run_id}:{step}"] >= 1
     reclaimed = [
-        (info.run_id, name)
+        step
         for info in infos
-        for name, step in info.steps.items()
+        for step in info.steps.values()
         if step.error is not None and step.error.cause_type == "plait.WorkerLost"
     ]
     assert reclaimed, "the killed worker held steps that were reclaimed"
-    for run_id, name in reclaimed:
-        assert ran[f"{run_id}:{name}"] >= 2  # the reclaimed step ran again
+    for step in reclaimed:  # each ran again as a new attempt, which completed
+        assert (step.state, step.attempts >= 2) == ("completed", True)
+        assert step.error is not None
+        assert "instance b" in step.error.cause_message
     assert all(info.status is WorkflowStatus.COMPLETED for info in infos)
 
 
@@ -174,6 +177,33 @@ async def test_a_paused_worker_cannot_complete_a_reclaimed_step(
     assert info.steps["work"].error is not None
     assert info.steps["work"].error.cause_type == "plait.WorkerLost"
     assert "instance a" in info.steps["work"].error.cause_message
+
+
+async def test_a_step_blocking_its_event_loop_briefly_is_not_reclaimed(
+    spawn: Spawn, client: Any, prefix: str, tmp_path: Path
+) -> None:
+    spawn("busy")
+    await _ready(tmp_path, "busy")
+    rival: WorkflowConsumer[Any, Any] = WorkflowConsumer(crunch)
+    rival.step("crunch")(lambda ctx: "rival")
+    async with RedisWorkflowProvider.from_url(
+        REDIS_URL, prefix=prefix, stall_timeout=timedelta(seconds=1)
+    ) as caller:
+        handle = await caller.execute(crunch, {"n": 1})
+
+        async def held_by_busy() -> bool:
+            owner = await client.hget(f"{prefix}:{{crunch}}:run:{handle.run_id}", "crunch|ow")
+            return bool(owner == b"busy")
+
+        await eventually(held_by_busy, what="the busy worker runs the step")
+        caller.register(rival)  # a live rival that would reclaim a stalled step
+        await handle.result(timeout=30)
+        info = await handle.describe()
+
+    assert info.steps["crunch"].attempts == 1
+    assert info.steps["crunch"].error is None
+    stored = await client.hget(f"{prefix}:{{crunch}}:run:{handle.run_id}:results", "crunch")
+    assert stored == b'"busy"'
 
 
 CALLER = """

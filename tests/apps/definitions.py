@@ -16,3 +16,4 @@ class Job(BaseModel):
 chain: Workflow[Job, Any] = Workflow("chain", input=Job).step("s1").step("s2").step("s3")
 hold: Workflow[Job, Any] = Workflow("hold", input=Job).step("work")
 booking: Workflow[Job, Any] = Workflow("booking", input=Job).step("book").step("wait")
+crunch: Workflow[Job, Any] = Workflow("crunch", input=Job).step("crunch")

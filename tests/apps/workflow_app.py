@@ -8,12 +8,13 @@ step attempt is counted in Redis (``<prefix>:test:ran`` hash, ``<run>:<step>`` -
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from apps.definitions import Job, booking, chain, hold
+from apps.definitions import Job, booking, chain, crunch, hold
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import RetryPolicy, StepContext, WorkflowConsumer, WorkflowContext
@@ -82,6 +83,18 @@ async def wait(ctx: StepContext[Job]) -> None:
     await anyio.sleep(3600)
 
 
+crunches: WorkflowConsumer[Job, Any] = WorkflowConsumer(crunch)
+
+
+@crunches.step("crunch")
+async def crunch_step(ctx: StepContext[Job]) -> str:
+    await count(ctx, "crunch")
+    for _ in range(5):
+        time.sleep(0.8)  # blocks the event loop, for less than the stall timeout (1 s)
+        await anyio.sleep(0)
+    return INSTANCE
+
+
 provider = RedisWorkflowProvider.from_url(
     URL,
     prefix=PREFIX,
@@ -91,5 +104,5 @@ provider = RedisWorkflowProvider.from_url(
     concurrency=10,
     retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
 )
-for consumer in (chains, holds, bookings):
+for consumer in (chains, holds, bookings, crunches):
     provider.register(consumer)

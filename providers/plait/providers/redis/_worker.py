@@ -3,9 +3,9 @@
 Jobs arrive on the workflow's stream through the consumer group shared by every instance.
 A worker reads at most as many entries as it has free slots, marks each attempt running in one
 Lua call, runs the handler under the step timeout and the run deadline, and records the outcome
-in one more Lua call. While an entry is held, a lease loop keeps it fresh in the pending list
-(``XCLAIM JUSTID``); entries left idle by a dead instance are taken over by the reclaim loop
-(``XAUTOCLAIM``) and the attempt they carried is failed as ``plait.WorkerLost`` and retried.
+in one more Lua call. While an entry is held, a lease thread keeps it fresh in the pending
+list (``XCLAIM JUSTID``, see ``_lease``); entries left idle by a dead instance are taken over
+by the reclaim loop (``XAUTOCLAIM``) and the attempt they carried is failed as ``plait.WorkerLost`` and retried.
 Only the token-checked scripts acknowledge entries, so a zombie can never empty the pending list.
 """
 
@@ -36,12 +36,11 @@ from ._attempt import (
 from ._codec import ERROR, ROLLBACK, decode_record, encode_result, outcome_error
 from ._connection import CONNECTION_ERRORS, Connection, call_forever
 from ._keys import GROUP, WorkflowKeys
+from ._lease import Leases
 from ._scripts import Job, Lost, RunScripts, Started
 from ._tracing import current_meta
 
 logger = logging.getLogger("plait.worker")
-
-LEASE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis_errors.ResponseError)
 
 FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
 
@@ -61,6 +60,7 @@ class Worker:
         concurrency: int,
         stall_timeout: float,
         caps: str,
+        leases: Leases,
         on_retry: Callable[[str], None],
     ) -> None:
         self.keys = WorkflowKeys(prefix, handlers.definition.name)
@@ -73,6 +73,7 @@ class Worker:
         self._stall = stall_timeout
         self._caps = caps
         self._on_retry = on_retry
+        self._leases = leases
         self._held: set[str] = set()
         self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
         self._slot_freed = anyio.Event()
@@ -98,7 +99,6 @@ class Worker:
         await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            tg.start_soon(self._lease_loop)
             tg.start_soon(self._take_loop)
             task_status.started()
 
@@ -190,26 +190,16 @@ class Worker:
         assert self._tg is not None
         entry_id = _text(entry)
         self._held.add(entry_id)
+        self._leases.hold(self.keys.jobs, entry_id)
         self._idle = anyio.Event()
         self._tg.start_soon(self._process, entry_id, fields or {})
 
     def _release(self, entry: str) -> None:
         self._held.discard(entry)
+        self._leases.release(self.keys.jobs, entry)
         self._slot_freed.set()
         if not self._held:
             self._idle.set()
-
-    async def _lease_loop(self) -> None:
-        """Keep held entries fresh so that no live attempt looks stalled."""
-        while True:
-            await anyio.sleep(self._stall / 4)
-            held = list(self._held)
-            if not held:
-                continue
-            try:
-                await self._client.xclaim(self.keys.jobs, GROUP, self._owner, 0, held, justid=True)
-            except LEASE_ERRORS as error:
-                logger.warning("%s: lease renewal failed: %s", self.keys.jobs, error)
 
     # -- one job -----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from ._attempt import Handlers
 from ._codec import canonical_json, caps_of, input_hash, new_run_id, plan_of
 from ._connection import Connection, call_until, connect, wrap
 from ._keys import workflow_of
+from ._lease import Leases
 from ._notify import Notifications
 from ._runs import Runs
 from ._scripts import RunScripts
@@ -135,6 +136,9 @@ class RedisWorkflowProvider:
             min_age=stall_timeout.total_seconds(),
         )
         self._workers: dict[str, Worker] = {}
+        self._leases = Leases(
+            self._connection, owner=self.provider_id, period=stall_timeout.total_seconds() / 4
+        )
         self._definitions: dict[str, Workflow[Any, Any]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._stop_requested = anyio.Event()
@@ -240,6 +244,13 @@ class RedisWorkflowProvider:
             await self._connection.aclose()
 
     async def _serve(self, ready: anyio.Event) -> None:
+        self._leases.start()
+        try:
+            await self._supervise(ready)
+        finally:
+            await anyio.to_thread.run_sync(self._leases.stop)
+
+    async def _supervise(self, ready: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._notifications.run)
@@ -290,6 +301,7 @@ class RedisWorkflowProvider:
             concurrency=self.concurrency,
             stall_timeout=self.stall_timeout.total_seconds(),
             caps=caps_of(consumer),
+            leases=self._leases,
             on_retry=self._timers.wake,
         )
         self._workers[name] = worker

@@ -1,0 +1,104 @@
+"""Leases on running steps, renewed from a thread so a busy event loop cannot starve them.
+
+A worker holds a stream entry in the group's pending list while its attempt runs; the entry's
+idle time is what reclaim looks at. Renewal (``XCLAIM ... JUSTID`` of every held entry, batched
+per stream) runs in a thread with its own synchronous connection, every ``stall_timeout / 4``,
+so a handler that blocks the event loop for less than ``stall_timeout`` keeps its lease.
+Renewal never acknowledges anything: only the token-checked scripts do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import fakeredis
+import redis
+
+from ._connection import Connection
+from ._keys import GROUP
+
+logger = logging.getLogger("plait.lease")
+
+#: Connection settings a synchronous client can take from an asyncio one.
+_SYNC_KWARGS = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "path",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "socket_connect_timeout",
+)
+
+
+def sync_client(connection: Connection) -> Any:
+    """A synchronous client on the same server as ``connection`` (for the lease thread)."""
+    client: Any = connection.client
+    if isinstance(client, fakeredis.FakeAsyncRedis):
+        return fakeredis.FakeRedis(server=client.connection_pool.connection_kwargs["server"])
+    settings = client.connection_pool.connection_kwargs
+    kwargs = {key: settings[key] for key in _SYNC_KWARGS if key in settings}
+    if "path" in kwargs:
+        kwargs["unix_socket_path"] = kwargs.pop("path")
+    if client.connection_pool.connection_class.__name__ == "SSLConnection":
+        kwargs["ssl"] = True
+    kwargs.setdefault("socket_timeout", 5)
+    return redis.Redis(**kwargs)
+
+
+class Leases:
+    """The entries this instance holds, per stream, and the thread that keeps them fresh."""
+
+    def __init__(self, connection: Connection, *, owner: str, period: float) -> None:
+        self._connection = connection
+        self._owner = owner
+        self._period = period
+        self._held: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, stream: str, entry: str) -> None:
+        """Keep ``entry`` of ``stream`` leased until :meth:`release`."""
+        with self._lock:
+            self._held.setdefault(stream, set()).add(entry)
+
+    def release(self, stream: str, entry: str) -> None:
+        """Stop renewing ``entry``."""
+        with self._lock:
+            self._held.get(stream, set()).discard(entry)
+
+    def start(self) -> None:
+        """Start the renewal thread (idempotent)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_forever, name="plait-lease", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing; entries still held are left to be reclaimed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._period + 5)
+            self._thread = None
+
+    def _renew_forever(self) -> None:
+        client = sync_client(self._connection)
+        try:
+            while not self._stop.wait(self._period):
+                with self._lock:
+                    batches = [(stream, list(ids)) for stream, ids in self._held.items() if ids]
+                for stream, ids in batches:
+                    try:
+                        client.xclaim(stream, GROUP, self._owner, 0, ids, justid=True)
+                    except (redis.RedisError, OSError) as error:
+                        logger.warning("%s: lease renewal failed: %s", stream, error)
+        finally:
+            client.close()
