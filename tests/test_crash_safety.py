@@ -131,16 +131,16 @@ async def test_a_killed_worker_loses_no_run_and_completes_none_twice(
         for step in ("s1", "s2", "s3"):
             assert ran[f"{handle.run_id}:{step}"] >= 1
     reclaimed = [
-        step
+        lost
         for info in infos
-        for step in info.steps.values()
-        if step.error is not None and step.error.cause_type == "plait.WorkerLost"
+        for lost in info.steps.values()
+        if lost.error is not None and lost.error.cause_type == "plait.WorkerLost"
     ]
     assert reclaimed, "the killed worker held steps that were reclaimed"
-    for step in reclaimed:  # each ran again as a new attempt, which completed
-        assert (step.state, step.attempts >= 2) == ("completed", True)
-        assert step.error is not None
-        assert "instance b" in step.error.cause_message
+    for lost in reclaimed:  # each ran again as a new attempt, which completed
+        assert (lost.state, lost.attempts >= 2) == ("completed", True)
+        assert lost.error is not None
+        assert "instance b" in lost.error.cause_message
     assert all(info.status is WorkflowStatus.COMPLETED for info in infos)
 
 

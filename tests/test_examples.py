@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: What each example must print, so a silently broken demo fails here.
 EXPECTED = {
     "order_saga.py": ["COMPLETED", "FAILED", "rollback: released R-43", "created=False"],
+    "events_fanout.py": ["billing :", "shipping:", "quote for tea"],
 }
 
 

@@ -39,8 +39,22 @@ def test_workflows_exports_the_contract_names() -> None:
     ]
 
 
+def test_events_exports_the_contract_names() -> None:
+    assert plait.events.__all__ == [
+        "Event",
+        "EventContext",
+        "EventEmitter",
+        "EventError",
+        "EventHandler",
+        "EventHandlerError",
+        "EventSubscriber",
+        "EventTimeoutError",
+        "InvalidEventError",
+    ]
+
+
 def test_redis_provider_exports_the_contract_names() -> None:
-    assert plait.providers.redis.__all__ == ["RedisWorkflowProvider"]
+    assert plait.providers.redis.__all__ == ["RedisEventProvider", "RedisWorkflowProvider"]
 
 
 def test_every_exported_name_exists() -> None:

@@ -6,9 +6,10 @@ Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) o
 
 import logging
 
+from ._event_provider import RedisEventProvider
 from ._workflow_provider import RedisWorkflowProvider
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())
 
-__all__ = ["RedisWorkflowProvider"]
+__all__ = ["RedisEventProvider", "RedisWorkflowProvider"]

@@ -209,15 +209,20 @@ def _is_async(handler: Callable[..., Any]) -> bool:
     )
 
 
-def wire_error(job: str, attempt: int, error: BaseException) -> dict[str, Any]:
-    """The stored form of a failed attempt's error."""
+def wire_error(
+    job: str, attempt: int, error: BaseException, *, span: str | None = None
+) -> dict[str, Any]:
+    """The stored form of a failed attempt's error (with its span, linked by the next try)."""
     captured = step_error_from_exception(error_step_name(job), attempt, error)
     plait_type = cause_type_of(error)
     if plait_type is not None:
         captured = WorkflowStepError(
             captured.step, attempt, plait_type, captured.cause_message, captured.cause_traceback
         )
-    return step_error_to_wire(captured)
+    wire = step_error_to_wire(captured)
+    if span:
+        wire["span"] = span
+    return wire
 
 
 def meta_of(started: Started, job: Job) -> Mapping[str, str]:

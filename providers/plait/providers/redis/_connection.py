@@ -25,6 +25,9 @@ from plait.workflows import ProviderUnavailableError
 
 T = TypeVar("T")
 
+#: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers.
+MAX_CONNECTIONS = 200
+
 logger = logging.getLogger("plait.redis")
 
 #: Errors that mean "Redis cannot be reached right now": retried, never leaked.
@@ -106,7 +109,7 @@ class Connection:
             return
         self.closed = True
         if self.owned:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
         if self.memory_name is not None:
             entry = _MEMORY_SERVERS.get(self.memory_name)
             if entry is not None:
@@ -125,12 +128,15 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         entry.users += 1
         fake = fakeredis.FakeAsyncRedis(server=entry.server)
         return Connection(fake, entry.wakeups, owned=True, memory_name=name)
-    client = aioredis.Redis.from_url(
+    # A blocking pool makes a burst of callers wait for a free connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=connect_timeout,
         socket_connect_timeout=connect_timeout,
         health_check_interval=30,
     )
-    return Connection(client, None, owned=True)
+    return Connection(aioredis.Redis(connection_pool=pool), None, owned=True)
 
 
 def wrap(client: aioredis.Redis) -> Connection:

@@ -35,6 +35,8 @@ class Started:
     deadline_ms: int | None
     progress: str | None
     results: dict[str, str]
+    previous_span: str | None = None
+    """The traceparent of the attempt this one retries, when it recorded one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,8 @@ class RunScripts:
             return Lost(int(reply[1]), _text(reply[2]))
         if outcome != "run":
             return None
-        flat = reply[6:]
+        flat = reply[7:]
+        previous = json.loads(reply[6]).get("span") if reply[6] else None
         results = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Started(
             attempt=int(reply[1]),
@@ -101,6 +104,7 @@ class RunScripts:
             deadline_ms=int(reply[4]) if reply[4] else None,
             progress=_text(reply[5]) if reply[5] else None,
             results=results,
+            previous_span=previous,
         )
 
     async def complete(self, keys: WorkflowKeys, job: Job, result: str) -> str | None:
@@ -114,14 +118,16 @@ class RunScripts:
 
     async def fail(
         self, keys: WorkflowKeys, job: Job, *, error: dict[str, Any], retry_delay_ms: int
-    ) -> tuple[str, int]:
-        """Record a failed attempt; returns ("retry", due ms), ("failed", 0) or ("stale", 0)."""
+    ) -> tuple[str, str]:
+        """Record a failed attempt: ("retry", due ms), ("failed", run status) or ("stale", "")."""
         args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
         args += [json.dumps(error), retry_delay_ms]
         reply = await self._fail(keys=[keys.run(job.run_id)], args=args)
         self._connection.kick(keys.jobs)
         outcome = _text(reply[0])
-        return outcome, int(reply[2]) if outcome == "retry" else 0
+        if outcome == "retry":
+            return outcome, _text(reply[2])
+        return outcome, _text(reply[1]) if len(reply) > 1 else ""
 
     async def tick(self, keys: WorkflowKeys, limit: int = 200) -> tuple[int, int, int, int]:
         """Promote due retries and expire due deadlines.

@@ -5,7 +5,8 @@ A worker reads at most as many entries as it has free slots, marks each attempt 
 Lua call, runs the handler under the step timeout and the run deadline, and records the outcome
 in one more Lua call. While an entry is held, a lease thread keeps it fresh in the pending
 list (``XCLAIM JUSTID``, see ``_lease``); entries left idle by a dead instance are taken over
-by the reclaim loop (``XAUTOCLAIM``) and the attempt they carried is failed as ``plait.WorkerLost`` and retried.
+by the reclaim loop (``XAUTOCLAIM``) and the attempt they carried is failed as
+``plait.WorkerLost`` and retried.
 Only the token-checked scripts acknowledge entries, so a zombie can never empty the pending list.
 """
 
@@ -33,14 +34,17 @@ from ._attempt import (
     meta_of,
     wire_error,
 )
-from ._codec import ERROR, ROLLBACK, decode_record, encode_result, outcome_error
+from ._codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
 from ._connection import CONNECTION_ERRORS, Connection, call_forever
 from ._keys import GROUP, WorkflowKeys
 from ._lease import Leases
 from ._scripts import Job, Lost, RunScripts, Started
+from ._telemetry import Telemetry, record_failure, traceparent_of
 from ._tracing import current_meta
 
 logger = logging.getLogger("plait.worker")
+
+MEASURE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis_errors.ResponseError)
 
 FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
 
@@ -61,6 +65,7 @@ class Worker:
         stall_timeout: float,
         caps: str,
         leases: Leases,
+        telemetry: Telemetry,
         on_retry: Callable[[str], None],
     ) -> None:
         self.keys = WorkflowKeys(prefix, handlers.definition.name)
@@ -74,6 +79,8 @@ class Worker:
         self._caps = caps
         self._on_retry = on_retry
         self._leases = leases
+        self._telemetry = telemetry
+        self.depth = 0
         self._held: set[str] = set()
         self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
         self._slot_freed = anyio.Event()
@@ -133,6 +140,7 @@ class Worker:
                     continue
                 if time.monotonic() - last_reclaim >= self._stall / 2:
                     last_reclaim = time.monotonic()
+                    await self._measure_depth()
                     free -= await self._reclaim(free)
                     if free <= 0:
                         continue
@@ -163,6 +171,16 @@ class Worker:
             logger.warning("%s: reading jobs failed (%s); retrying", self.keys.jobs, error)
             await anyio.sleep(0.5)
         return []
+
+    async def _measure_depth(self) -> None:
+        """Jobs waiting (lag) or running (pending) in the group, for the queue depth gauge."""
+        try:
+            groups = await self._client.xinfo_groups(self.keys.jobs)
+        except MEASURE_ERRORS:
+            return
+        for group in groups:
+            if _text(group.get("name")) == GROUP:
+                self.depth = int(group.get("pending") or 0) + int(group.get("lag") or 0)
 
     async def _reclaim(self, count: int) -> int:
         """Take over entries idle past the stall timeout; returns how many were taken."""
@@ -216,6 +234,7 @@ class Worker:
                 lambda: self._scripts.start(self.keys, job, self._owner)
             )
             if isinstance(started, Lost):
+                self._telemetry.steps_reclaimed.add(1, {"plait.workflow": self.keys.workflow})
                 lost = WorkerLostError(
                     f"instance {started.owner or '?'} stopped while running attempt "
                     f"{started.attempt} of {job.name!r}"
@@ -232,35 +251,71 @@ class Worker:
     async def _attempt(self, job: Job, started: Started) -> None:
         scope = anyio.CancelScope()
         self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
-        meta_token = current_meta.set(meta_of(started, job))
+        meta = meta_of(started, job)
+        meta_token = current_meta.set(meta)
         result: str | None = None
         error: BaseException | None = None
+        began = time.perf_counter()
+        step = display_name(job.name)
         try:
-            with scope:
-                try:
-                    result = await self._call(job, started)
-                except Exception as raised:
-                    error = raised
-            if scope.cancelled_caught:
-                error = RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
+            with self._telemetry.consuming(
+                f"process {self.keys.workflow} {step}",
+                meta,
+                attributes={
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": self.keys.workflow,
+                    "messaging.message.id": f"{job.run_id}:{job.name}",
+                    "plait.run_id": job.run_id,
+                    "plait.step": step,
+                    "plait.attempt": started.attempt,
+                },
+                previous=started.previous_span,
+            ) as span:
+                with scope:
+                    try:
+                        result = await self._call(job, started)
+                    except Exception as raised:
+                        error = raised
+                if scope.cancelled_caught:
+                    error = RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
+                if error is not None:
+                    record_failure(span, error)
+                span_id = traceparent_of(span)
         finally:
             current_meta.reset(meta_token)
             attempts = self._scopes.get(job.run_id, {})
             attempts.pop(job.entry, None)
             if not attempts:
                 self._scopes.pop(job.run_id, None)
+        self._telemetry.step_duration.record(
+            time.perf_counter() - began,
+            {
+                "plait.workflow": self.keys.workflow,
+                "plait.step": step,
+                "plait.outcome": "failed" if error else "completed",
+            },
+        )
         if error is None and result is not None:
             value = result
             status = await self._transition(lambda: self._scripts.complete(self.keys, job, value))
             if status is None:
+                self._telemetry.fencing_rejections.add(1, {"plait.workflow": self.keys.workflow})
                 logger.warning(
                     "run %s: late completion of %s attempt %d rejected (superseded)",
                     job.run_id,
                     job.name,
                     started.attempt,
                 )
+            else:
+                self._count_end(status)
         elif error is not None:
-            await self._record_failure(job, started.attempt, error)
+            await self._record_failure(job, started.attempt, error, span=span_id)
+
+    def _count_end(self, status: str) -> None:
+        if status in FINAL_STATUS.values() or status == "COMPLETED":
+            self._telemetry.runs_finished.add(
+                1, {"plait.workflow": self.keys.workflow, "plait.status": status}
+            )
 
     async def _call(self, job: Job, started: Started) -> str:
         """The handler call, bounded by the step timeout and the run's deadline."""
@@ -292,7 +347,9 @@ class Worker:
         record["status"] = FINAL_STATUS.get(record.get("reason", ""), "FAILED")
         return outcome_error(run_id, record)
 
-    async def _record_failure(self, job: Job, attempt: int, error: BaseException) -> None:
+    async def _record_failure(
+        self, job: Job, attempt: int, error: BaseException, *, span: str | None = None
+    ) -> None:
         delay = self._handlers.retry_delay_ms(job.name, attempt, error)
         if isinstance(error, RunStoppedError):
             delay = -1
@@ -309,12 +366,19 @@ class Worker:
             lambda: self._scripts.fail(
                 self.keys,
                 job,
-                error=wire_error(job.name, attempt, error),
+                error=wire_error(job.name, attempt, error, span=span),
                 retry_delay_ms=delay,
             )
         )
-        if outcome is not None and outcome[0] == "retry":
+        if outcome is None:
+            return
+        if outcome[0] == "retry":
+            self._telemetry.steps_retried.add(1, {"plait.workflow": self.keys.workflow})
             self._on_retry(self.keys.workflow)
+        elif outcome[0] == "stale":
+            self._telemetry.fencing_rejections.add(1, {"plait.workflow": self.keys.workflow})
+        else:
+            self._count_end(outcome[1])
 
     async def _reject(self, job: Job, fields: dict[bytes, bytes]) -> None:
         """A job this consumer has no handler for: dead-letter it and fail its attempt."""
@@ -329,6 +393,7 @@ class Worker:
 
     async def _dead_letter(self, entry: str, reason: str, fields: dict[bytes, bytes]) -> None:
         logger.error("%s: entry %s dead-lettered: %s", self.keys.jobs, entry, reason)
+        self._telemetry.dead_letters.add(1, {"plait.workflow": self.keys.workflow})
         text = {_text(k): _text(v) for k, v in fields.items()}
         await self._transition(
             lambda: self._scripts.dead_letter(self.keys.jobs, self.keys.dead, entry, reason, text)

@@ -36,6 +36,7 @@ from ._lease import Leases
 from ._notify import Notifications
 from ._runs import Runs
 from ._scripts import RunScripts
+from ._telemetry import Telemetry
 from ._timers import Reconciler, ReconcileStats, Timers
 from ._tracing import outgoing_meta
 from ._worker import Worker
@@ -120,6 +121,8 @@ class RedisWorkflowProvider:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self._scripts = RunScripts(self._connection)
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._telemetry.watch_depth(self._depths)
         self._notifications = Notifications(self._connection)
         self._runs = Runs(
             self._connection,
@@ -302,6 +305,7 @@ class RedisWorkflowProvider:
             stall_timeout=self.stall_timeout.total_seconds(),
             caps=caps_of(consumer),
             leases=self._leases,
+            telemetry=self._telemetry,
             on_retry=self._timers.wake,
         )
         self._workers[name] = worker
@@ -358,21 +362,25 @@ class RedisWorkflowProvider:
         deadline = _seconds(timeout if timeout is not None else self.default_timeout)
         keys = self._runs.keys(name)
         self._definitions.setdefault(name, definition)
-        outcome, found = await call_until(
-            lambda: self._scripts.execute(
-                keys,
-                run_id,
-                idempotency_key=idempotency_key or "",
-                input_hash=input_hash(canonical),
-                input_json=canonical,
-                meta_json=canonical_json(outgoing_meta(meta, correlation_id=run_id)),
-                plan_json=plan_of(definition),
-                timeout_ms=int(deadline * 1000) if deadline else 0,
-                retention_ms=int(self.retention.total_seconds() * 1000),
-            ),
-            timeout=self.connect_timeout.total_seconds(),
-            what=f"execute {name}",
-        )
+        with self._telemetry.producing("execute", name) as span:
+            span.set_attribute("messaging.message.id", run_id)
+            outcome, found = await call_until(
+                lambda: self._scripts.execute(
+                    keys,
+                    run_id,
+                    idempotency_key=idempotency_key or "",
+                    input_hash=input_hash(canonical),
+                    input_json=canonical,
+                    meta_json=canonical_json(outgoing_meta(meta, correlation_id=run_id)),
+                    plan_json=plan_of(definition),
+                    timeout_ms=int(deadline * 1000) if deadline else 0,
+                    retention_ms=int(self.retention.total_seconds() * 1000),
+                ),
+                timeout=self.connect_timeout.total_seconds(),
+                what=f"execute {name}",
+            )
+        if outcome == "created":
+            self._telemetry.runs_started.add(1, {"plait.workflow": name})
         if outcome == "conflict":
             raise IdempotencyConflictError(idempotency_key or "", found)
         if deadline:
@@ -439,3 +447,6 @@ class RedisWorkflowProvider:
     def _check_started(self) -> None:
         if self._supervisor is None:
             raise ProviderClosedError("the workflow provider is not started")
+
+    def _depths(self) -> list[tuple[str, int]]:
+        return [(name, worker.depth) for name, worker in self._workers.items()]

@@ -1,0 +1,153 @@
+"""How events are written to and read from Redis: ids, stream entries, replies, errors.
+
+A stream entry holds ``id`` (the event id), ``data`` (JSON), ``meta`` (a JSON object of
+strings) and, for requests, ``reply`` (``"<channel>|<request id>"``). An entry that does not
+decode is a :class:`MalformedEntryError`: it is dead-lettered with the reason, never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+from pydantic import BaseModel, ValidationError
+
+from plait.events import Event
+from plait.workflows._errors import qualified_name
+
+REQUIRED_FIELDS = ("id", "data", "meta")
+MALFORMED = "~malformed"
+"""Field set (instead of the entry's own fields) when an entry could not even be read."""
+
+
+class MalformedEntryError(Exception):
+    """A stream entry or payload that cannot be decoded (the message is the reason)."""
+
+
+class InvalidResultError(Exception):
+    """A handler's reply does not validate as the event's ``result`` model (never retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry handed to this consumer, with the attempt it starts."""
+
+    entry: str
+    attempt: int
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A stream entry decoded for its event."""
+
+    event_id: str
+    data: BaseModel
+    meta: dict[str, str]
+    reply_channel: str | None
+    request_id: str | None
+
+
+def new_event_id() -> str:
+    """A time-ordered event id: 12 hex digits of milliseconds, then 16 random hex digits."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+def text(value: Any) -> str:
+    """A Redis reply value as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def flat_fields(flat: Any) -> dict[str, str]:
+    """Stream entry fields, from a flat ``[name, value, ...]`` list or a mapping.
+
+    Raises:
+        MalformedEntryError: a field name or value is not UTF-8.
+    """
+    try:
+        if isinstance(flat, Mapping):
+            return {text(k): text(v) for k, v in flat.items()}
+        items = list(flat)
+        return {text(items[i]): text(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+    except UnicodeDecodeError as error:
+        raise MalformedEntryError(f"entry is not UTF-8: {error}") from error
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON of a pydantic model or any JSON-able value."""
+    return pydantic_core.to_json(value).decode()
+
+
+def decode_entry(event: Event[Any, Any], fields: Mapping[str, str]) -> Decoded:
+    """Decode and validate a stream entry of ``event``.
+
+    Raises:
+        MalformedEntryError: a field is missing or does not decode, or the data does not validate.
+    """
+    if MALFORMED in fields:
+        raise MalformedEntryError(fields[MALFORMED])
+    missing = [name for name in REQUIRED_FIELDS if name not in fields]
+    if missing:
+        raise MalformedEntryError(f"entry lacks field(s) {', '.join(missing)}")
+    try:
+        raw_data = json.loads(fields["data"])
+        meta = json.loads(fields["meta"])
+    except ValueError as error:
+        raise MalformedEntryError(f"undecodable payload: {error}") from error
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise MalformedEntryError("meta is not a JSON object of strings")
+    try:
+        data = event.data.model_validate(raw_data)
+    except ValidationError as error:
+        raise MalformedEntryError(f"data does not match {event.data.__name__}: {error}") from error
+    channel, request_id = None, None
+    reply = fields.get("reply")
+    if reply:
+        channel, _, request_id = reply.rpartition("|")
+        if not channel or not request_id:
+            raise MalformedEntryError(f"invalid reply address {reply!r}")
+    return Decoded(fields["id"], data, meta, channel, request_id)
+
+
+def check_result(event: Event[Any, Any], value: Any) -> Any:
+    """Validate a handler's non-None reply into ``event.result``.
+
+    Raises:
+        InvalidResult: the reply does not match, or is not JSON-able.
+    """
+    try:
+        checked = event.validate_result(value)
+        encode_json(checked)
+    except (ValidationError, pydantic_core.PydanticSerializationError) as error:
+        expected = event.result.__name__ if event.result is not None else "JSON"
+        raise InvalidResultError(
+            f"handler of {event.name!r} returned {type(value).__name__}, "
+            f"which does not validate as {expected}: {error}"
+        ) from error
+    return checked
+
+
+def error_to_wire(error: BaseException, attempt: int) -> dict[str, Any]:
+    """A handler's exception as JSON-able data (dead letters, request replies)."""
+    return {
+        "attempt": attempt,
+        "type": qualified_name(type(error)),
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+
+
+def reply_message(request_id: str, group: str, *, result: Any = None) -> str:
+    """The pub/sub message answering a request with a result."""
+    return encode_json({"request": request_id, "group": group, "ok": True, "result": result})
+
+
+def failure_message(request_id: str, group: str, *, error: dict[str, Any]) -> str:
+    """The pub/sub message answering a request with a handler failure."""
+    return json.dumps({"request": request_id, "group": group, "ok": False, "error": error})

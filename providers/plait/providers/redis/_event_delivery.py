@@ -1,0 +1,191 @@
+"""Running one delivery: decode, call the group's handlers, record the outcome in Redis.
+
+The outcome is one write: an acknowledgement (with the request's reply), a scheduled retry in
+the group's retry zset, or a dead letter. Writes are retried while Redis is unreachable, never
+dropped; a delivery whose write could not be made stays pending and is reclaimed later.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from plait.events import Event, EventContext, EventHandler
+from plait.workflows import RetryPolicy
+
+from ._connection import call_forever
+from ._event_codec import (
+    Decoded,
+    Delivery,
+    InvalidResultError,
+    MalformedEntryError,
+    check_result,
+    decode_entry,
+    error_to_wire,
+    failure_message,
+    reply_message,
+)
+from ._event_scripts import EventScripts
+from ._keys import EventKeys
+from ._tracing import current_meta
+
+T = TypeVar("T")
+
+logger = logging.getLogger("plait.redis.events")
+
+
+@dataclass(eq=False)
+class Subscription:
+    """The handlers of one event in one group on this instance, and the entries it holds."""
+
+    event: Event[Any, Any]
+    group: str
+    keys: EventKeys
+    handlers: list[EventHandler] = field(default_factory=list)
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    held: set[str] = field(default_factory=set)
+    cursor: str = "0-0"
+
+
+class DeliveryRunner:
+    """Runs deliveries for one consumer and records their outcomes."""
+
+    def __init__(
+        self,
+        scripts: EventScripts,
+        *,
+        consumer: str,
+        retry: RetryPolicy,
+        emit: Callable[..., Awaitable[str]],
+        retried: Callable[[], None],
+    ) -> None:
+        self._scripts = scripts
+        self._consumer = consumer
+        self._retry = retry
+        self._emit = emit
+        self._retried = retried
+        self.tracer: trace.Tracer | None = None
+        self.stopping = False
+
+    async def run(self, sub: Subscription, delivery: Delivery) -> None:
+        """Handle ``delivery`` of ``sub`` and record the outcome."""
+        keys, group, consumer = sub.keys, sub.group, self._consumer
+        try:
+            decoded = decode_entry(sub.event, delivery.fields)
+        except MalformedEntryError as error:
+            logger.warning("dead-lettering entry %s of %s: %s", delivery.entry, keys.stream, error)
+            reason = f"malformed entry: {error}"
+            await self._write(
+                lambda: self._scripts.dead(
+                    keys, group, consumer, delivery, reason=reason, error=None
+                ),
+                "dead-letter",
+            )
+            return
+        context: EventContext[Any] = EventContext(
+            event_id=decoded.event_id,
+            event=sub.event.name,
+            group=group,
+            attempt=delivery.attempt,
+            data=decoded.data,
+            meta=decoded.meta,
+            emit=self._emit,
+        )
+        token = current_meta.set({**decoded.meta, "event_id": decoded.event_id})
+        try:
+            with self._span(sub, context):
+                value = await _call(sub.handlers, context)
+                if value is not None:
+                    value = check_result(sub.event, value)
+        except Exception as error:
+            await self._failed(sub, delivery, decoded, error)
+            return
+        finally:
+            current_meta.reset(token)
+        reply = None
+        answers = value is not None or sub.event.result is None
+        if decoded.reply_channel and decoded.request_id and answers:
+            message = reply_message(decoded.request_id, group, result=value)
+            reply = (decoded.reply_channel, message)
+        await self._write(lambda: self._scripts.ack(keys, group, delivery, reply), "ack")
+
+    async def _failed(
+        self, sub: Subscription, delivery: Delivery, decoded: Decoded, error: Exception
+    ) -> None:
+        keys, group, consumer = sub.keys, sub.group, self._consumer
+        policy = self._retry
+        retryable = not isinstance(error, InvalidResultError) and policy.is_retryable(error)
+        if retryable and delivery.attempt < policy.max_attempts:
+            delay_ms = int(policy.delay(delivery.attempt).total_seconds() * 1000)
+            logger.info(
+                "handler of %s (group %s) failed on attempt %d, retrying in %d ms: %r",
+                sub.event.name, group, delivery.attempt, delay_ms, error,
+            )  # fmt: skip
+            await self._write(
+                lambda: self._scripts.fail(keys, group, consumer, delivery, delay_ms), "retry"
+            )
+            self._retried()
+            return
+        if isinstance(error, InvalidResultError):
+            reason = "invalid result"
+        else:
+            reason = "attempts exhausted" if retryable else "non-retryable error"
+        logger.warning(
+            "dead-lettering event %s of %s (group %s) after attempt %d: %s: %r",
+            decoded.event_id, sub.event.name, group, delivery.attempt, reason, error,
+        )  # fmt: skip
+        wire = error_to_wire(error, delivery.attempt)
+        await self._write(
+            lambda: self._scripts.dead(keys, group, consumer, delivery, reason=reason, error=wire),
+            "dead-letter",
+        )
+        if decoded.reply_channel and decoded.request_id:
+            message = failure_message(decoded.request_id, group, error=wire)
+            channel = decoded.reply_channel
+            await self._write(lambda: self._scripts.publish(channel, message), "reply")
+
+    def _span(self, sub: Subscription, context: EventContext[Any]) -> AbstractContextManager[Any]:
+        tracer = self.tracer
+        if tracer is None:
+            return nullcontext()
+        parent = TraceContextTextMapPropagator().extract(
+            {"traceparent": context.meta.get("traceparent", "")}
+        )
+        return tracer.start_as_current_span(
+            f"{sub.event.name} process",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.destination.name": sub.event.name,
+                "messaging.consumer.group.name": sub.group,
+                "messaging.message.id": context.event_id,
+                "plait.attempt": context.attempt,
+            },
+        )
+
+    async def _write(self, operation: Callable[[], Awaitable[T]], what: str) -> T | None:
+        return await call_forever(operation, what=what, stopping=lambda: self.stopping)
+
+
+async def _call(handlers: list[EventHandler], context: EventContext[Any]) -> Any:
+    """Run the handlers of a group in order; the first non-None value is the reply."""
+    result = None
+    for handler in list(handlers):
+        if inspect.iscoroutinefunction(handler):
+            value = await handler(context)
+        else:
+            value = await anyio.to_thread.run_sync(handler, context)
+            if inspect.isawaitable(value):
+                value = await value
+        if result is None:
+            result = value
+    return result

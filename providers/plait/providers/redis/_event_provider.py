@@ -1,0 +1,407 @@
+"""The public face of the event engine: :class:`RedisEventProvider`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar, overload
+
+import anyio
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from plait.events import (
+    Event,
+    EventHandler,
+    InvalidEventError,
+)
+from plait.workflows import ProviderClosedError, ProviderUnavailableError, RetryPolicy
+
+from ._connection import Connection, call_until, connect, wrap
+from ._event_publisher import Publisher, tracer_of, validated
+from ._event_scripts import EventScripts
+from ._event_worker import EventWorker, WorkerOptions
+from ._keys import EventKeys
+from ._notify import Notifications
+
+__all__ = ["RedisEventProvider"]
+
+DataT = TypeVar("DataT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
+
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class RedisEventProvider:
+    """Durable events on Redis streams: fan-out to groups, competing instances within a group.
+
+    Every group subscribed to an event receives each emitted event; the instances of one group
+    (providers with the same ``group``) share its deliveries. Delivery is at-least-once:
+    a failed handler is retried with backoff per ``retry`` in its own group only, then the
+    event is dead-lettered for that group; the deliveries of an instance that died are
+    reclaimed after ``stall_timeout``::
+
+        async with RedisEventProvider.from_url(url, group="billing") as events:
+            @events.on(order_placed)
+            async def bill(ctx: EventContext[OrderPlaced]) -> None: ...
+
+            await events.emit(order_placed, OrderPlaced(order_id="42"), idempotency_key="o-42")
+
+    Args:
+        redis: an existing ``redis.asyncio.Redis`` client (never closed by the provider).
+        group: the default group of handlers registered with :meth:`on`.
+        prefix: the start of every key.
+        provider_id: this instance's consumer name (default: host, pid and a random suffix).
+        retention: how long acknowledged events stay in a stream, and how long an idempotency
+            key suppresses duplicate emits.
+        retry: the retry policy of handlers (default ``RetryPolicy()``).
+        stall_timeout: after this long without a lease renewal, another instance of the group
+            takes over a delivery.
+        concurrency: handlers running at once on this instance.
+        shutdown_timeout: how long :meth:`stop` waits for running handlers.
+        connect_timeout: how long calls wait for an unreachable Redis before raising
+            :class:`~plait.workflows.ProviderUnavailableError`.
+        tracer_provider: an OpenTelemetry tracer provider (default: the global one).
+        meter_provider: an OpenTelemetry meter provider (default: the global one).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        group: str,
+        prefix: str = "plait",
+        provider_id: str | None = None,
+        retention: timedelta = timedelta(days=1),
+        retry: RetryPolicy | None = None,
+        stall_timeout: timedelta = timedelta(seconds=15),
+        concurrency: int = 10,
+        shutdown_timeout: timedelta = timedelta(seconds=10),
+        connect_timeout: timedelta = timedelta(seconds=5),
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        _connection: Connection | None = None,
+    ) -> None:
+        _check_group(group)
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self._connection = _connection or wrap(redis)
+        self.group = group
+        self.prefix = prefix
+        self.provider_id = provider_id or _default_id()
+        self.retention = retention
+        self.retry_policy = retry or RetryPolicy()
+        self.stall_timeout = stall_timeout
+        self.concurrency = concurrency
+        self.shutdown_timeout = shutdown_timeout
+        self.connect_timeout = connect_timeout
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self._scripts = EventScripts(self._connection)
+        self._notifications = Notifications(self._connection)
+        self._worker = self._new_worker()
+        self._publisher = Publisher(
+            self._scripts,
+            self._notifications,
+            prefix=prefix,
+            provider_id=self.provider_id,
+            retention=retention,
+            connect_timeout=connect_timeout,
+            published=self._published,
+        )
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        group: str,
+        prefix: str = "plait",
+        provider_id: str | None = None,
+        retention: timedelta = timedelta(days=1),
+        retry: RetryPolicy | None = None,
+        stall_timeout: timedelta = timedelta(seconds=15),
+        concurrency: int = 10,
+        shutdown_timeout: timedelta = timedelta(seconds=10),
+        connect_timeout: timedelta = timedelta(seconds=5),
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+    ) -> Self:
+        """A provider on ``redis://``, ``rediss://``, ``unix://`` or ``memory://[NAME]``.
+
+        ``memory://`` is an embedded in-process server shared by every provider of the process
+        that opens the same URL. The provider closes the connection it opened here.
+        """
+        connection = connect(url, connect_timeout=connect_timeout.total_seconds())
+        return cls(
+            connection.client,
+            group=group,
+            prefix=prefix,
+            provider_id=provider_id,
+            retention=retention,
+            retry=retry,
+            stall_timeout=stall_timeout,
+            concurrency=concurrency,
+            shutdown_timeout=shutdown_timeout,
+            connect_timeout=connect_timeout,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            _connection=connection,
+        )
+
+    def _new_worker(self) -> EventWorker:
+        options = WorkerOptions(
+            prefix=self.prefix,
+            consumer=self.provider_id,
+            retry=self.retry_policy,
+            stall_timeout=self.stall_timeout.total_seconds(),
+            concurrency=self.concurrency,
+            retention=self.retention.total_seconds(),
+            shutdown_timeout=self.shutdown_timeout.total_seconds(),
+        )
+        return EventWorker(self._connection, self._scripts, options=options, emit=self.emit)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Check Redis, start the readers and timers, and create the groups of registered handlers.
+
+        Raises:
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        if self._supervisor is not None:
+            return
+        timeout = self.connect_timeout.total_seconds()
+        try:
+            await call_until(self._connection.client.ping, timeout=timeout, what="start")
+        except BaseException:
+            await self._connection.aclose()
+            raise
+        tracer = tracer_of(self.tracer_provider)
+        self._publisher.tracer = tracer
+        self._worker.set_tracer(tracer)
+        self._stop_requested = asyncio.Event()
+        ready = asyncio.Event()
+        self._supervisor = asyncio.create_task(self._serve(ready))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({self._supervisor, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._supervisor.done():
+            supervisor, self._supervisor = self._supervisor, None
+            supervisor.result()
+        try:
+            with anyio.fail_after(timeout):
+                await self._worker.ready()
+        except TimeoutError:
+            await self.stop()
+            raise ProviderUnavailableError("start: consumer groups not created in time") from None
+
+    async def stop(self) -> None:
+        """Stop taking events, wait up to ``shutdown_timeout`` for running handlers, release Redis.
+
+        Handlers still running after the timeout are left to be reclaimed by other instances;
+        pending :meth:`request` calls raise :class:`~plait.workflows.ProviderClosedError`.
+        """
+        supervisor, self._supervisor = self._supervisor, None
+        self._publisher.fail_waiting(ProviderClosedError("the event provider was stopped"))
+        try:
+            if supervisor is not None:
+                self._stop_requested.set()
+                await supervisor
+        finally:
+            await self._connection.aclose()
+
+    async def _serve(self, ready: asyncio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._notifications.run)
+            async with anyio.create_task_group() as work:
+                await work.start(self._worker.serve)
+                ready.set()
+                await self._stop_requested.wait()
+                self._worker.stop()
+            tg.cancel_scope.cancel()
+
+    def _published(self, keys: EventKeys, delayed: bool) -> None:
+        self._worker.know(keys)
+        if delayed:
+            self._worker.wake_timer()
+
+    def _check_open(self) -> None:
+        if self._supervisor is None:
+            raise ProviderClosedError("the event provider is not started")
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    @overload
+    def on(
+        self, event: Event[Any, Any], handler: None = None, *, group: str | None = None
+    ) -> Callable[[EventHandler], EventHandler]: ...
+
+    @overload
+    def on(
+        self, event: Event[Any, Any], handler: EventHandler, *, group: str | None = None
+    ) -> EventHandler: ...
+
+    def on(
+        self,
+        event: Event[Any, Any],
+        handler: EventHandler | None = None,
+        *,
+        group: str | None = None,
+    ) -> EventHandler | Callable[[EventHandler], EventHandler]:
+        """Run ``handler`` for every ``event`` delivered to ``group`` (default: the provider's).
+
+        Usable as ``events.on(event, handler)`` or as the decorator ``@events.on(event)``,
+        before or after :meth:`start` (then :meth:`ready` waits for the new group). Handlers
+        may be async or sync (run in a worker thread). Several handlers of one group run in
+        registration order for each delivery, and a failure of any of them fails the delivery;
+        the first non-None return value is the reply to a :meth:`request`.
+
+        Raises:
+            InvalidEventError: ``event`` is not an :class:`~plait.events.Event`, or the group
+                name is invalid.
+        """
+        if not isinstance(event, Event):
+            raise InvalidEventError("", f"{event!r} is not an Event")
+        chosen = self.group if group is None else group
+        _check_group(chosen)
+
+        def register(function: EventHandler) -> EventHandler:
+            if not callable(function):
+                raise InvalidEventError(event.name, f"handler {function!r} is not callable")
+            self._worker.subscribe(event, chosen, function)
+            return function
+
+        return register if handler is None else register(handler)
+
+    async def ready(self) -> None:
+        """Wait until the groups of every registered handler exist in Redis.
+
+        Raises:
+            ProviderClosedError: the provider is not started.
+        """
+        self._check_open()
+        await self._worker.ready()
+
+    # -- emitting ----------------------------------------------------------------------------
+
+    async def emit(
+        self,
+        event: Event[DataT, Any],
+        data: DataT | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        delay: timedelta | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> str:
+        """Emit ``event`` to every group subscribed to it.
+
+        Args:
+            event: the event definition.
+            data: an instance of ``event.data`` or a mapping validated into it.
+            idempotency_key: emits with the same key within ``retention`` return the first
+                emit's event id and write nothing.
+            delay: deliver no earlier than this from now (durable: kept in Redis, delivered by
+                any live instance subscribed to the event); cancel it with :meth:`cancel`.
+            meta: string meta for handlers (``ctx.meta``); ``correlation_id``, ``traceparent``
+                and, inside a handler or a workflow step, ``causation_id`` are added.
+
+        Returns:
+            The event id.
+
+        Raises:
+            InvalidEventError: ``event`` is not an Event or ``data`` does not validate (nothing
+                is written).
+            ProviderUnavailableError: Redis stayed unreachable for ``connect_timeout``.
+            ProviderClosedError: the provider is not started.
+        """
+        model = validated(event, data)
+        self._check_open()
+        return await self._publisher.publish(event, model, idempotency_key, delay=delay, meta=meta)
+
+    async def request(
+        self,
+        event: Event[DataT, ResultT],
+        data: DataT | Mapping[str, Any],
+        *,
+        timeout: timedelta | float,
+        meta: Mapping[str, str] | None = None,
+    ) -> ResultT:
+        """Emit ``event`` and wait for the first group's reply (its handler's return value).
+
+        A handler failure is reported once its retries are exhausted (or at once for a
+        non-retryable error or an invalid result), so a retry that succeeds within the
+        timeout still answers.
+
+        Returns:
+            The reply, validated into ``event.result`` (plain JSON when it has none).
+
+        Raises:
+            EventTimeoutError: no group replied within ``timeout``.
+            EventHandlerError: the first group to answer reported a handler failure.
+            InvalidEventError: ``data`` does not validate (nothing is written).
+        """
+        model = validated(event, data)
+        self._check_open()
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        result: ResultT = await self._publisher.request(event, model, timeout=seconds, meta=meta)
+        return result
+
+    async def cancel(self, event: Event[Any, Any], idempotency_key: str) -> bool:
+        """Cancel the delayed emit of ``event`` made with ``idempotency_key``.
+
+        Returns:
+            True when it was still waiting (it will never be delivered, and the key may be
+            used again); False when it was delivered already, cancelled, or never emitted.
+        """
+        if not isinstance(event, Event):
+            raise InvalidEventError("", f"{event!r} is not an Event")
+        self._check_open()
+        keys = EventKeys(self.prefix, event.name)
+        return await call_until(
+            lambda: self._scripts.cancel(keys, idempotency_key),
+            timeout=self.connect_timeout.total_seconds(),
+            what=f"cancel {event.name}",
+        )
+
+    async def trim(self, event: Event[Any, Any]) -> int:
+        """Trim ``event``'s stream now (instances also do it in the background).
+
+        Entries older than ``retention`` go, except those a group has not read or
+        acknowledged yet: a lagging group keeps its events.
+
+        Returns:
+            The number of entries removed.
+        """
+        self._check_open()
+        return await self._worker.trim(EventKeys(self.prefix, event.name))
+
+
+def _check_group(group: str) -> None:
+    if not isinstance(group, str) or not GROUP_NAME.match(group):
+        raise InvalidEventError(
+            "", f"invalid group name {group!r}: must match {GROUP_NAME.pattern}"
+        )
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"

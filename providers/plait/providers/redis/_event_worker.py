@@ -1,0 +1,326 @@
+"""Delivering events to this instance's handlers: reading, retries, leases, reclaim, timers.
+
+One reader per (event, group) takes new entries with ``XREADGROUP`` (``BLOCK`` on Redis; on
+``memory://`` an in-process wake-up with a slow fallback poll, since fakeredis does not block).
+A failed delivery stays pending in its group and waits in the group's retry zset; the timer
+claims it back when due, so a retry reaches only the failing group. Live deliveries renew
+their lease; entries of a stalled consumer are reclaimed after ``stall_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from opentelemetry import trace
+from redis import exceptions as redis_errors
+
+from plait.events import Event, EventHandler
+from plait.workflows import RetryPolicy
+
+from ._connection import CONNECTION_ERRORS, Connection, call_forever
+from ._event_codec import Delivery
+from ._event_delivery import DeliveryRunner, Subscription
+from ._event_scripts import EventScripts
+from ._keys import EventKeys
+
+logger = logging.getLogger("plait.redis.events")
+
+BLOCK_MS = 1000
+"""How long a reader blocks in ``XREADGROUP`` on Redis."""
+POLL = 1.0
+"""Longest sleep of the timer, and the fallback poll of readers on ``memory://``."""
+RECLAIM_BATCH = 100
+BACKGROUND_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    redis_errors.ResponseError,
+)
+"""Errors a background loop logs and survives (it tries again on its next round)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    """What the worker needs to know of its provider's options."""
+
+    prefix: str
+    consumer: str
+    retry: RetryPolicy
+    stall_timeout: float
+    concurrency: int
+    retention: float
+    shutdown_timeout: float
+
+
+class EventWorker:
+    """Runs the handlers of one provider; :meth:`serve` owns every background task."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        scripts: EventScripts,
+        *,
+        options: WorkerOptions,
+        emit: Callable[..., Awaitable[str]],
+    ) -> None:
+        self._connection = connection
+        self._scripts = scripts
+        self._options = options
+        self._runner = DeliveryRunner(
+            scripts,
+            consumer=options.consumer,
+            retry=options.retry,
+            emit=emit,
+            retried=self.wake_timer,
+        )
+        self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.streams: dict[str, EventKeys] = {}
+        self._limiter = anyio.CapacityLimiter(options.concurrency)
+        self._in_flight = 0
+        self._slot_freed = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._timer_starved = False
+        self._loops: TaskGroup | None = None
+        self._deliveries: TaskGroup | None = None
+        self._stop = asyncio.Event()
+
+    def set_tracer(self, tracer: trace.Tracer | None) -> None:
+        """Make a CONSUMER span per delivery with ``tracer`` (None: no spans)."""
+        self._runner.tracer = tracer
+
+    def wake_timer(self) -> None:
+        """Make the timer look at delayed events and retries now (a new due time is near)."""
+        self._timer_wake.set()
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def subscribe(self, event: Event[Any, Any], group: str, handler: EventHandler) -> None:
+        """Add ``handler`` for ``event`` in ``group``; starts its reader when serving."""
+        key = (event.name, group)
+        subscription = self.subscriptions.get(key)
+        if subscription is None:
+            keys = self.streams.setdefault(event.name, EventKeys(self._options.prefix, event.name))
+            subscription = self.subscriptions[key] = Subscription(event, group, keys)
+            if self._loops is not None:
+                self._loops.start_soon(self._read, subscription)
+        subscription.handlers.append(handler)
+
+    def know(self, keys: EventKeys) -> None:
+        """Remember a stream this instance emitted to (for delayed events and trimming)."""
+        self.streams.setdefault(keys.event, keys)
+
+    async def ready(self) -> None:
+        """Wait until every subscription's group exists."""
+        for subscription in list(self.subscriptions.values()):
+            await subscription.ready.wait()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Read, run and time deliveries until :meth:`stop`; then drain running ones."""
+        self._stop.clear()
+        self._runner.stopping = False
+        async with anyio.create_task_group() as deliveries:
+            self._deliveries = deliveries
+            deliveries.start_soon(self._lease)
+            async with anyio.create_task_group() as loops:
+                self._loops = loops
+                loops.start_soon(self._timer)
+                for subscription in list(self.subscriptions.values()):
+                    loops.start_soon(self._read, subscription)
+                task_status.started()
+                await self._stop.wait()
+                self._loops = None
+                loops.cancel_scope.cancel()
+            with anyio.move_on_after(self._options.shutdown_timeout, shield=True):
+                while self._in_flight:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+            if self._in_flight:
+                logger.warning("%d deliveries left to be reclaimed", self._in_flight)
+            self._runner.stopping = True
+            deliveries.cancel_scope.cancel()
+        self._deliveries = None
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to stop taking work and drain."""
+        self._stop.set()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _read(self, sub: Subscription) -> None:
+        await self._write(lambda: self._scripts.create_group(sub.keys, sub.group))
+        sub.ready.set()
+        consumer = self._options.consumer
+        wakeups = self._connection.wakeups
+        delay = 0.05
+        async with _listening(self._connection, sub.keys.stream) as kicked:
+            while True:
+                await self._wait_for_slot()
+                kicked.clear()
+                try:
+                    found = await self._scripts.read(
+                        sub.keys,
+                        sub.group,
+                        consumer,
+                        count=self._free(),
+                        block_ms=None if wakeups is not None else BLOCK_MS,
+                    )
+                except CONNECTION_ERRORS as error:
+                    logger.warning("reader of %s: Redis unreachable (%s)", sub.keys.stream, error)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                except redis_errors.ResponseError as error:
+                    if "NOGROUP" not in str(error):
+                        raise
+                    logger.warning(
+                        "group %s of %s vanished; recreating", sub.group, sub.keys.stream
+                    )
+                    await self._write(lambda: self._scripts.create_group(sub.keys, sub.group, "0"))
+                    continue
+                delay = 0.05
+                self._spawn(sub, found)
+                if not found and wakeups is not None:
+                    with anyio.move_on_after(POLL):
+                        await kicked.wait()
+
+    def _free(self) -> int:
+        return max(0, self._options.concurrency - self._in_flight)
+
+    async def _wait_for_slot(self) -> None:
+        while self._in_flight >= self._options.concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    def _spawn(self, sub: Subscription, found: list[Delivery]) -> None:
+        assert self._deliveries is not None
+        for delivery in found:
+            if delivery.entry in sub.held:
+                continue
+            sub.held.add(delivery.entry)
+            self._in_flight += 1
+            self._deliveries.start_soon(self._deliver, sub, delivery)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _deliver(self, sub: Subscription, delivery: Delivery) -> None:
+        try:
+            async with self._limiter:
+                await self._runner.run(sub, delivery)
+        except Exception:
+            logger.exception("delivery %s of %s failed unexpectedly", delivery.entry, sub.keys)
+        finally:
+            sub.held.discard(delivery.entry)
+            self._in_flight -= 1
+            self._slot_freed.set()
+            if self._timer_starved:
+                self._timer_wake.set()
+
+    async def _write(self, operation: Callable[[], Awaitable[bool]]) -> None:
+        await call_forever(operation, what="create group", stopping=lambda: False)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        """Promote due delayed events, claim due retries, trim; sleep until the next due time."""
+        trim_every = min(max(self._options.retention / 10, 1.0), 60.0)
+        trim_at = time.monotonic() + trim_every
+        while True:
+            self._timer_wake.clear()
+            wait = POLL
+            for keys in list(self.streams.values()):
+                wait = min(wait, await self._promote(keys))
+            self._timer_starved = False
+            for sub in list(self.subscriptions.values()):
+                if sub.ready.is_set():
+                    wait = min(wait, await self._claim(sub))
+            if time.monotonic() >= trim_at:
+                trim_at = time.monotonic() + trim_every
+                for keys in list(self.streams.values()):
+                    await self.trim(keys)
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._timer_wake.wait()
+
+    async def _promote(self, keys: EventKeys) -> float:
+        limit = 200
+        try:
+            moved, next_due, now = await self._scripts.promote(keys, limit)
+        except BACKGROUND_ERRORS as error:
+            logger.warning("promoting delayed events of %s failed: %s", keys.stream, error)
+            return POLL
+        if moved >= limit:
+            return 0.0
+        return POLL if next_due < 0 else max(0.0, (next_due - now) / 1000)
+
+    async def _claim(self, sub: Subscription) -> float:
+        free = self._free()
+        if free <= 0:
+            self._timer_starved = True
+            return POLL
+        try:
+            next_due, now, found = await self._scripts.claim(
+                sub.keys, sub.group, self._options.consumer, free
+            )
+        except BACKGROUND_ERRORS as error:
+            logger.warning("claiming retries of %s failed: %s", sub.keys.stream, error)
+            return POLL
+        self._spawn(sub, found)
+        return POLL if next_due < 0 else max(0.0, (next_due - now) / 1000)
+
+    async def trim(self, keys: EventKeys) -> int:
+        """Trim ``keys``' stream (see ``event_trim.lua``); returns the entries removed."""
+        cutoff = int((time.time() - self._options.retention) * 1000)
+        try:
+            return await self._scripts.trim(keys, cutoff)
+        except BACKGROUND_ERRORS as error:
+            logger.warning("trimming %s failed: %s", keys.stream, error)
+            return 0
+
+    async def _lease(self) -> None:
+        """Renew the entries held here and reclaim those of stalled consumers."""
+        options = self._options
+        while True:
+            await anyio.sleep(options.stall_timeout / 3)
+            for sub in list(self.subscriptions.values()):
+                if not sub.ready.is_set():
+                    continue
+                try:
+                    if sub.held:
+                        held = sorted(sub.held)
+                        await self._scripts.renew(sub.keys, sub.group, options.consumer, held)
+                    if self._free() > 0 and self._loops is not None:
+                        cursor, found, dead = await self._scripts.reclaim(
+                            sub.keys,
+                            sub.group,
+                            options.consumer,
+                            min_idle_ms=int(options.stall_timeout * 1000),
+                            cursor=sub.cursor,
+                            limit=min(self._free(), RECLAIM_BATCH),
+                            max_attempts=options.retry.max_attempts,
+                        )
+                        sub.cursor = cursor
+                        if found or dead:
+                            logger.warning(
+                                "reclaimed %d stalled entries of %s (group %s), %d dead-lettered",
+                                len(found), sub.event.name, sub.group, dead,
+                            )  # fmt: skip
+                        self._spawn(sub, found)
+                except BACKGROUND_ERRORS as error:
+                    logger.warning("lease of %s failed: %s", sub.keys.stream, error)
+
+
+@asynccontextmanager
+async def _listening(connection: Connection, key: str) -> AsyncIterator[asyncio.Event]:
+    if connection.wakeups is None:
+        yield asyncio.Event()
+        return
+    async with connection.wakeups.listening(key) as event:
+        yield event

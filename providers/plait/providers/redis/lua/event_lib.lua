@@ -1,0 +1,41 @@
+-- event_lib.lua: functions shared by the event_*.lua scripts (prepended to each).
+--
+-- A stream entry holds: id (the event id), data (JSON), meta (JSON object), and reply
+-- ("<channel>|<request id>") for requests. Per group, an entry waiting for a retry stays
+-- pending in the group and sits in retry:<group> (entry id -> due ms); attempts:<group>
+-- counts the attempts of an entry that failed or were lost (absent: none yet).
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The consumer holding `id` in `group`, or nil when it is not pending there.
+local function holder(stream, group, id)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if p[1] then return p[1][2] end
+  return nil
+end
+
+local function flat_to_json(fields)
+  local out = {}
+  for i = 1, #fields, 2 do out[fields[i]] = fields[i + 1] end
+  return cjson.encode(out)
+end
+
+-- Record a delivery that is given up in the dead-letter stream and acknowledge it for `group`.
+local function bury(base, stream, group, id, reason, err, fields, attempts, cap)
+  local dead = redis.call('XADD', base .. 'dead', 'MAXLEN', '~', cap, '*',
+    'entry', id, 'group', group, 'reason', reason, 'error', err, 'fields', fields,
+    'attempts', attempts)
+  redis.call('XACK', stream, group, id)
+  redis.call('HDEL', base .. 'attempts:' .. group, id)
+  redis.call('ZREM', base .. 'retry:' .. group, id)
+  return dead
+end
+
+local function next_due(zset)
+  local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) end
+  return -1
+end
