@@ -7,6 +7,8 @@ single slot and stays valid on Redis Cluster::
     <prefix>:{<wf>}:delayed           zset "run|job|token" -> due ms (retries with backoff)
     <prefix>:{<wf>}:deadlines         zset run id -> deadline ms
     <prefix>:{<wf>}:active            zset run id -> created ms (runs not finished yet)
+    <prefix>:{<wf>}:runs              zset run id -> created ms (every run kept; trimmed after
+                                      ``retention`` by the reconciler)
     <prefix>:{<wf>}:caps              JSON: which handlers the consumers have (on_complete...)
     <prefix>:{<wf>}:dead              stream of dead-lettered entries, with a reason
     <prefix>:{<wf>}:stats             hash status -> runs that ended so (counters)
@@ -71,6 +73,10 @@ class WorkflowKeys:
     @property
     def active(self) -> str:
         return self.base + "active"
+
+    @property
+    def runs(self) -> str:
+        return self.base + "runs"
 
     @property
     def caps(self) -> str:

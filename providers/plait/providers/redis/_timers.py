@@ -101,12 +101,21 @@ class Reconciler:
     at a time does it. Runs younger than ``min_age`` are left alone: they are still moving.
     """
 
-    def __init__(self, connection: Connection, prefix: str, *, owner: str, min_age: float) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        prefix: str,
+        *,
+        owner: str,
+        min_age: float,
+        retention: float,
+    ) -> None:
         self._client: Any = connection.client
         self._scripts = RunScripts(connection)
         self._prefix = prefix
         self._owner = owner
         self._min_age_ms = int(min_age * 1000)
+        self._retention_ms = int(retention * 1000)
         self.last: ReconcileStats | None = None
 
     async def serve(self, interval: float) -> None:
@@ -129,6 +138,10 @@ class Reconciler:
             key = raw.decode()
             keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
             now_ms = int(time.time() * 1000)
+            # The run index keeps ids a little longer than the runs themselves live.
+            await self._client.zremrangebyscore(
+                keys.runs, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
+            )
             runs = await self._client.zrangebyscore(
                 key, "-inf", now_ms - self._min_age_ms, start=0, num=5000
             )

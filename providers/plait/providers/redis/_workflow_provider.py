@@ -137,6 +137,7 @@ class RedisWorkflowProvider:
             prefix,
             owner=self.provider_id,
             min_age=stall_timeout.total_seconds(),
+            retention=retention.total_seconds(),
         )
         self._workers: dict[str, Worker] = {}
         self._leases = Leases(

@@ -27,6 +27,7 @@ if timeout > 0 then
   redis.call('ZADD', c.base .. 'deadlines', now + timeout, c.run)
 end
 redis.call('ZADD', c.base .. 'active', now, c.run)
+redis.call('ZADD', c.base .. 'runs', now, c.run)
 event(c, 'run.started', '', '', '')
 advance(c, now)
 return {'created', c.run}
