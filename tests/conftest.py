@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +121,55 @@ async def keys_under(provider: RedisWorkflowProvider, prefix: str) -> list[bytes
     """Every key of the provider's Redis under ``prefix``."""
     client: Any = provider._connection.client
     return [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+
+
+TESTS = Path(__file__).resolve().parent
+WORKER = [sys.executable, "-m", "plait.providers.redis._cli", "--log-level", "INFO", "worker"]
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+"""``spawn(instance, url=..., **env)`` starts a ``plait worker`` process."""
+
+
+@pytest.fixture
+def spawn(prefix: str, tmp_path: Path) -> Iterator[Spawn]:
+    """Start ``plait worker`` processes; every one still alive is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn_(instance: str, url: str = REDIS_URL, **env: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{instance}.log", "ab")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [*WORKER, "apps.workflow_app:provider"],
+            cwd=TESTS,
+            env={
+                **os.environ,
+                "PLAIT_URL": url,
+                "PLAIT_PREFIX": prefix,
+                "PLAIT_ID": instance,
+                **env,
+            },
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        started.append(process)
+        return process
+
+    yield spawn_
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        process.wait(timeout=10)
+
+
+async def ready(folder: Path, *instances: str) -> None:
+    """Wait until each instance's log says its providers started."""
+
+    async def all_ready() -> bool:
+        return all(
+            (folder / f"{name}.log").exists()
+            and "worker ready" in (folder / f"{name}.log").read_text()
+            for name in instances
+        )
+
+    await eventually(all_ready, timeout=20, what=f"workers {instances} ready")

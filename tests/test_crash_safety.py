@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 from apps.definitions import chain, crunch, hold
-from conftest import REDIS_URL, eventually
+from conftest import REDIS_URL, Spawn, eventually, ready
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import (
@@ -41,46 +41,10 @@ TESTS = Path(__file__).resolve().parent
 REDIS_SERVER = shutil.which("redis-server")
 
 
-WORKER = [sys.executable, "-m", "plait.providers.redis._cli", "--log-level", "INFO", "worker"]
-
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
 @pytest.fixture
 def backend() -> str:
+    """These tests run on the real Redis only (keys under the test's prefix are cleaned)."""
     return "redis"
-
-
-@pytest.fixture
-def spawn(prefix: str, tmp_path: Path) -> Iterator[Spawn]:
-    """Start ``plait worker`` processes; every one still alive is killed afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def spawn_(instance: str, url: str = REDIS_URL, **env: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{instance}.log", "ab")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(
-            [*WORKER, "apps.workflow_app:provider"],
-            cwd=TESTS,
-            env={
-                **os.environ,
-                "PLAIT_URL": url,
-                "PLAIT_PREFIX": prefix,
-                "PLAIT_ID": instance,
-                **env,
-            },
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
-        started.append(process)
-        return process
-
-    yield spawn_
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -90,25 +54,12 @@ async def client() -> AsyncIterator[Any]:
     await connection.aclose()
 
 
-async def _ready(folder: Path, *instances: str) -> None:
-    """Wait until each instance's log says its providers started."""
-
-    async def all_ready() -> bool:
-        return all(
-            (folder / f"{name}.log").exists()
-            and "worker ready" in (folder / f"{name}.log").read_text()
-            for name in instances
-        )
-
-    await eventually(all_ready, timeout=20, what=f"workers {instances} ready")
-
-
 async def test_a_killed_worker_loses_no_run_and_completes_none_twice(
     spawn: Spawn, client: Any, prefix: str, tmp_path: Path
 ) -> None:
     spawn("a")
     victim = spawn("b")
-    await _ready(tmp_path, "a", "b")
+    await ready(tmp_path, "a", "b")
     async with RedisWorkflowProvider.from_url(REDIS_URL, prefix=prefix) as caller:
         handles = [await caller.execute(chain, {"n": n}) for n in range(200)]
 
@@ -148,7 +99,7 @@ async def test_a_paused_worker_cannot_complete_a_reclaimed_step(
     spawn: Spawn, client: Any, prefix: str, tmp_path: Path
 ) -> None:
     paused = spawn("a", PLAIT_HOLD_SECONDS="3")
-    await _ready(tmp_path, "a")
+    await ready(tmp_path, "a")
     async with RedisWorkflowProvider.from_url(REDIS_URL, prefix=prefix) as caller:
         handle = await caller.execute(hold, {"n": 1})
 
@@ -183,7 +134,7 @@ async def test_a_step_blocking_its_event_loop_briefly_is_not_reclaimed(
     spawn: Spawn, client: Any, prefix: str, tmp_path: Path
 ) -> None:
     spawn("busy")
-    await _ready(tmp_path, "busy")
+    await ready(tmp_path, "busy")
     rival: WorkflowConsumer[Any, Any] = WorkflowConsumer(crunch)
     rival.step("crunch")(lambda ctx: "rival")
     async with RedisWorkflowProvider.from_url(
@@ -226,7 +177,7 @@ async def test_a_deadline_holds_after_the_caller_exits(
     spawn: Spawn, client: Any, prefix: str, tmp_path: Path
 ) -> None:
     spawn("worker")
-    await _ready(tmp_path, "worker")
+    await ready(tmp_path, "worker")
     script = CALLER.format(tests=str(TESTS), url=REDIS_URL, prefix=prefix)
     done = await anyio.run_process([sys.executable, "-c", script], check=True)
     run_id = done.stdout.decode().strip()
@@ -305,7 +256,7 @@ async def test_a_redis_restart_loses_no_run(
     spawn: Spawn, own_redis: OwnRedis, prefix: str, tmp_path: Path
 ) -> None:
     spawn("worker", url=own_redis.url)
-    await _ready(tmp_path, "worker")
+    await ready(tmp_path, "worker")
     unavailable = 0
     async with RedisWorkflowProvider.from_url(
         own_redis.url,

@@ -16,6 +16,8 @@ import anyio
 import anyio.lowlevel
 import redis.asyncio as aioredis
 from apps.definitions import Job, booking, chain, crunch, hold
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import RetryPolicy, StepContext, WorkflowConsumer, WorkflowContext
@@ -96,6 +98,20 @@ async def crunch_step(ctx: StepContext[Job]) -> str:
     return INSTANCE
 
 
+def _tracer_provider() -> Any:
+    """Export spans as JSON lines to ``PLAIT_TRACE_FILE`` when it is set."""
+    path = os.environ.get("PLAIT_TRACE_FILE")
+    if not path:
+        return None
+    exporter = ConsoleSpanExporter(
+        out=open(path, "a"),  # noqa: SIM115 - open for the process's life
+        formatter=lambda span: span.to_json(indent=None) + "\n",
+    )
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracers
+
+
 provider = RedisWorkflowProvider.from_url(
     URL,
     prefix=PREFIX,
@@ -104,6 +120,7 @@ provider = RedisWorkflowProvider.from_url(
     shutdown_timeout=timedelta(seconds=1),
     concurrency=10,
     retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
+    tracer_provider=_tracer_provider(),
 )
 for consumer in (chains, holds, bookings, crunches):
     provider.register(consumer)

@@ -35,6 +35,7 @@ from ._event_codec import (
 )
 from ._event_scripts import EventScripts
 from ._keys import EventKeys
+from ._telemetry import Telemetry
 from ._tracing import current_meta
 
 T = TypeVar("T")
@@ -73,6 +74,7 @@ class DeliveryRunner:
         self._emit = emit
         self._retried = retried
         self.tracer: trace.Tracer | None = None
+        self.telemetry: Telemetry | None = None
         self.stopping = False
 
     async def run(self, sub: Subscription, delivery: Delivery) -> None:
@@ -89,6 +91,7 @@ class DeliveryRunner:
                 ),
                 "dead-letter",
             )
+            self._count(sub, "dead_lettered")
             return
         context: EventContext[Any] = EventContext(
             event_id=decoded.event_id,
@@ -116,6 +119,15 @@ class DeliveryRunner:
             message = reply_message(decoded.request_id, group, result=value)
             reply = (decoded.reply_channel, message)
         await self._write(lambda: self._scripts.ack(keys, group, delivery, reply), "ack")
+        self._count(sub, "handled")
+
+    def _count(self, sub: Subscription, outcome: str) -> None:
+        if self.telemetry is None:
+            return
+        labels = {"plait.event": sub.event.name, "plait.group": sub.group}
+        self.telemetry.events_handled.add(1, {**labels, "plait.outcome": outcome})
+        if outcome == "dead_lettered":
+            self.telemetry.dead_letters.add(1, labels)
 
     async def _failed(
         self, sub: Subscription, delivery: Delivery, decoded: Decoded, error: Exception
@@ -133,6 +145,7 @@ class DeliveryRunner:
                 lambda: self._scripts.fail(keys, group, consumer, delivery, delay_ms), "retry"
             )
             self._retried()
+            self._count(sub, "retried")
             return
         if isinstance(error, InvalidResultError):
             reason = "invalid result"
@@ -147,6 +160,7 @@ class DeliveryRunner:
             lambda: self._scripts.dead(keys, group, consumer, delivery, reason=reason, error=wire),
             "dead-letter",
         )
+        self._count(sub, "dead_lettered")
         if decoded.reply_channel and decoded.request_id:
             message = failure_message(decoded.request_id, group, error=wire)
             channel = decoded.reply_channel

@@ -28,6 +28,7 @@ from ._event_scripts import EventScripts
 from ._event_worker import EventWorker, WorkerOptions
 from ._keys import EventKeys
 from ._notify import Notifications
+from ._telemetry import Telemetry
 
 __all__ = ["RedisEventProvider"]
 
@@ -102,6 +103,7 @@ class RedisEventProvider:
         self.connect_timeout = connect_timeout
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
         self._scripts = EventScripts(self._connection)
         self._notifications = Notifications(self._connection)
         self._worker = self._new_worker()
@@ -199,6 +201,7 @@ class RedisEventProvider:
         tracer = tracer_of(self.tracer_provider)
         self._publisher.tracer = tracer
         self._worker.set_tracer(tracer)
+        self._worker.set_telemetry(self._telemetry)
         self._stop_requested = asyncio.Event()
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._serve(ready))
@@ -241,6 +244,7 @@ class RedisEventProvider:
             tg.cancel_scope.cancel()
 
     def _published(self, keys: EventKeys, delayed: bool) -> None:
+        self._telemetry.events_emitted.add(1, {"plait.event": keys.event})
         self._worker.know(keys)
         if delayed:
             self._worker.wake_timer()

@@ -30,6 +30,7 @@ from ._event_codec import Delivery
 from ._event_delivery import DeliveryRunner, Subscription
 from ._event_scripts import EventScripts
 from ._keys import EventKeys
+from ._telemetry import Telemetry
 
 logger = logging.getLogger("plait.redis.events")
 
@@ -93,6 +94,10 @@ class EventWorker:
     def set_tracer(self, tracer: trace.Tracer | None) -> None:
         """Make a CONSUMER span per delivery with ``tracer`` (None: no spans)."""
         self._runner.tracer = tracer
+
+    def set_telemetry(self, telemetry: Telemetry) -> None:
+        """Count deliveries, retries and dead letters through ``telemetry``."""
+        self._runner.telemetry = telemetry
 
     def wake_timer(self) -> None:
         """Make the timer look at delayed events and retries now (a new due time is near)."""

@@ -63,6 +63,8 @@ class Telemetry:
         tracers = tracer_provider or trace.get_tracer_provider()
         meters = meter_provider or metrics.get_meter_provider()
         self.tracer = tracers.get_tracer("plait", VERSION)
+        # Spans cost CPU even when nothing records them: without an SDK only ids travel.
+        self.tracing = not isinstance(tracers, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
         meter = meters.get_meter("plait", VERSION)
         self.runs_started = meter.create_counter(
             "plait.runs.started", unit="{run}", description="Runs created by execute()"
@@ -119,6 +121,9 @@ class Telemetry:
     @contextmanager
     def producing(self, operation: str, destination: str) -> Iterator[Span]:
         """A PRODUCER span, current while the message is written (its id set by the caller)."""
+        if not self.tracing:
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(
             f"{operation} {destination}",
             kind=SpanKind.PRODUCER,
@@ -148,6 +153,9 @@ class Telemetry:
             attributes: messaging and plait attributes.
             previous: the traceparent of the attempt this one retries, linked.
         """
+        if not self.tracing:
+            yield trace.INVALID_SPAN
+            return
         span = self.tracer.start_span(
             name,
             context=parent_context(meta),
