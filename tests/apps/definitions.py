@@ -17,3 +17,4 @@ chain: Workflow[Job, Any] = Workflow("chain", input=Job).step("s1").step("s2").s
 hold: Workflow[Job, Any] = Workflow("hold", input=Job).step("work")
 booking: Workflow[Job, Any] = Workflow("booking", input=Job).step("book").step("wait")
 crunch: Workflow[Job, Any] = Workflow("crunch", input=Job).step("crunch")
+capped: Workflow[Job, Any] = Workflow("capped", input=Job, concurrency=2).step("work")

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import redis.asyncio as aioredis
-from apps.definitions import Job, booking, chain, crunch, hold
+from apps.definitions import Job, booking, capped, chain, crunch, hold
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -98,6 +98,24 @@ async def crunch_step(ctx: StepContext[Job]) -> str:
     return INSTANCE
 
 
+cappeds: WorkflowConsumer[Job, Any] = WorkflowConsumer(capped)
+
+PEAK = """
+local now = redis.call('INCR', KEYS[1])
+if now > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], now) end
+return now
+"""
+
+
+@cappeds.step("work")
+async def capped_work(ctx: StepContext[Job]) -> None:
+    await count(ctx, "work")
+    client = _counter[0]
+    await client.eval(PEAK, 2, f"{PREFIX}:test:running", f"{PREFIX}:test:peak")
+    await anyio.sleep(0.05)
+    await client.decr(f"{PREFIX}:test:running")
+
+
 def _tracer_provider() -> Any:
     """Export spans as JSON lines to ``PLAIT_TRACE_FILE`` when it is set."""
     path = os.environ.get("PLAIT_TRACE_FILE")
@@ -122,5 +140,5 @@ provider = RedisWorkflowProvider.from_url(
     retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
     tracer_provider=_tracer_provider(),
 )
-for consumer in (chains, holds, bookings, crunches):
+for consumer in (chains, holds, bookings, crunches, cappeds):
     provider.register(consumer)

@@ -72,6 +72,21 @@ def plan_of(definition: Workflow[Any, Any]) -> str:
     return json.dumps([[step.name for step in group] for group in definition.groups])
 
 
+def limits_of(definition: Workflow[Any, Any]) -> str:
+    """The global limits of a workflow as its runs store them ('' when it has none)."""
+    rates = {
+        step.name: [step.rate_limit[0], int(step.rate_limit[1].total_seconds() * 1000)]
+        for step in definition.steps
+        if step.rate_limit is not None
+    }
+    limits: dict[str, Any] = {}
+    if definition.concurrency is not None:
+        limits["cc"] = definition.concurrency
+    if rates:
+        limits["rl"] = rates
+    return json.dumps(limits) if limits else ""
+
+
 def caps_of(consumer: WorkflowConsumer[Any, Any]) -> str:
     """Which handlers a consumer has, as the Lua scripts read them."""
     return json.dumps(

@@ -40,6 +40,13 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferred:
+    """A global limit put the job aside until ``due_ms`` (or until a running slot frees up)."""
+
+    due_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Lost:
     """The entry was reclaimed from an attempt recorded as running by ``owner``."""
 
@@ -76,14 +83,19 @@ class RunScripts:
         plan_json: str,
         timeout_ms: int,
         retention_ms: int,
+        limits_json: str = "",
     ) -> tuple[str, str]:
         """Create the run (or find the key's run); returns (outcome, run id)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
-        reply = await self._execute(keys=[keys.run(run_id)], args=[*args, timeout_ms, retention_ms])
+        reply = await self._execute(
+            keys=[keys.run(run_id)], args=[*args, timeout_ms, retention_ms, limits_json]
+        )
         self._connection.kick(keys.jobs)
         return _text(reply[0]), _text(reply[1])
 
-    async def start(self, keys: WorkflowKeys, job: Job, owner: str) -> Started | Lost | None:
+    async def start(
+        self, keys: WorkflowKeys, job: Job, owner: str
+    ) -> Started | Lost | Deferred | None:
         """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
         reply = await self._start(
             keys=[keys.run(job.run_id)],
@@ -92,6 +104,8 @@ class RunScripts:
         outcome = _text(reply[0])
         if outcome == "lost":
             return Lost(int(reply[1]), _text(reply[2]))
+        if outcome == "wait":
+            return Deferred(int(reply[1]))
         if outcome != "run":
             return None
         flat = reply[7:]

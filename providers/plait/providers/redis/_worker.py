@@ -38,7 +38,7 @@ from ._codec import ERROR, ROLLBACK, decode_record, display_name, encode_result,
 from ._connection import CONNECTION_ERRORS, Connection, call_forever
 from ._keys import GROUP, WorkflowKeys
 from ._lease import Leases
-from ._scripts import Job, Lost, RunScripts, Started
+from ._scripts import Deferred, Job, Lost, RunScripts, Started
 from ._telemetry import Telemetry, record_failure, traceparent_of
 from ._tracing import current_meta
 
@@ -242,6 +242,8 @@ class Worker:
                 await self._record_failure(job, started.attempt, lost)
             elif isinstance(started, Started):
                 await self._attempt(job, started)
+            elif isinstance(started, Deferred):
+                self._on_retry(self.keys.workflow)
         except Exception:
             # A bug must not take the worker down: the entry stays pending and is reclaimed.
             logger.exception("%s: processing entry %s failed", self.keys.jobs, entry)

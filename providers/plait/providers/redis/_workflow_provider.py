@@ -29,7 +29,7 @@ from plait.workflows import (
 )
 
 from ._attempt import Handlers
-from ._codec import canonical_json, caps_of, input_hash, new_run_id, plan_of
+from ._codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from ._connection import Connection, call_until, connect, wrap
 from ._keys import workflow_of
 from ._lease import Leases
@@ -376,6 +376,7 @@ class RedisWorkflowProvider:
                     plan_json=plan_of(definition),
                     timeout_ms=int(deadline * 1000) if deadline else 0,
                     retention_ms=int(self.retention.total_seconds() * 1000),
+                    limits_json=limits_of(definition),
                 ),
                 timeout=self.connect_timeout.total_seconds(),
                 what=f"execute {name}",

@@ -10,6 +10,8 @@
 -- J|tk (token of the live attempt), J|en (its stream entry), J|ow (owner), J|t0, J|t1,
 -- J|er (last error), J|pg (progress).
 -- Jobs are step names, '~complete' (on_complete), '~error' (on_error), '~rb:<step>'.
+-- 'lim' holds the global limits of the run's workflow, JSON {cc = most running attempts across
+-- instances, rl = {step = {starts, period ms}}}; a job put aside by a limit is 'waiting'.
 
 local GROUP = 'plait'
 local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
@@ -74,6 +76,31 @@ end
 local function push(c, job, tok)
   local id = redis.call('XADD', c.jobs, '*', 'r', c.run, 'j', job, 't', tok)
   redis.call('HSET', c.r, job .. '|st', 'queued', job .. '|tk', tok, job .. '|en', id)
+end
+
+-- A job put aside by a global limit ("run|job|token" in the waiting or delayed set) may try
+-- to start again, unless it was cancelled or superseded meanwhile.
+local function wake(base, member)
+  local run, job, tok = string.match(member, '^(.*)|([^|]*)|([^|]*)$')
+  if not run then return false end
+  local c = ctx(base, run)
+  local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st')
+  if v[1] ~= tok or (v[2] ~= 'retrying' and v[2] ~= 'waiting') then return false end
+  push(c, job, tok)
+  return true
+end
+
+-- An attempt stopped running: free its slot under the workflow's concurrency limit and let
+-- the job that waited longest try again.
+local function release(c, job)
+  if redis.call('ZREM', c.base .. 'running', c.run .. '|' .. job) == 0 then return end
+  local waiting = c.base .. 'waiting'
+  while true do
+    local oldest = redis.call('ZRANGE', waiting, 0, 0)[1]
+    if not oldest then return end
+    redis.call('ZREM', waiting, oldest)
+    if wake(c.base, oldest) then return end
+  end
 end
 
 local function enqueue(c, job)
@@ -178,7 +205,7 @@ local function compensate(c, reason, err, now)
   local infl = 0
   for _, job in ipairs(live) do
     local st = redis.call('HGET', c.r, job .. '|st')
-    if st == 'queued' or st == 'retrying' then
+    if st == 'queued' or st == 'retrying' or st == 'waiting' then
       redis.call('HSET', c.r, job .. '|st', 'cancelled', job .. '|tk',
         redis.call('HINCRBY', c.r, 'tok', 1))
     elseif st == 'running' then

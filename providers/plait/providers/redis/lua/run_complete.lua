@@ -9,6 +9,7 @@ local st = check(c, job, tok, true)
 ack(c, ARGV[5])
 if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
 local now = now_ms()
+release(c, job)
 redis.call('HSET', c.r, job .. '|st', 'done', job .. '|t1', now)
 event(c, 'step.completed', job, redis.call('HGET', c.r, job .. '|at'), '')
 if string.sub(job, 1, 1) ~= '~' then

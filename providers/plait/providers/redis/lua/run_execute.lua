@@ -3,6 +3,7 @@
 -- ARGV[1] base (<prefix>:{<wf>}:)  ARGV[2] run id  ARGV[3] idempotency key ('' for none)
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
+-- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
 -- returns {'created', run} | {'exists', run} | {'conflict', run owning the key}
 local c = ctx(ARGV[1], ARGV[2])
 local ikey, ihash = ARGV[3], ARGV[4]
@@ -21,7 +22,8 @@ if redis.call('EXISTS', c.r) == 1 then return {'created', c.run} end
 local now = now_ms()
 local timeout = tonumber(ARGV[8])
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', ARGV[5], 'meta', ARGV[6], 'plan', ARGV[7],
-  'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', ARGV[9], 'tmo', timeout)
+  'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', ARGV[9], 'tmo', timeout,
+  'lim', ARGV[10])
 if timeout > 0 then
   redis.call('HSET', c.r, 'deadline', now + timeout)
   redis.call('ZADD', c.base .. 'deadlines', now + timeout, c.run)

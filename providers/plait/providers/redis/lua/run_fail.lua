@@ -9,6 +9,7 @@ local st = check(c, job, tok, true)
 ack(c, ARGV[5])
 if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
 local now = now_ms()
+release(c, job)
 local at = tonumber(redis.call('HGET', c.r, job .. '|at'))
 redis.call('HSET', c.r, job .. '|er', err, job .. '|t1', now)
 if st == 'cancelling' then

@@ -48,6 +48,7 @@ for _, job in ipairs(front) do
     push(c, job, redis.call('HINCRBY', c.r, 'tok', 1))
     fixed[#fixed + 1] = job
   elseif st == 'running' and not pending(entry) then
+    release(c, job)
     enqueue(c, job)
     fixed[#fixed + 1] = job
   elseif st == 'cancelling' then
@@ -55,6 +56,13 @@ for _, job in ipairs(front) do
       cancelling = cancelling + 1
     else
       redis.call('HSET', c.r, job .. '|st', 'cancelled')
+      fixed[#fixed + 1] = job
+    end
+  elseif st == 'waiting' then
+    local member = c.run .. '|' .. job .. '|' .. redis.call('HGET', c.r, job .. '|tk')
+    if not redis.call('ZSCORE', c.base .. 'waiting', member)
+        and not redis.call('ZSCORE', c.base .. 'delayed', member) then
+      redis.call('ZADD', c.base .. 'waiting', now, member)
       fixed[#fixed + 1] = job
     end
   elseif st == 'retrying' then
