@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,10 +35,96 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["memory", "redis"])
+REDIS_SERVER = shutil.which("redis-server")
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """The backend under test: ``memory`` (embedded) or ``redis`` (127.0.0.1:6379)."""
+    """The backend under test: ``memory`` (embedded), ``redis`` (127.0.0.1:6379) or ``cluster``
+    (a 3-master Redis Cluster the session starts itself)."""
+    if request.param == "cluster" and (REDIS_SERVER is None or shutil.which("redis-cli") is None):
+        pytest.skip("redis-server/redis-cli not installed: no local Redis Cluster")
     return str(request.param)
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free together with their cluster bus ports (port + 10000, so port <= 55535)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randint(20_000, 45_000)
+        if port not in ports and _free(port) and _free(port + 10_000):
+            ports.append(port)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Redis Cluster of 3 masters, started once per session, as a plait URL."""
+    assert REDIS_SERVER is not None
+    folder = tmp_path_factory.mktemp("cluster")
+    ports = _free_ports(3)
+    try:
+        for port in ports:
+            (folder / str(port)).mkdir()
+            subprocess.run(
+                [
+                    *(REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1"),
+                    *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                    *("--dir", str(folder / str(port)), "--save", "", "--appendonly", "no"),
+                    *("--daemonize", "yes", "--logfile", str(folder / str(port) / "log")),
+                ],
+                check=True,
+            )
+        _wait(lambda: all(_ping(port) for port in ports), "cluster nodes answer")
+        subprocess.run(
+            [
+                *("redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)),
+                *("--cluster-replicas", "0", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        _wait(lambda: _cluster_ok(ports), "cluster state ok")
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for port in ports:
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "shutdown", "nosave"],
+                capture_output=True,
+                check=False,
+            )
+
+
+def _ping(port: int) -> bool:
+    done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False)
+    return done.stdout.strip() == b"PONG"
+
+
+def _cluster_ok(ports: list[int]) -> bool:
+    for port in ports:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, check=False
+        )
+        if b"cluster_state:ok" not in done.stdout:
+            return False
+    return True
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting: {what}")
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -45,19 +134,30 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def url(backend: str) -> str:
+def url(backend: str, request: pytest.FixtureRequest) -> str:
     """The provider URL for the backend under test."""
     if backend == "memory":
         return f"memory://{uuid.uuid4().hex}"
+    if backend == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
     return REDIS_URL
 
 
 @pytest.fixture(autouse=True)
 def _clean_redis_prefix(request: pytest.FixtureRequest, prefix: str) -> Iterator[None]:
     """Delete the test's keys from the real Redis afterwards (only its own prefix)."""
-    uses_redis = "backend" in request.fixturenames and request.getfixturevalue("backend") == "redis"
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else None
+    cluster_url = str(request.getfixturevalue("cluster_url")) if backend == "cluster" else ""
     yield
-    if not uses_redis:
+    if backend == "cluster":
+        nodes = sync_redis.RedisCluster.from_url(cluster_url.replace("+cluster", ""))
+        try:
+            for key in list(nodes.scan_iter(match=f"{prefix}:*", count=1000)):
+                nodes.delete(key)
+        finally:
+            nodes.close()
+        return
+    if backend != "redis":
         return
     client = sync_redis.Redis.from_url(REDIS_URL)
     try:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import fakeredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis import exceptions as redis_errors
 
 from plait.workflows import ProviderUnavailableError
@@ -82,12 +83,13 @@ class Connection:
     """A Redis client plus what the providers need to know about it.
 
     Attributes:
-        client: the asyncio client (decode_responses is off: bytes in, bytes out).
+        client: the asyncio client, a ``redis.asyncio.Redis`` or ``RedisCluster`` (responses
+            are not decoded: bytes in, bytes out).
         wakeups: in-process wake-ups when the backend cannot block (``memory://``), else None.
         owned: whether closing the connection closes the client.
     """
 
-    client: aioredis.Redis
+    client: Any
     wakeups: WakeUps | None
     owned: bool
     memory_name: str | None = None
@@ -108,7 +110,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        if self.owned:
+        if self.owned and isinstance(self.client, RedisCluster):
+            await self.client.aclose()
+        elif self.owned:
             await self.client.aclose(close_connection_pool=True)
         if self.memory_name is not None:
             entry = _MEMORY_SERVERS.get(self.memory_name)
@@ -119,7 +123,12 @@ class Connection:
 
 
 def connect(url: str, *, connect_timeout: float) -> Connection:
-    """Open a connection for ``url`` (``redis://``, ``rediss://``, ``unix://``, ``memory://``)."""
+    """Open a connection for ``url``.
+
+    ``redis://``, ``rediss://`` and ``unix://`` open one server; ``redis+cluster://HOST:PORT``
+    (or ``rediss+cluster://``) a Redis Cluster found from that node; ``memory://[NAME]`` the
+    embedded server.
+    """
     if url.startswith("memory://"):
         name = url[len("memory://") :] or "default"
         entry = _MEMORY_SERVERS.get(name)
@@ -128,6 +137,14 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         entry.users += 1
         fake = fakeredis.FakeAsyncRedis(server=entry.server)
         return Connection(fake, entry.wakeups, owned=True, memory_name=name)
+    scheme, plus, rest = url.partition("+cluster://")
+    if plus:
+        cluster = RedisCluster.from_url(
+            f"{scheme}://{rest}",
+            socket_connect_timeout=connect_timeout,
+            max_connections=MAX_CONNECTIONS,
+        )
+        return Connection(cluster, None, owned=True)
     # A blocking pool makes a burst of callers wait for a free connection instead of failing.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -139,7 +156,7 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
     return Connection(aioredis.Redis(connection_pool=pool), None, owned=True)
 
 
-def wrap(client: aioredis.Redis) -> Connection:
+def wrap(client: aioredis.Redis | RedisCluster) -> Connection:
     """A connection around a client the caller owns (never closed by plait)."""
     wakeups = None
     if isinstance(client, fakeredis.FakeAsyncRedis):

@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar, overload
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from pydantic import BaseModel
 
 from plait.events import (
@@ -54,7 +55,8 @@ class RedisEventProvider:
             await events.emit(order_placed, OrderPlaced(order_id="42"), idempotency_key="o-42")
 
     Args:
-        redis: an existing ``redis.asyncio.Redis`` client (never closed by the provider).
+        redis: an existing ``redis.asyncio.Redis`` or ``RedisCluster`` client (never closed by
+            the provider).
         group: the default group of handlers registered with :meth:`on`.
         prefix: the start of every key.
         provider_id: this instance's consumer name (default: host, pid and a random suffix).
@@ -73,7 +75,7 @@ class RedisEventProvider:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         *,
         group: str,
         prefix: str = "plait",

@@ -1,7 +1,7 @@
 """Typed calls of the event scripts (``lua/event_*.lua``) and the plain stream commands.
 
 Every state change of a delivery is one atomic Lua call; reads and acknowledgements are plain
-commands (an acknowledgement and its reply share one pipeline round trip).
+commands (an acknowledgement is one pipeline round trip; a request's reply one more).
 """
 
 from __future__ import annotations
@@ -177,14 +177,15 @@ class EventScripts:
     async def ack(
         self, keys: EventKeys, group: str, delivery: Delivery, reply: tuple[str, str] | None
     ) -> None:
-        """Acknowledge a handled delivery and publish its request reply, in one round trip."""
+        """Acknowledge a handled delivery (one round trip), then publish its request reply."""
         pipe = self._client.pipeline(transaction=False)
         pipe.xack(keys.stream, group, delivery.entry)
         if delivery.attempt > 1:
             pipe.hdel(keys.attempts(group), delivery.entry)
-        if reply is not None:
-            pipe.publish(*reply)
         await pipe.execute()
+        if reply is not None:
+            # Not pipelined: Redis Cluster pipelines refuse PUBLISH.
+            await self._client.publish(*reply)
 
     async def publish(self, channel: str, message: str) -> None:
         """Publish a request reply."""

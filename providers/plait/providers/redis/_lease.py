@@ -15,6 +15,7 @@ from typing import Any
 
 import fakeredis
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from ._connection import Connection
 from ._keys import GROUP
@@ -42,6 +43,9 @@ def sync_client(connection: Connection) -> Any:
     client: Any = connection.client
     if isinstance(client, fakeredis.FakeAsyncRedis):
         return fakeredis.FakeRedis(server=client.connection_pool.connection_kwargs["server"])
+    if isinstance(client, AsyncRedisCluster):
+        node = client.get_nodes()[0]
+        return redis.RedisCluster(host=node.host, port=int(node.port), socket_timeout=5)
     settings = client.connection_pool.connection_kwargs
     kwargs = {key: settings[key] for key in _SYNC_KWARGS if key in settings}
     if "path" in kwargs:

@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from pydantic import BaseModel, ValidationError
 
 from plait.workflows import (
@@ -69,7 +70,8 @@ class RedisWorkflowProvider:
             receipt = await handle.result()
 
     Args:
-        redis: an existing ``redis.asyncio.Redis`` (never closed by the provider).
+        redis: an existing ``redis.asyncio.Redis`` or ``RedisCluster`` (never closed by the
+            provider).
         prefix: the first part of every key, so several applications can share a Redis.
         provider_id: this instance's name in consumer groups and errors (default: host-pid).
         default_timeout: the deadline of runs executed without ``timeout=`` (None: no deadline).
@@ -89,7 +91,7 @@ class RedisWorkflowProvider:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "plait",
         provider_id: str | None = None,
