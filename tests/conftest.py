@@ -155,6 +155,7 @@ def _clean_redis_prefix(request: pytest.FixtureRequest, prefix: str) -> Iterator
             for key in list(nodes.scan_iter(match=f"{prefix}:*", count=1000)):
                 nodes.delete(key)
         finally:
+            nodes.disconnect_connection_pools()  # type: ignore[no-untyped-call]
             nodes.close()
         return
     if backend != "redis":

@@ -54,7 +54,16 @@ def test_events_exports_the_contract_names() -> None:
 
 
 def test_redis_provider_exports_the_contract_names() -> None:
-    assert plait.providers.redis.__all__ == ["RedisEventProvider", "RedisWorkflowProvider"]
+    assert plait.providers.redis.__all__ == [
+        "GroupHealth",
+        "Health",
+        "InstanceHealth",
+        "QueueHealth",
+        "ReconcileStats",
+        "RedisEventProvider",
+        "RedisWorkflowProvider",
+        "health_app",
+    ]
 
 
 def test_every_exported_name_exists() -> None:

@@ -7,9 +7,20 @@ Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) o
 import logging
 
 from ._event_provider import RedisEventProvider
+from ._health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
+from ._timers import ReconcileStats
 from ._workflow_provider import RedisWorkflowProvider
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())
 
-__all__ = ["RedisEventProvider", "RedisWorkflowProvider"]
+__all__ = [
+    "GroupHealth",
+    "Health",
+    "InstanceHealth",
+    "QueueHealth",
+    "ReconcileStats",
+    "RedisEventProvider",
+    "RedisWorkflowProvider",
+    "health_app",
+]

@@ -4,6 +4,11 @@
 a list of providers, or a function returning either), starts them and runs until SIGTERM or
 SIGINT, then stops them gracefully: running steps get ``shutdown_timeout`` to finish and the
 rest are left to be reclaimed by other instances.
+
+The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
+cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
+They print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked
+for does not exist or a check fails, 2 on bad arguments and 3 when Redis cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,11 +23,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from plait.workflows import ProviderUnavailableError, WorkflowStatus
+
+from . import _cli_commands as commands
+from ._cli_commands import CommandError, UsageError
+from ._connection import CONNECTION_ERRORS, connect
+from ._workflow_provider import RedisWorkflowProvider
+
 logger = logging.getLogger("plait.cli")
 
-
-class UsageError(Exception):
-    """A bad argument: printed without a traceback, exit code 2."""
+DEFAULT_URL = "redis://localhost:6379/0"
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+UNREACHABLE: tuple[type[BaseException], ...] = (ProviderUnavailableError, *CONNECTION_ERRORS)
 
 
 def load_providers(target: str) -> list[Any]:
@@ -49,6 +61,17 @@ def load_providers(target: str) -> list[Any]:
     return providers
 
 
+def apply_concurrency(providers: Sequence[Any], concurrency: int) -> None:
+    """Set the step concurrency of every workflow provider among ``providers``."""
+    for provider in providers:
+        if isinstance(provider, RedisWorkflowProvider):
+            provider.concurrency = concurrency
+        else:
+            logger.warning(
+                "--concurrency applies to workflow providers; %r keeps its own", provider
+            )
+
+
 async def run_worker(providers: Sequence[Any]) -> None:
     """Start ``providers``, wait for SIGTERM or SIGINT, stop them in reverse order."""
     stop = asyncio.Event()
@@ -68,29 +91,159 @@ async def run_worker(providers: Sequence[Any]) -> None:
             await provider.stop()
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _status(text: str) -> str:
+    try:
+        return WorkflowStatus(text.upper()).value
+    except ValueError:
+        names = ", ".join(status.value for status in WorkflowStatus)
+        raise argparse.ArgumentTypeError(f"unknown status {text!r} (one of {names})") from None
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """The global options, accepted before and after the command."""
+    parser = argparse.ArgumentParser(add_help=False)
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--url",
+        default=default(os.environ.get("PLAIT_REDIS_URL", DEFAULT_URL)),
+        help="Redis URL (default: $PLAIT_REDIS_URL, then redis://localhost:6379/0)",
+    )
+    parser.add_argument("--prefix", default=default("plait"), help="key prefix (default plait)")
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+    parser.add_argument(
+        "--log-level", default=default(None), help="logging level (default INFO for worker)"
+    )
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plait", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker", help="run the providers of an application module")
+    common = _common(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="plait", description=(__doc__ or "").split("\n\n")[0], parents=[_common(True)]
+    )
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name, help=text, description=text, parents=[common]
+        )
+        return sub
+
+    worker = command(top, "worker", "run the providers of an application module")
     worker.add_argument("target", help="MODULE:OBJECT, e.g. app.workers:providers")
+    worker.add_argument("--concurrency", type=_positive, help="steps per workflow at once")
+
+    runs = command(top, "runs", "inspect and act on workflow runs")
+    runs_do = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = command(runs_do, "list", "runs, newest first")
+    listing.add_argument("--workflow", help="only this workflow's runs")
+    listing.add_argument("--status", type=_status, help="only runs in this status")
+    listing.add_argument("--limit", type=_positive, default=20, help="at most N (default 20)")
+    for name, text in (
+        ("show", "a run's step timeline, attempts, errors, rollbacks and meta"),
+        ("retry", "resume a FAILED or TIMED_OUT run"),
+        ("cancel", "cancel a live run (its completed steps are rolled back)"),
+    ):
+        command(runs_do, name, text).add_argument("run_id", metavar="RUN_ID")
+
+    events = command(top, "events", "follow events")
+    events_do = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tail = command(events_do, "tail", "print an event's stream as it grows (until Ctrl-C)")
+    tail.add_argument("event", metavar="EVENT")
+    tail.add_argument("--from-start", action="store_true", help="print stored events first")
+    tail.add_argument("--count", type=_positive, help="exit after N events")
+
+    dead = command(top, "dead-letters", "entries that could not be processed")
+    dead_do = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "list dead letters"),
+        ("replay", "send dead letters back to be processed"),
+        ("purge", "delete dead letters"),
+    ):
+        sub = command(dead_do, name, text)
+        only = sub.add_mutually_exclusive_group()
+        only.add_argument("--workflow", help="only this workflow's dead letters")
+        only.add_argument("--event", help="only this event's dead letters")
+        if name == "list":
+            sub.add_argument("--limit", type=_positive, help="at most N per stream")
+            continue
+        sub.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
+        sub.add_argument("--all", action="store_true", help="every matching dead letter")
+        if name == "replay":
+            sub.add_argument(
+                "--re-emit",
+                action="store_true",
+                help="re-emit events already trimmed from their stream, to every group",
+            )
+
+    reconcile = command(top, "reconcile", "one reconciler pass: repair runs that are stuck")
+    reconcile.add_argument(
+        "--min-age", type=float, default=15.0, help="skip runs younger than S s (default 15)"
+    )
+    health = command(top, "health", "Redis, queues, dead letters and live instances")
+    health.add_argument(
+        "--stalled-after", type=float, default=30.0, help="pending without lease for S s"
+    )
+    health.add_argument("--max-wait", type=float, default=60.0, help="oldest unread entry, s")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plait`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         if args.command == "worker":
             providers = load_providers(args.target)
+            if args.concurrency:
+                apply_concurrency(providers, args.concurrency)
             asyncio.run(run_worker(providers))
+            return 0
+        return asyncio.run(_run(args))
     except UsageError as error:
         print(f"plait: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    except CommandError as error:
+        print(f"plait: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except UNREACHABLE as error:
+        print(f"plait: cannot reach Redis at {args.url}: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.url.startswith("memory://"):
+        raise UsageError("memory:// lives inside one process; give a redis:// URL")
+    try:
+        connection = connect(args.url, connect_timeout=5.0)
+    except ValueError as error:
+        raise UsageError(f"bad --url {args.url!r}: {error}") from None
+    try:
+        if args.command != "health":  # health reports an unreachable Redis itself
+            await connection.client.ping()
+        return await commands.run(connection, args)
+    finally:
+        await connection.aclose()
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import fakeredis
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from plait.workflows import ProviderUnavailableError
 

@@ -13,8 +13,8 @@ from typing import Any, Self, TypeVar, overload
 
 import anyio
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from pydantic import BaseModel
+from redis.asyncio.cluster import RedisCluster
 
 from plait.events import (
     Event,
@@ -27,6 +27,7 @@ from ._connection import Connection, call_until, connect, wrap
 from ._event_publisher import Publisher, tracer_of, validated
 from ._event_scripts import EventScripts
 from ._event_worker import EventWorker, WorkerOptions
+from ._health import Health, Heartbeat, check_health
 from ._keys import EventKeys
 from ._notify import Notifications
 from ._telemetry import Telemetry
@@ -120,6 +121,7 @@ class RedisEventProvider:
         )
         self._supervisor: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
+        self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
 
     @classmethod
     def from_url(
@@ -238,6 +240,7 @@ class RedisEventProvider:
     async def _serve(self, ready: asyncio.Event) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._notifications.run)
+            tg.start_soon(self._heartbeat.serve)
             async with anyio.create_task_group() as work:
                 await work.start(self._worker.serve)
                 ready.set()
@@ -387,6 +390,19 @@ class RedisEventProvider:
             lambda: self._scripts.cancel(keys, idempotency_key),
             timeout=self.connect_timeout.total_seconds(),
             what=f"cancel {event.name}",
+        )
+
+    async def health(self) -> Health:
+        """Redis reachability and latency, queues, dead letters and live instances.
+
+        Covers every workflow and event under this provider's prefix; never raises: an
+        unreachable Redis gives a report with ``ok=False``.
+        """
+        return await check_health(
+            self._connection.client,
+            self.prefix,
+            stalled_after=2 * self.stall_timeout.total_seconds(),
+            timeout=self.connect_timeout.total_seconds(),
         )
 
     async def trim(self, event: Event[Any, Any]) -> int:

@@ -121,6 +121,11 @@ def active_pattern(prefix: str) -> str:
     return f"{prefix}:{{*}}:active"
 
 
+def runs_pattern(prefix: str) -> str:
+    """SCAN pattern of every workflow's index of runs."""
+    return f"{prefix}:{{*}}:runs"
+
+
 def workflow_of_key(key: str, prefix: str) -> str:
     """The workflow named by a key of that workflow (``<prefix>:{<wf>}:...``)."""
     return key[len(prefix) + 2 :].partition("}")[0]
@@ -175,3 +180,23 @@ class EventKeys:
 
     def reply_channel(self, provider_id: str) -> str:
         return f"{self.base}reply:{provider_id}"
+
+
+def instances(prefix: str) -> str:
+    """Zset provider id -> last heartbeat ms of every started provider (live instances)."""
+    return f"{prefix}:instances"
+
+
+def workflow_pattern(prefix: str, suffix: str) -> str:
+    """SCAN pattern of one key of every workflow (``suffix``: ``runs``, ``jobs``, ``dead``...)."""
+    return f"{prefix}:{{*}}:{suffix}"
+
+
+def event_pattern(prefix: str, suffix: str) -> str:
+    """SCAN pattern of one key of every event name (``suffix``: ``stream``, ``dead``...)."""
+    return f"{prefix}:ev:{{*}}:{suffix}"
+
+
+def event_of_key(key: str, prefix: str) -> str:
+    """The event named by a key of that event (``<prefix>:ev:{<event>}:...``)."""
+    return key[len(prefix) + 5 :].partition("}")[0]

@@ -105,4 +105,6 @@ class Leases:
                     except (redis.RedisError, OSError) as error:
                         logger.warning("%s: lease renewal failed: %s", stream, error)
         finally:
+            if isinstance(client, redis.RedisCluster):  # close() leaves node sockets open
+                client.disconnect_connection_pools()  # type: ignore[no-untyped-call]
             client.close()

@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._connection import CONNECTION_ERRORS, Connection
-from ._keys import WorkflowKeys, active_pattern, reconcile_lock, workflow_of_key
+from ._keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
 from ._scripts import RunScripts
 
 logger = logging.getLogger("plait.timers")
@@ -134,14 +134,15 @@ class Reconciler:
     async def run_pass(self) -> ReconcileStats:
         """One pass over every workflow's live runs; logs and returns its stats."""
         scanned = stalled = reconciled = failed = 0
+        now_ms = int(time.time() * 1000)
+        async for raw in self._client.scan_iter(match=runs_pattern(self._prefix), count=500):
+            # The run index keeps ids a little longer than the runs themselves live.
+            await self._client.zremrangebyscore(
+                raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
+            )
         async for raw in self._client.scan_iter(match=active_pattern(self._prefix), count=500):
             key = raw.decode()
             keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
-            now_ms = int(time.time() * 1000)
-            # The run index keeps ids a little longer than the runs themselves live.
-            await self._client.zremrangebyscore(
-                keys.runs, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
-            )
             runs = await self._client.zrangebyscore(
                 key, "-inf", now_ms - self._min_age_ms, start=0, num=5000
             )

@@ -74,7 +74,8 @@ class Worker:
         self._scripts = RunScripts(connection)
         self._handlers = handlers
         self._owner = owner
-        self._concurrency = concurrency
+        self.concurrency = concurrency
+        """Most jobs of this workflow running at once here (changes apply as jobs finish)."""
         self._stall = stall_timeout
         self._caps = caps
         self._on_retry = on_retry
@@ -133,7 +134,7 @@ class Worker:
         with self._intake:
             last_reclaim = 0.0
             while True:
-                free = self._concurrency - len(self._held)
+                free = self.concurrency - len(self._held)
                 if free <= 0:
                     self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()

@@ -13,8 +13,8 @@ from typing import Any, Self, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from pydantic import BaseModel, ValidationError
+from redis.asyncio.cluster import RedisCluster
 
 from plait.workflows import (
     IdempotencyConflictError,
@@ -32,6 +32,7 @@ from plait.workflows import (
 from ._attempt import Handlers
 from ._codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from ._connection import Connection, call_until, connect, wrap
+from ._health import Health, Heartbeat, check_health
 from ._keys import workflow_of
 from ._lease import Leases
 from ._notify import Notifications
@@ -114,7 +115,7 @@ class RedisWorkflowProvider:
         self.provider_id = provider_id or _default_id()
         self.default_timeout = default_timeout
         self.stall_timeout = stall_timeout
-        self.concurrency = concurrency
+        self._concurrency = concurrency
         self.retention = retention
         self.retry_policy = retry or RetryPolicy()
         self.shutdown_timeout = shutdown_timeout
@@ -149,6 +150,7 @@ class RedisWorkflowProvider:
         self._supervisor: asyncio.Task[None] | None = None
         self._stop_requested = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
 
     @classmethod
     def from_url(
@@ -260,6 +262,7 @@ class RedisWorkflowProvider:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._notifications.run)
+            tg.start_soon(self._heartbeat.serve)
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.reconcile_interval.total_seconds())
             for worker in self._workers.values():
@@ -442,6 +445,37 @@ class RedisWorkflowProvider:
             timeout=self.connect_timeout.total_seconds(),
             what="reconcile",
         )
+
+    async def health(self) -> Health:
+        """Redis reachability and latency, queues, dead letters and live instances.
+
+        Covers every workflow and event under this provider's prefix (see
+        :func:`~plait.providers.redis._health.check_health`); never raises: an unreachable
+        Redis gives a report with ``ok=False``.
+        """
+        return await check_health(
+            self._connection.client,
+            self.prefix,
+            stalled_after=2 * self.stall_timeout.total_seconds(),
+            timeout=self.connect_timeout.total_seconds(),
+        )
+
+    @property
+    def concurrency(self) -> int:
+        """How many steps of each registered workflow run at once on this instance.
+
+        Settable (``plait worker --concurrency``); best set before :meth:`start`, a change
+        while running applies as running steps finish.
+        """
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("concurrency must be >= 1")
+        self._concurrency = value
+        for worker in self._workers.values():
+            worker.concurrency = value
 
     @property
     def last_reconcile(self) -> ReconcileStats | None:

@@ -1,0 +1,178 @@
+"""Redis memory per finished run, and what is left once ``retention`` has expired.
+
+Runs ``--n`` workflows of each kind through an in-process provider on a dedicated database and
+key prefix, waits until the runs are recorded as COMPLETED, then reports:
+
+- ``MEMORY USAGE`` summed over every key of the prefix (exact, unaffected by other clients of
+  a shared Redis), per run and per kind of key (run record, results, events, stream...);
+- the change of ``INFO memory`` ``used_memory`` (server-wide, so noisy on a shared server).
+
+Phase 1 keeps runs for a day (the default) to measure a finished run. Phase 2 runs with
+``retention=2s``, keeps the provider running ``--wait`` seconds (its reconciler, which trims
+the index of runs, every second) and reports what remains::
+
+    /tmp/pv/bin/python benchmarks/redis_memory.py --n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks.workload`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.workload import (
+    REDIS_URL,
+    CountingMarker,
+    delete_prefix,
+    machine,
+    provider,
+    submit_all,
+)
+
+KIND_OF_KEY = re.compile(r":run:[^:]+(:results|:events)?$|:idem:.*$|:[a-z]+$")
+
+
+def key_kind(key: bytes) -> str:
+    """``run``, ``run:results``, ``run:events``, ``idem``, or the key's last part."""
+    text = key.decode(errors="replace")
+    found = KIND_OF_KEY.search(text)
+    if found is None:
+        return "other"
+    part = found.group(0)
+    if part.startswith(":run:"):
+        return "run" + (found.group(1) or "")
+    return "idem" if part.startswith(":idem:") else part[1:]
+
+
+async def footprint(client: aioredis.Redis, prefix: str) -> tuple[int, Counter[str], Counter[str]]:
+    """(total bytes, bytes by key kind, keys by key kind) of ``prefix``'s keys."""
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    sizes: list[Any] = []
+    for start in range(0, len(keys), 500):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + 500]:
+            pipe.memory_usage(key, samples=0)
+        sizes += await pipe.execute()
+    by_bytes: Counter[str] = Counter()
+    by_count: Counter[str] = Counter()
+    for key, size in zip(keys, sizes, strict=True):
+        by_bytes[key_kind(key)] += size or 0
+        by_count[key_kind(key)] += 1
+    return sum(by_bytes.values()), by_bytes, by_count
+
+
+async def used_memory(client: aioredis.Redis) -> int:
+    info: dict[str, Any] = await client.info("memory")
+    return int(info["used_memory"])
+
+
+async def completed(client: aioredis.Redis, prefix: str, kind: str) -> int:
+    value = await client.hget(f"{prefix}:{{{kind}}}:stats", "COMPLETED")
+    return int(value or 0)
+
+
+async def run_phase(
+    client: aioredis.Redis,
+    url: str,
+    prefix: str,
+    kind: str,
+    *,
+    n: int,
+    retention: timedelta,
+    linger: float = 0.0,
+) -> int:
+    """Execute ``n`` runs of ``kind`` and wait until all are COMPLETED; then keep the provider
+    (and its reconciler, every second) running for ``linger`` seconds. Returns the bytes of
+    the prefix's keys right after the runs completed."""
+    mark = CountingMarker()
+    async with provider(
+        url,
+        prefix,
+        mark=mark,
+        retention=retention,
+        reconcile_interval=timedelta(seconds=1),
+        kinds=[kind],
+    ) as workflows:
+        await submit_all(workflows, kind, (f"t{i}" for i in range(n)))
+        deadline = time.monotonic() + max(60.0, n / 20)
+        while await completed(client, prefix, kind) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind}: runs did not complete")
+            await asyncio.sleep(0.05)
+        total, _, _ = await footprint(client, prefix)
+        await asyncio.sleep(linger)
+    return total
+
+
+def describe(by_bytes: Counter[str], by_count: Counter[str], n: int) -> str:
+    return ", ".join(
+        f"{kind} {size / n:.0f} B ({by_count[kind]} keys)" for kind, size in by_bytes.most_common()
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    url = f"{REDIS_URL}/{args.db}"
+    client = aioredis.Redis.from_url(url)
+    server = (await client.info("server"))["redis_version"]
+    print(f"Redis {server} at {url}, prefix {args.prefix}, {args.n} runs per kind; {machine()}")
+    try:
+        for kind in args.kinds.split(","):
+            await delete_prefix(client, args.prefix)
+            before = await used_memory(client)
+            await run_phase(client, url, args.prefix, kind, n=args.n, retention=timedelta(days=1))
+            total, by_bytes, by_count = await footprint(client, args.prefix)
+            grown = await used_memory(client) - before
+            print(
+                f"{kind:8} finished, retention 1 day: {total / args.n:7.0f} B/run by MEMORY "
+                f"USAGE, {grown / args.n:7.0f} B/run by used_memory"
+            )
+            print(f"         by key: {describe(by_bytes, by_count, args.n)}")
+
+            await delete_prefix(client, args.prefix)
+            before = await used_memory(client)
+            total_now = await run_phase(
+                client,
+                url,
+                args.prefix,
+                kind,
+                n=args.n,
+                retention=timedelta(seconds=2),
+                linger=args.wait,
+            )
+            left, by_bytes, by_count = await footprint(client, args.prefix)
+            grown = await used_memory(client) - before
+            print(
+                f"{kind:8} retention 2 s: {total_now / args.n:7.0f} B/run at the end, "
+                f"{args.wait:g} s later (provider still running) {left} B left in total "
+                f"({left / args.n:.1f} B/run), "
+                f"used_memory {grown:+d} B"
+            )
+            print(f"         left: {describe(by_bytes, by_count, 1).replace(' B (', ' B total (')}")
+    finally:
+        await delete_prefix(client, args.prefix)
+        await client.aclose()
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="runs per kind")
+    parser.add_argument("--kinds", default="chain3,single,fanout10", help="workflows to measure")
+    parser.add_argument("--wait", type=float, default=6.0, help="seconds to wait past the end")
+    parser.add_argument("--db", type=int, default=12, help="Redis database (default 12)")
+    parser.add_argument("--prefix", default="plait-bench-mem", help="key prefix")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

@@ -1,0 +1,453 @@
+"""Health of a plait deployment: Redis, queues, dead letters and live instances.
+
+:func:`check_health` reads everything under a prefix (so the CLI, which has no provider, and
+each provider's ``health()`` report the same thing); :class:`Heartbeat` is the loop by which
+every started provider says it is alive (``ZADD <prefix>:instances <now ms> <provider id>``);
+:func:`health_app` serves a provider's health as a tiny ASGI application::
+
+    app = health_app(workflows)   # GET -> 200 {"ok": true, ...} or 503 when not ok
+
+A queue is a consumer group of a step stream (group ``plait``) or of an event stream (one per
+subscribing group). Health is not ok when Redis cannot be reached, when entries of a group are
+*stalled* (pending without a lease renewal for ``stalled_after``: their consumer died and no
+live instance took them over), or when the oldest entry a group has not read yet has waited
+longer than ``max_wait`` (no live consumer, or too few).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import anyio
+from redis import exceptions as redis_errors
+
+from ._catalog import event_names, workflow_names
+from ._connection import CONNECTION_ERRORS
+from ._keys import GROUP, EventKeys, WorkflowKeys, instances
+
+logger = logging.getLogger("plait.health")
+
+HEARTBEAT = 5.0
+"""Seconds between two heartbeats of a started provider."""
+LIVE_BEATS = 3
+"""An instance is live while its last heartbeat is at most this many periods old."""
+FORGET_AFTER = 300.0
+"""Seconds after which the heartbeat of a stopped or dead instance is removed."""
+LAG_CAP = 10_000
+"""Longest range counted when Redis cannot tell a group's lag itself."""
+STALL_SAMPLE = 1_000
+"""Most stalled entries counted per group."""
+UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
+"""Errors by which a health check finds Redis unreachable."""
+WF = ("jobs", "dead")
+EV = ("stream", "dead")
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupHealth:
+    """One consumer group of one stream."""
+
+    name: str
+    """The group (``plait`` for step streams)."""
+    lag: int
+    """Entries the group has not read yet."""
+    pending: int
+    """Entries read and not acknowledged: running, or waiting for a retry (events)."""
+    stalled: int
+    """Pending entries whose consumer stopped renewing them (and not waiting for a retry)."""
+    retrying: int = 0
+    """Pending entries waiting for their retry backoff (event groups)."""
+    oldest_pending: timedelta | None = None
+    """Age of the oldest pending entry (since it was added to the stream)."""
+    oldest_waiting: timedelta | None = None
+    """Age of the oldest entry the group has not read yet."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueHealth:
+    """The stream of one workflow (its steps) or of one event, and its dead letters."""
+
+    kind: str
+    """``workflow`` or ``event``."""
+    name: str
+    """The workflow or event name."""
+    length: int
+    """Entries in the stream (steps waiting or running; events kept for ``retention``)."""
+    dead_letters: int
+    """Entries in the dead-letter stream."""
+    groups: tuple[GroupHealth, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstanceHealth:
+    """A provider that sent heartbeats recently."""
+
+    provider_id: str
+    last_seen: datetime
+    live: bool
+    """Whether its last heartbeat is recent (within three heartbeat periods)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Health:
+    """A health report, from :meth:`RedisWorkflowProvider.health` or ``plait health``.
+
+    Attributes:
+        ok: Redis answered and no queue has stalled or long-waiting entries.
+        reachable: Redis answered.
+        latency_ms: the round trip of a ``PING``, in milliseconds (None when unreachable).
+        queues: every workflow and event stream under the prefix, by kind and name.
+        instances: providers that sent a heartbeat in the last few minutes.
+        problems: why the report is not ok, one sentence each.
+        checked_at: when the report was made.
+    """
+
+    ok: bool
+    reachable: bool
+    latency_ms: float | None
+    queues: tuple[QueueHealth, ...] = ()
+    instances: tuple[InstanceHealth, ...] = ()
+    problems: tuple[str, ...] = ()
+    checked_at: datetime = field(default_factory=lambda: datetime.now(tz=UTC))
+
+    @property
+    def dead_letters(self) -> int:
+        """Dead letters of every queue."""
+        return sum(queue.dead_letters for queue in self.queues)
+
+    @property
+    def live_instances(self) -> tuple[InstanceHealth, ...]:
+        """The instances whose heartbeat is recent."""
+        return tuple(instance for instance in self.instances if instance.live)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-able data (durations in seconds, times in ISO 8601)."""
+        data = _jsonable(asdict(self))
+        data["dead_letters"] = self.dead_letters
+        data["live_instances"] = len(self.live_instances)
+        return data  # type: ignore[no-any-return]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, timedelta):
+        return round(value.total_seconds(), 3)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+async def check_health(
+    client: Any,
+    prefix: str,
+    *,
+    stalled_after: float = 30.0,
+    max_wait: float = 60.0,
+    timeout: float = 5.0,
+) -> Health:
+    """Read the health of everything stored under ``prefix``.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (or the ``memory://`` fake).
+        prefix: the key prefix of the providers.
+        stalled_after: seconds without a lease renewal after which a pending entry is stalled
+            (use about twice the providers' ``stall_timeout``).
+        max_wait: seconds the oldest unread entry of a group may wait before health is not ok.
+        timeout: seconds the whole check may take before Redis counts as unreachable.
+
+    Returns:
+        The report; an unreachable Redis gives ``ok=False, reachable=False`` (never raises).
+    """
+    try:
+        with anyio.fail_after(timeout):
+            began = time.perf_counter()
+            await client.ping()
+            latency = (time.perf_counter() - began) * 1000
+            return await _Reader(client, prefix, stalled_after, max_wait).read(latency)
+    except UNREACHABLE as error:
+        reason = "timed out" if isinstance(error, TimeoutError) else str(error)
+        return Health(
+            ok=False,
+            reachable=False,
+            latency_ms=None,
+            problems=(f"Redis unreachable: {reason or type(error).__name__}",),
+        )
+
+
+class _Reader:
+    """One health check: the streams, groups, dead letters and heartbeats under a prefix."""
+
+    def __init__(self, client: Any, prefix: str, stalled_after: float, max_wait: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._stalled_ms = int(stalled_after * 1000)
+        self._max_wait = timedelta(seconds=max_wait)
+        self._now_ms = 0
+        self.problems: list[str] = []
+
+    async def read(self, latency_ms: float) -> Health:
+        seconds, micros = await self._client.time()
+        self._now_ms = int(seconds) * 1000 + int(micros) // 1000
+        client, prefix = self._client, self._prefix
+        queues = [
+            *[await self._workflow(name) for name in await workflow_names(client, prefix, *WF)],
+            *[await self._event(name) for name in await event_names(client, prefix, *EV)],
+        ]
+        heartbeats = await self._instances()
+        return Health(
+            ok=not self.problems,
+            reachable=True,
+            latency_ms=round(latency_ms, 3),
+            queues=tuple(queues),
+            instances=heartbeats,
+            problems=tuple(self.problems),
+        )
+
+    async def _workflow(self, name: str) -> QueueHealth:
+        keys = WorkflowKeys(self._prefix, name)
+        length = int(await self._client.xlen(keys.jobs))
+        infos = await self._groups(keys.jobs)
+        groups = []
+        for info in infos:
+            if _text(info.get("name")) != GROUP:
+                continue
+            pending = int(info.get("pending") or 0)
+            lag = info.get("lag")
+            # Steps are deleted once acknowledged: what is not pending is waiting.
+            lag = int(lag) if lag is not None else max(0, length - pending)
+            groups.append(await self._group(keys.jobs, info, lag=lag, retry_key=None))
+        if not groups and length:
+            first = await self._client.xrange(keys.jobs, "-", "+", count=1)
+            groups.append(
+                GroupHealth(
+                    name=GROUP, lag=length, pending=0, stalled=0, oldest_waiting=self._age(first)
+                )
+            )
+        queue = QueueHealth(
+            kind="workflow",
+            name=name,
+            length=length,
+            dead_letters=int(await self._client.xlen(keys.dead)),
+            groups=tuple(groups),
+        )
+        self._judge(queue)
+        return queue
+
+    async def _event(self, name: str) -> QueueHealth:
+        keys = EventKeys(self._prefix, name)
+        groups = []
+        for info in await self._groups(keys.stream):
+            lag = info.get("lag")
+            if lag is None:
+                last = _text(info.get("last-delivered-id") or "0-0")
+                unread = await self._client.xrange(keys.stream, f"({last}", "+", count=LAG_CAP)
+                lag = len(unread)
+            group = _text(info.get("name"))
+            retry_key = keys.retry(group)
+            groups.append(await self._group(keys.stream, info, lag=int(lag), retry_key=retry_key))
+        queue = QueueHealth(
+            kind="event",
+            name=name,
+            length=int(await self._client.xlen(keys.stream)),
+            dead_letters=int(await self._client.xlen(keys.dead)),
+            groups=tuple(groups),
+        )
+        self._judge(queue)
+        return queue
+
+    async def _groups(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            return list(await self._client.xinfo_groups(stream))
+        except redis_errors.ResponseError:  # no such stream (only dead letters are left)
+            return []
+
+    async def _group(
+        self, stream: str, info: dict[str, Any], *, lag: int, retry_key: str | None
+    ) -> GroupHealth:
+        group = _text(info.get("name"))
+        pending = int(info.get("pending") or 0)
+        stalled = retrying = 0
+        oldest: timedelta | None = None
+        if pending:
+            summary = await self._client.xpending(stream, group)
+            oldest = self._age_of(_text(summary.get("min") or ""))
+            idle = await self._client.xpending_range(
+                stream, group, "-", "+", STALL_SAMPLE, idle=self._stalled_ms
+            )
+            ids = [_text(row["message_id"]) for row in idle]
+            if retry_key is not None:
+                retrying = int(await self._client.zcard(retry_key))
+                if ids:
+                    due = await self._client.zmscore(retry_key, ids)
+                    ids = [entry for entry, score in zip(ids, due, strict=True) if score is None]
+            stalled = len(ids)
+        waiting: timedelta | None = None
+        if lag:
+            last = _text(info.get("last-delivered-id") or "0-0")
+            waiting = self._age(await self._client.xrange(stream, f"({last}", "+", count=1))
+        return GroupHealth(
+            name=group,
+            lag=lag,
+            pending=pending,
+            stalled=stalled,
+            retrying=retrying,
+            oldest_pending=oldest,
+            oldest_waiting=waiting,
+        )
+
+    def _judge(self, queue: QueueHealth) -> None:
+        what = f"{queue.kind} {queue.name!r}"
+        for group in queue.groups:
+            where = what if queue.kind == "workflow" else f"{what} (group {group.name!r})"
+            if group.stalled:
+                self.problems.append(
+                    f"{where}: {group.stalled} pending entries stalled (no lease renewal for "
+                    f"{self._stalled_ms / 1000:g}s; is any instance consuming it?)"
+                )
+            if group.oldest_waiting is not None and group.oldest_waiting > self._max_wait:
+                self.problems.append(
+                    f"{where}: {group.lag} entries waiting, the oldest for "
+                    f"{group.oldest_waiting.total_seconds():.0f}s (no live consumer, or too few)"
+                )
+
+    async def _instances(self) -> tuple[InstanceHealth, ...]:
+        rows = await self._client.zrange(instances(self._prefix), 0, -1, withscores=True)
+        live_ms = LIVE_BEATS * HEARTBEAT * 1000
+        found = [
+            InstanceHealth(
+                provider_id=_text(member),
+                last_seen=datetime.fromtimestamp(score / 1000, tz=UTC),
+                live=self._now_ms - score <= live_ms,
+            )
+            for member, score in rows
+            if self._now_ms - score <= FORGET_AFTER * 1000
+        ]
+        return tuple(sorted(found, key=lambda instance: instance.provider_id))
+
+    def _age(self, entries: list[Any]) -> timedelta | None:
+        return self._age_of(_text(entries[0][0])) if entries else None
+
+    def _age_of(self, entry_id: str) -> timedelta | None:
+        millis, _, _ = entry_id.partition("-")
+        if not millis.isdigit():
+            return None
+        return timedelta(milliseconds=max(0, self._now_ms - int(millis)))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Heartbeat:
+    """Tells the deployment that a provider is alive, every :data:`HEARTBEAT` seconds.
+
+    Each beat adds ``provider_id`` with Redis' time to ``<prefix>:instances`` and removes the
+    entries of instances silent for :data:`FORGET_AFTER` seconds; stopping removes its own.
+    """
+
+    def __init__(
+        self, client: Any, prefix: str, provider_id: str, *, period: float = HEARTBEAT
+    ) -> None:
+        self._client = client
+        self._key = instances(prefix)
+        self._provider_id = provider_id
+        self._period = period
+
+    async def beat(self) -> None:
+        """Record one heartbeat now."""
+        seconds, micros = await self._client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._key, {self._provider_id: now_ms})
+            pipe.zremrangebyscore(self._key, "-inf", now_ms - int(FORGET_AFTER * 1000))
+            await pipe.execute()
+
+    async def serve(self) -> None:
+        """Beat until cancelled, then remove this instance's entry."""
+        try:
+            while True:
+                try:
+                    await self.beat()
+                except CONNECTION_ERRORS as error:
+                    logger.debug("heartbeat of %s failed: %s", self._provider_id, error)
+                await anyio.sleep(self._period)
+        finally:
+            with anyio.move_on_after(1.0, shield=True), suppress(*CONNECTION_ERRORS):
+                await self._client.zrem(self._key, self._provider_id)
+
+
+class SupportsHealth(Protocol):
+    """Anything with an async ``health()`` (both providers)."""
+
+    async def health(self) -> Health:
+        """The current health report."""
+        ...
+
+
+def health_app(provider: SupportsHealth) -> ASGIApp:
+    """A minimal ASGI application serving ``provider``'s health (no framework needed).
+
+    ``GET`` (or ``HEAD``) on any path answers the report as JSON with status 200 when it is ok
+    and 503 when it is not; other methods get 405. Mount it under ``/health`` in any ASGI
+    server or framework, or run it alone (it answers the lifespan protocol).
+
+    Args:
+        provider: a started :class:`RedisWorkflowProvider` or :class:`RedisEventProvider`.
+    """
+
+    async def app(
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope.get("method", "GET") not in ("GET", "HEAD"):
+            await _respond(send, 405, {"error": "method not allowed"}, head=False)
+            return
+        report = await provider.health()
+        status = 200 if report.ok else 503
+        await _respond(send, status, report.to_json(), head=scope.get("method") == "HEAD")
+
+    return app
+
+
+async def _respond(
+    send: Callable[[Any], Awaitable[None]], status: int, data: Any, *, head: bool
+) -> None:
+    body = json.dumps(data).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
