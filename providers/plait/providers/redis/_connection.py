@@ -27,7 +27,7 @@ from plait.workflows import ProviderUnavailableError
 T = TypeVar("T")
 
 #: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers.
-MAX_CONNECTIONS = 200
+MAX_CONNECTIONS = 1000
 
 logger = logging.getLogger("plait.redis")
 
@@ -145,12 +145,15 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
             max_connections=MAX_CONNECTIONS,
         )
         return Connection(cluster, None, owned=True)
-    # A blocking pool makes a burst of callers wait for a free connection instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
+    # No socket timeout: reads are not wrapped in wait_for (a measurable share of worker CPU);
+    # TCP keepalive and the health check find dead peers. A burst beyond MAX_CONNECTIONS gets
+    # a connection error, which callers retry until connect_timeout like any outage.
+    pool = aioredis.ConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
-        timeout=connect_timeout,
         socket_connect_timeout=connect_timeout,
+        socket_timeout=None,
+        socket_keepalive=True,
         health_check_interval=30,
     )
     return Connection(aioredis.Redis(connection_pool=pool), None, owned=True)

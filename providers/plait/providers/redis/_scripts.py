@@ -62,6 +62,7 @@ class RunScripts:
         self._connection = connection
         self._execute = register(client, "run_execute", "lib_run")
         self._start = register(client, "run_start", "lib_run")
+        self._start_many = register(client, "run_start_many", "lib_run")
         self._complete = register(client, "run_complete", "lib_run")
         self._fail = register(client, "run_fail", "lib_run")
         self._tick = register(client, "run_tick", "lib_run")
@@ -101,25 +102,17 @@ class RunScripts:
             keys=[keys.run(job.run_id)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, owner],
         )
-        outcome = _text(reply[0])
-        if outcome == "lost":
-            return Lost(int(reply[1]), _text(reply[2]))
-        if outcome == "wait":
-            return Deferred(int(reply[1]))
-        if outcome != "run":
-            return None
-        flat = reply[7:]
-        previous = json.loads(reply[6]).get("span") if reply[6] else None
-        results = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return Started(
-            attempt=int(reply[1]),
-            input=_text(reply[2]),
-            meta=_text(reply[3]),
-            deadline_ms=int(reply[4]) if reply[4] else None,
-            progress=_text(reply[5]) if reply[5] else None,
-            results=results,
-            previous_span=previous,
-        )
+        return _started(reply)
+
+    async def start_many(
+        self, keys: WorkflowKeys, jobs: list[Job], owner: str
+    ) -> list[Started | Lost | Deferred | None]:
+        """:meth:`start` for a batch of entries (those of one read), in one call."""
+        args: list[Any] = [keys.base, owner]
+        for job in jobs:
+            args += [job.run_id, job.name, job.token, job.entry]
+        replies = await self._start_many(keys=[keys.jobs], args=args)
+        return [_started(reply) for reply in replies]
 
     async def complete(self, keys: WorkflowKeys, job: Job, result: str) -> str | None:
         """Record success; returns the run's status, or None when the token was superseded."""
@@ -188,3 +181,26 @@ class RunScripts:
         await self._dead_letter(
             keys=[stream, dead], args=[GROUP, entry, reason, json.dumps(fields), 10_000]
         )
+
+
+def _started(reply: Any) -> Started | Lost | Deferred | None:
+    """Decode what run_start returns for one entry."""
+    outcome = _text(reply[0])
+    if outcome == "lost":
+        return Lost(int(reply[1]), _text(reply[2]))
+    if outcome == "wait":
+        return Deferred(int(reply[1]))
+    if outcome != "run":
+        return None
+    flat = reply[7:]
+    previous = json.loads(reply[6]).get("span") if reply[6] else None
+    results = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return Started(
+        attempt=int(reply[1]),
+        input=_text(reply[2]),
+        meta=_text(reply[3]),
+        deadline_ms=int(reply[4]) if reply[4] else None,
+        progress=_text(reply[5]) if reply[5] else None,
+        results=results,
+        previous_span=previous,
+    )

@@ -145,8 +145,7 @@ class Worker:
                     free -= await self._reclaim(free)
                     if free <= 0:
                         continue
-                for entry, fields in await self._read(free):
-                    self._spawn(entry, fields)
+                await self._take(await self._read(free))
 
     async def _read(self, count: int) -> list[tuple[bytes, Any]]:
         streams: dict[Any, Any] = {self.keys.jobs: ">"}
@@ -198,20 +197,49 @@ class Worker:
             return 0
         except redis_errors.ResponseError:
             return 0
-        taken = 0
-        for entry, fields in reply[1]:
-            if fields and _text(entry) not in self._held:
-                self._spawn(entry, fields)
-                taken += 1
-        return taken
+        taken = [(e, f) for e, f in reply[1] if f and _text(e) not in self._held]
+        await self._take(taken)
+        return len(taken)
 
-    def _spawn(self, entry: bytes, fields: dict[bytes, bytes] | None) -> None:
-        assert self._tg is not None
-        entry_id = _text(entry)
-        self._held.add(entry_id)
-        self._leases.hold(self.keys.jobs, entry_id)
+    async def _take(self, entries: list[tuple[bytes, Any]]) -> None:
+        """Hold the entries, mark their attempts running in one call, run each in a task."""
+        if not entries:
+            return
+        batch: list[Job] = []
+        for raw_entry, raw_fields in entries:
+            entry, fields = _text(raw_entry), raw_fields or {}
+            self._hold(entry)
+            job = _parse(entry, fields)
+            if isinstance(job, str) or not self._handlers.knows(job.name):
+                self._spawn(self._refuse, entry, job, fields)
+            else:
+                batch.append(job)
+        if not batch:
+            return
+        replies = await self._transition(
+            lambda: self._scripts.start_many(self.keys, batch, self._owner)
+        )
+        for job, started in zip(batch, replies or [None] * len(batch), strict=True):
+            self._spawn(self._process, job.entry, job, started)
+
+    def _hold(self, entry: str) -> None:
+        self._held.add(entry)
+        self._leases.hold(self.keys.jobs, entry)
         self._idle = anyio.Event()
-        self._tg.start_soon(self._process, entry_id, fields or {})
+
+    def _spawn(self, work: Callable[..., Awaitable[None]], entry: str, *args: Any) -> None:
+        """Run ``work(entry, *args)`` in a task that releases ``entry`` when it ends."""
+        assert self._tg is not None
+        self._tg.start_soon(self._own, work, entry, *args)
+
+    async def _own(self, work: Callable[..., Awaitable[None]], entry: str, *args: Any) -> None:
+        try:
+            await work(entry, *args)
+        except Exception:
+            # A bug must not take the worker down: the entry stays pending and is reclaimed.
+            logger.exception("%s: processing entry %s failed", self.keys.jobs, entry)
+        finally:
+            self._release(entry)
 
     def _release(self, entry: str) -> None:
         self._held.discard(entry)
@@ -222,34 +250,27 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------
 
-    async def _process(self, entry: str, fields: dict[bytes, bytes]) -> None:
-        try:
-            job = _parse(entry, fields)
-            if isinstance(job, str):
-                await self._dead_letter(entry, job, fields)
-                return
-            if not self._handlers.knows(job.name):
-                await self._reject(job, fields)
-                return
-            started = await self._transition(
-                lambda: self._scripts.start(self.keys, job, self._owner)
+    async def _refuse(self, entry: str, job: Job | str, fields: dict[bytes, bytes]) -> None:
+        """Dead-letter a malformed entry, or the job of a step this consumer cannot run."""
+        if isinstance(job, str):
+            await self._dead_letter(entry, job, fields)
+        else:
+            await self._reject(job, fields)
+
+    async def _process(
+        self, entry: str, job: Job, started: Started | Lost | Deferred | None
+    ) -> None:
+        if isinstance(started, Lost):
+            self._telemetry.steps_reclaimed.add(1, {"plait.workflow": self.keys.workflow})
+            lost = WorkerLostError(
+                f"instance {started.owner or '?'} stopped while running attempt "
+                f"{started.attempt} of {job.name!r}"
             )
-            if isinstance(started, Lost):
-                self._telemetry.steps_reclaimed.add(1, {"plait.workflow": self.keys.workflow})
-                lost = WorkerLostError(
-                    f"instance {started.owner or '?'} stopped while running attempt "
-                    f"{started.attempt} of {job.name!r}"
-                )
-                await self._record_failure(job, started.attempt, lost)
-            elif isinstance(started, Started):
-                await self._attempt(job, started)
-            elif isinstance(started, Deferred):
-                self._on_retry(self.keys.workflow)
-        except Exception:
-            # A bug must not take the worker down: the entry stays pending and is reclaimed.
-            logger.exception("%s: processing entry %s failed", self.keys.jobs, entry)
-        finally:
-            self._release(entry)
+            await self._record_failure(job, started.attempt, lost)
+        elif isinstance(started, Started):
+            await self._attempt(job, started)
+        elif isinstance(started, Deferred):
+            self._on_retry(self.keys.workflow)
 
     async def _attempt(self, job: Job, started: Started) -> None:
         scope = anyio.CancelScope()
