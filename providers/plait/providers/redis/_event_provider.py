@@ -30,6 +30,7 @@ from ._event_worker import EventWorker, WorkerOptions
 from ._health import Health, Heartbeat, check_health
 from ._keys import EventKeys
 from ._notify import Notifications
+from ._supervisor import Supervisor
 from ._telemetry import Telemetry
 
 __all__ = ["RedisEventProvider"]
@@ -119,8 +120,9 @@ class RedisEventProvider:
             connect_timeout=connect_timeout,
             published=self._published,
         )
-        self._supervisor: asyncio.Task[None] | None = None
-        self._stop_requested = asyncio.Event()
+        self._supervisor = Supervisor(
+            self._connection, connect_timeout=connect_timeout.total_seconds()
+        )
         self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
 
     @classmethod
@@ -194,27 +196,14 @@ class RedisEventProvider:
         Raises:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        if self._supervisor is not None:
+        if self._supervisor.running:
             return
         timeout = self.connect_timeout.total_seconds()
-        try:
-            await call_until(self._connection.client.ping, timeout=timeout, what="start")
-        except BaseException:
-            await self._connection.aclose()
-            raise
         tracer = tracer_of(self.tracer_provider)
         self._publisher.tracer = tracer
         self._worker.set_tracer(tracer)
         self._worker.set_telemetry(self._telemetry)
-        self._stop_requested = asyncio.Event()
-        ready = asyncio.Event()
-        self._supervisor = asyncio.create_task(self._serve(ready))
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({self._supervisor, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self._supervisor.done():
-            supervisor, self._supervisor = self._supervisor, None
-            supervisor.result()
+        await self._supervisor.start(self._serve)
         try:
             with anyio.fail_after(timeout):
                 await self._worker.ready()
@@ -228,23 +217,17 @@ class RedisEventProvider:
         Handlers still running after the timeout are left to be reclaimed by other instances;
         pending :meth:`request` calls raise :class:`~plait.workflows.ProviderClosedError`.
         """
-        supervisor, self._supervisor = self._supervisor, None
         self._publisher.fail_waiting(ProviderClosedError("the event provider was stopped"))
-        try:
-            if supervisor is not None:
-                self._stop_requested.set()
-                await supervisor
-        finally:
-            await self._connection.aclose()
+        await self._supervisor.stop()
 
-    async def _serve(self, ready: asyncio.Event) -> None:
+    async def _serve(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._notifications.run)
             tg.start_soon(self._heartbeat.serve)
             async with anyio.create_task_group() as work:
                 await work.start(self._worker.serve)
                 ready.set()
-                await self._stop_requested.wait()
+                await stopping.wait()
                 self._worker.stop()
             tg.cancel_scope.cancel()
 
@@ -255,7 +238,7 @@ class RedisEventProvider:
             self._worker.wake_timer()
 
     def _check_open(self) -> None:
-        if self._supervisor is None:
+        if not self._supervisor.running:
             raise ProviderClosedError("the event provider is not started")
 
     # -- subscribing -------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ._lease import Leases
 from ._notify import Notifications
 from ._runs import Runs
 from ._scripts import RunScripts
+from ._supervisor import Supervisor
 from ._telemetry import Telemetry
 from ._timers import Reconciler, ReconcileStats, Timers
 from ._tracing import outgoing_meta
@@ -147,8 +148,9 @@ class RedisWorkflowProvider:
             self._connection, owner=self.provider_id, period=stall_timeout.total_seconds() / 4
         )
         self._definitions: dict[str, Workflow[Any, Any]] = {}
-        self._supervisor: asyncio.Task[None] | None = None
-        self._stop_requested = anyio.Event()
+        self._supervisor = Supervisor(
+            self._connection, connect_timeout=connect_timeout.total_seconds()
+        )
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
 
@@ -213,27 +215,8 @@ class RedisWorkflowProvider:
         Raises:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        if self._supervisor is not None:
-            return
-        try:
-            await call_until(
-                self._connection.client.ping,
-                timeout=self.connect_timeout.total_seconds(),
-                what="start",
-            )
-        except BaseException:
-            await self._connection.aclose()
-            raise
+        await self._supervisor.start(self._serve)
         self._runs.open()
-        self._stop_requested = anyio.Event()
-        ready = anyio.Event()
-        self._supervisor = asyncio.create_task(self._serve(ready))
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({self._supervisor, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self._supervisor.done():
-            supervisor, self._supervisor = self._supervisor, None
-            supervisor.result()
 
     async def stop(self) -> None:
         """Stop taking steps, wait up to ``shutdown_timeout`` for running ones, release Redis.
@@ -242,23 +225,17 @@ class RedisWorkflowProvider:
         pending ``result()`` and ``watch()`` calls on this instance raise
         :class:`~plait.workflows.ProviderClosedError`.
         """
-        supervisor, self._supervisor = self._supervisor, None
         self._runs.close()
-        try:
-            if supervisor is not None:
-                self._stop_requested.set()
-                await supervisor
-        finally:
-            await self._connection.aclose()
+        await self._supervisor.stop()
 
-    async def _serve(self, ready: anyio.Event) -> None:
+    async def _serve(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
         self._leases.start()
         try:
-            await self._supervise(ready)
+            await self._supervise(ready, stopping)
         finally:
             await anyio.to_thread.run_sync(self._leases.stop)
 
-    async def _supervise(self, ready: anyio.Event) -> None:
+    async def _supervise(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._notifications.run)
@@ -268,7 +245,7 @@ class RedisWorkflowProvider:
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
             ready.set()
-            await self._stop_requested.wait()
+            await stopping.wait()
             with anyio.CancelScope(shield=True):
                 await self._drain()
             tg.cancel_scope.cancel()
@@ -483,7 +460,7 @@ class RedisWorkflowProvider:
         return self._reconciler.last
 
     def _check_started(self) -> None:
-        if self._supervisor is None:
+        if not self._supervisor.running:
             raise ProviderClosedError("the workflow provider is not started")
 
     def _depths(self) -> list[tuple[str, int]]:
