@@ -40,6 +40,17 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Taken:
+    """An entry a transition took for the worker: its job and what starting it gave, or, for an
+    entry that names no job, its raw ``fields`` (``job`` is None)."""
+
+    entry: str
+    job: Job | None
+    started: Started | Lost | Deferred | None
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class Deferred:
     """A global limit put the job aside until ``due_ms`` (or until a running slot frees up)."""
 
@@ -114,14 +125,21 @@ class RunScripts:
         replies = await self._start_many(keys=[keys.jobs], args=args)
         return [_started(reply) for reply in replies]
 
-    async def complete(self, keys: WorkflowKeys, job: Job, result: str) -> str | None:
-        """Record success; returns the run's status, or None when the token was superseded."""
+    async def complete(
+        self, keys: WorkflowKeys, job: Job, result: str, *, owner: str = "", take: int = 0
+    ) -> tuple[str | None, list[Taken]]:
+        """Record success, then take and start up to ``take`` new entries for ``owner``.
+
+        Returns the run's status (None when the token was superseded: nothing recorded) and
+        the entries taken.
+        """
         reply = await self._complete(
             keys=[keys.run(job.run_id)],
-            args=[keys.base, job.run_id, job.name, job.token, job.entry, result],
+            args=[keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take],
         )
         self._connection.kick(keys.jobs)
-        return _text(reply[1]) if _text(reply[0]) == "ok" else None
+        status = _text(reply[1]) if _text(reply[0]) == "ok" else None
+        return status, [_taken(item) for item in reply[2]]
 
     async def fail(
         self, keys: WorkflowKeys, job: Job, *, error: dict[str, Any], retry_delay_ms: int
@@ -204,3 +222,14 @@ def _started(reply: Any) -> Started | Lost | Deferred | None:
         results=results,
         previous_span=previous,
     )
+
+
+def _taken(item: Any) -> Taken:
+    entry = _text(item[0])
+    if len(item) == 5 and isinstance(item[4], list):
+        job = Job(entry, _text(item[1]), _text(item[2]), _text(item[3]))
+        fields = {b"r": item[1], b"j": item[2], b"t": item[3]}
+        return Taken(entry, job, _started(item[4]), fields)
+    flat = item[1:]
+    fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+    return Taken(entry, None, None, fields)

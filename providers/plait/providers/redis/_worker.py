@@ -38,7 +38,7 @@ from ._codec import ERROR, ROLLBACK, decode_record, display_name, encode_result,
 from ._connection import CONNECTION_ERRORS, Connection, call_forever
 from ._keys import GROUP, WorkflowKeys
 from ._lease import Leases
-from ._scripts import Deferred, Job, Lost, RunScripts, Started
+from ._scripts import Deferred, Job, Lost, RunScripts, Started, Taken
 from ._telemetry import Telemetry, record_failure, traceparent_of
 from ._tracing import current_meta
 
@@ -222,6 +222,18 @@ class Worker:
         for job, started in zip(batch, replies or [None] * len(batch), strict=True):
             self._spawn(self._process, job.entry, job, started)
 
+    def _adopt(self, taken: list[Taken]) -> None:
+        """Run the entries a transition took for this worker (already started in Redis)."""
+        for item in taken:
+            self._hold(item.entry)
+            if item.job is None:
+                reason = _parse(item.entry, item.fields)
+                self._spawn(self._refuse, item.entry, reason, item.fields)
+            elif not self._handlers.knows(item.job.name):
+                self._spawn(self._refuse, item.entry, item.job, item.fields)
+            else:
+                self._spawn(self._process, item.entry, item.job, item.started)
+
     def _hold(self, entry: str) -> None:
         self._held.add(entry)
         self._leases.hold(self.keys.jobs, entry)
@@ -321,7 +333,12 @@ class Worker:
         )
         if error is None and result is not None:
             value = result
-            status = await self._transition(lambda: self._scripts.complete(self.keys, job, value))
+            take = 0 if self._stopping else 1
+            done = await self._transition(
+                lambda: self._scripts.complete(self.keys, job, value, owner=self._owner, take=take)
+            )
+            status, taken = done if done is not None else (None, [])
+            self._adopt(taken)
             if status is None:
                 self._telemetry.fencing_rejections.add(1, {"plait.workflow": self.keys.workflow})
                 logger.warning(

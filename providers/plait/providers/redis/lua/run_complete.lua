@@ -1,39 +1,72 @@
--- run_complete.lua: record a job's success and advance the run (fenced by the token).
+-- run_complete.lua: record a job's success and advance the run (fenced by the token); then
+-- take up to `take` new entries of the stream for this worker and start them, so a worker
+-- that finishes a step gets its next one (often the step it just enqueued) in the same call.
 -- KEYS[1] run hash
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id
--- ARGV[6] result JSON
--- returns {'ok', run status after the transition} | {'stale'} (superseded: nothing recorded)
+-- ARGV[6] result JSON  ARGV[7] owner  ARGV[8] entries to take (0: none)
+-- returns {'ok', run status after the transition, taken} | {'stale', '', taken}
+--   (stale: superseded, nothing recorded); taken is a list of {entry id, run, job, token,
+--   what run_start.lua returns} or {entry id, field, value, ...} for an entry that names no job
 local c = ctx(ARGV[1], ARGV[2])
 local job, tok, value = ARGV[3], ARGV[4], ARGV[6]
-local st = check(c, job, tok, true)
-ack(c, ARGV[5])
-if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
-local now = now_ms()
-release(c, job)
-redis.call('HSET', c.r, job .. '|st', 'done', job .. '|t1', now)
-event(c, 'step.completed', job, redis.call('HGET', c.r, job .. '|at'), '')
-if string.sub(job, 1, 1) ~= '~' then
-  redis.call('HSET', c.res, job, value)
-  append(c, 'order', job)
-  if st == 'cancelling' then
-    -- completed after the run began compensating: its rollback runs first
-    local comp = redis.call('HGET', c.r, 'comp')
-    redis.call('HSET', c.r, 'comp', (comp and comp ~= '') and (job .. ',' .. comp) or job)
-    settle(c, now)
-  elseif redis.call('HINCRBY', c.r, 'pend', -1) <= 0 then
-    advance(c, now)
-  end
-elseif job == '~complete' then
-  if st == 'cancelling' then
-    settle(c, now)
+
+local function record()
+  local st = check(c, job, tok, true)
+  ack(c, ARGV[5])
+  if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
+  local now = now_ms()
+  release(c, job)
+  redis.call('HSET', c.r, job .. '|st', 'done', job .. '|t1', now)
+  event(c, 'step.completed', job, redis.call('HGET', c.r, job .. '|at'), '')
+  if string.sub(job, 1, 1) ~= '~' then
+    redis.call('HSET', c.res, job, value)
+    append(c, 'order', job)
+    if st == 'cancelling' then
+      -- completed after the run began compensating: its rollback runs first
+      local comp = redis.call('HGET', c.r, 'comp')
+      redis.call('HSET', c.r, 'comp', (comp and comp ~= '') and (job .. ',' .. comp) or job)
+      settle(c, now)
+    elseif redis.call('HINCRBY', c.r, 'pend', -1) <= 0 then
+      advance(c, now)
+    end
+  elseif job == '~complete' then
+    if st == 'cancelling' then
+      settle(c, now)
+    else
+      redis.call('HSET', c.r, 'result', value)
+      finalize(c, 'COMPLETED', now)
+    end
+  elseif job == '~error' then
+    finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
   else
-    redis.call('HSET', c.r, 'result', value)
-    finalize(c, 'COMPLETED', now)
+    redis.call('HSET', c.r, 'rbact', '')
+    comp_next(c, now)
   end
-elseif job == '~error' then
-  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
-else
-  redis.call('HSET', c.r, 'rbact', '')
-  comp_next(c, now)
+  return {'ok', redis.call('HGET', c.r, 'status')}
 end
-return {'ok', redis.call('HGET', c.r, 'status')}
+
+local outcome = record()
+local taken = {}
+local wanted = tonumber(ARGV[8] or '0')
+if wanted > 0 then
+  local got = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[7], 'COUNT', wanted,
+    'STREAMS', c.jobs, '>')
+  local entries = {}
+  if got and got[1] then
+    -- Redis replies {{stream, entries}}; the embedded server {stream, entries}
+    entries = type(got[1]) == 'table' and got[1][2] or got[2]
+  end
+  for _, item in ipairs(entries) do
+    local id, flat = item[1], item[2]
+    local f = {}
+    for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+    if f.r and f.j and f.t and string.match(f.t, '^%d+$') then
+      taken[#taken + 1] = {id, f.r, f.j, f.t, start(ctx(ARGV[1], f.r), f.j, f.t, id, ARGV[7])}
+    else
+      local raw = {id}
+      for i = 1, #flat do raw[#raw + 1] = flat[i] end
+      taken[#taken + 1] = raw
+    end
+  end
+end
+return {outcome[1], outcome[2] or '', taken}
