@@ -24,13 +24,18 @@ from __future__ import annotations
 import os
 import sys
 from importlib.metadata import version as _dist_version
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
-from plait.workflows import StepContext, Workflow, WorkflowConsumer
+from plait.workflows import StepContext, WorkflowConsumer
+
+if __package__ in (None, ""):  # loaded by the harness: make ``benchmarks.workload`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.workload import WORKFLOWS, Unit, chain3, fanout10, single
 
 NAME = "plait"
 SUPPORTS = {
@@ -41,22 +46,6 @@ SUPPORTS = {
 DONE_KEY = "bench:done"  # the harness's run_peers.DONE_KEY
 PREFIX = "bench"
 CONCURRENCY = 10
-
-
-class Unit(BaseModel):
-    """The input of every benchmark run: the tag the last step reports."""
-
-    tag: str
-
-
-single = Workflow("single", input=Unit).step("only")
-chain3 = Workflow("chain3", input=Unit).step("s1").step("s2").step("s3")
-fanout10 = Workflow("fanout10", input=Unit).parallel(*(f"c{i}" for i in range(10))).step("parent")
-WORKFLOWS: dict[str, Workflow[Unit, Any]] = {
-    "single": single,
-    "chain3": chain3,
-    "fanout10": fanout10,
-}
 
 
 def _url() -> str:
