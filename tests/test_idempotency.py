@@ -127,7 +127,7 @@ async def test_concurrent_executes_with_one_key_make_exactly_one_run(
         handles.append(await caller.execute(pay, data, idempotency_key="one-key"))
 
     async with anyio.create_task_group() as tg:
-        for index in range(200):
+        for index in range(1_000):
             tg.start_soon(call, index)
 
     assert len({handle.run_id for handle in handles}) == 1
