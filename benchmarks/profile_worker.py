@@ -123,12 +123,16 @@ async def keep_busy(
     prefix: str,
     kind: str,
     sampler: asyncio.subprocess.Process,
+    *,
+    in_flight: int,
 ) -> int:
     """Run batches of 200 units until ``sampler`` exits; returns the units run."""
     done = 0
     waiting = asyncio.ensure_future(sampler.wait())
     while not waiting.done():
-        await run_batch(producer, client, prefix, kind, n=200, label=f"b{done}-")
+        await run_batch(
+            producer, client, prefix, kind, n=200, label=f"b{done}-", in_flight=in_flight
+        )
         done += 200
     return done
 
@@ -179,19 +183,26 @@ async def main(args: argparse.Namespace) -> None:
         await producer.start()
         await run_batch(producer, client, args.prefix, args.kind, n=50, label="w")
         cpu0 = cpu_seconds(pid)
-        elapsed = await run_batch(producer, client, args.prefix, args.kind, n=args.n, label="m")
+        elapsed = await run_batch(
+            producer, client, args.prefix, args.kind, n=args.n, label="m", in_flight=args.in_flight
+        )
         cpu = cpu_seconds(pid) - cpu0
-        print(f"{args.kind} on one worker process (concurrency 10), {url}; {machine()}")
+        print(
+            f"{args.kind} on one worker process (concurrency 10), {args.in_flight} "
+            f"execute calls in flight, {url}; {machine()}"
+        )
         print(
             f"unprofiled: {args.n / elapsed:.1f} runs/s; worker CPU "
             f"{cpu * 1000 / args.n:.2f} ms/run = {cpu * 1000 / (args.n * steps):.3f} ms/step; "
             f"worker RSS {rss_mb(pid):.1f} MB"
         )
-        raw = RESULTS / f"{args.kind}.txt"
+        raw = RESULTS / f"{args.kind}{'' if args.in_flight > 1 else '-seq'}.txt"
         passes = [("raw", raw)] + ([("flamegraph", raw.with_suffix(".svg"))] if args.svg else [])
         for fmt, out in passes:
             sampler = await sample(spy, pid, args.seconds, fmt, out)
-            units = await keep_busy(producer, client, args.prefix, args.kind, sampler)
+            units = await keep_busy(
+                producer, client, args.prefix, args.kind, sampler, in_flight=args.in_flight
+            )
             error = (await sampler.stderr.read()).decode() if sampler.stderr else ""
             if sampler.returncode:
                 raise RuntimeError(f"py-spy failed: {error[-500:]}")
@@ -208,6 +219,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", default="chain3", choices=["single", "chain3", "fanout10"])
     parser.add_argument("--n", type=int, default=2000, help="unprofiled runs for CPU/step")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=32,
+        help="execute calls outstanding (1: one run at a time, the latency path)",
+    )
     parser.add_argument("--seconds", type=float, default=15, help="sampling time")
     parser.add_argument("--svg", action="store_true", help="also write a flame graph")
     parser.add_argument("--py-spy", help="path of the py-spy executable")

@@ -234,12 +234,13 @@ async def run_batch(
     *,
     n: int,
     label: str,
+    in_flight: int = IN_FLIGHT,
 ) -> float:
     """Run ``n`` units of ``kind`` through worker processes; returns the elapsed seconds."""
     key = done_key(prefix)
     await client.delete(key)
     started = time.perf_counter()
-    await submit_all(producer, kind, (f"{label}{i}" for i in range(n)))
+    await submit_all(producer, kind, (f"{label}{i}" for i in range(n)), in_flight)
     ended = await wait_list(client, key, n, timeout=max(120.0, n / 20))
     return ended - started
 

@@ -80,6 +80,11 @@ class Handlers:
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
+        self._timeouts = {
+            step.name: step.timeout.total_seconds()
+            for step in self.definition.steps
+            if step.timeout is not None
+        }
 
     def knows(self, job: str) -> bool:
         """Whether this consumer can run ``job`` (missing rollbacks and hooks are no-ops)."""
@@ -100,11 +105,7 @@ class Handlers:
 
     def timeout(self, job: str) -> float | None:
         """The step timeout of a job in seconds (rollbacks use their step's), or None."""
-        name = job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job
-        if name not in self._outputs:
-            return None
-        limit = self.definition.get_step(name).timeout
-        return limit.total_seconds() if limit is not None else None
+        return self._timeouts.get(job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job)
 
     def retry_delay_ms(self, job: str, attempt: int, error: BaseException) -> int:
         """Milliseconds until the next attempt, or -1 when the job has failed for good."""
@@ -118,8 +119,9 @@ class Handlers:
         job: Job,
         started: Started,
         save: Callable[[Any], Awaitable[None]],
+        meta: Mapping[str, str],
     ) -> WorkflowContext[Any]:
-        """The context handed to the job's handler."""
+        """The context handed to the job's handler (``meta``: the run's meta, decoded)."""
         try:
             data = self.definition.input.model_validate_json(started.input)
         except ValidationError as error:
@@ -134,7 +136,7 @@ class Handlers:
             "attempt": started.attempt,
             "input": data,
             "results": results,
-            "meta": json.loads(started.meta),
+            "meta": meta,
             "deadline": (
                 datetime.fromtimestamp(started.deadline_ms / 1000, tz=UTC)
                 if started.deadline_ms
@@ -223,11 +225,3 @@ def wire_error(
     if span:
         wire["span"] = span
     return wire
-
-
-def meta_of(started: Started, job: Job) -> Mapping[str, str]:
-    """What a handler's emits inherit: the run's meta plus the run and job names."""
-    meta: dict[str, str] = json.loads(started.meta)
-    meta["run_id"] = job.run_id
-    meta["step"] = error_step_name(job.name)
-    return meta

@@ -139,23 +139,23 @@ class Telemetry:
     @contextmanager
     def consuming(
         self,
-        name: str,
+        describe: Callable[[], tuple[str, Mapping[str, Any]]],
         meta: Mapping[str, str],
         *,
-        attributes: Mapping[str, Any],
         previous: str | None = None,
     ) -> Iterator[Span]:
         """A CONSUMER span parented to the job's producer, current while the handler runs.
 
         Args:
-            name: the span name.
+            describe: gives the span's name and its messaging and plait attributes (called
+                only when spans are recorded).
             meta: the job's meta, carrying the producer's ``traceparent``.
-            attributes: messaging and plait attributes.
             previous: the traceparent of the attempt this one retries, linked.
         """
         if not self.tracing:
             yield trace.INVALID_SPAN
             return
+        name, attributes = describe()
         span = self.tracer.start_span(
             name,
             context=parent_context(meta),

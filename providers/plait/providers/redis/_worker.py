@@ -12,7 +12,9 @@ Only the token-checked scripts acknowledge entries, so a zombie can never empty 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -31,7 +33,6 @@ from ._attempt import (
     StepTimeoutError,
     UnknownJobError,
     WorkerLostError,
-    meta_of,
     wire_error,
 )
 from ._codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
@@ -49,6 +50,10 @@ MEASURE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis_err
 FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
 
 T = TypeVar("T")
+
+_Runner = Callable[..., Awaitable[list[Taken]]]
+"""Runs one held entry: ``runner(entry, *args)``; returns the entries it took for the worker."""
+_Work = tuple[_Runner, str, tuple[Any, ...]]
 
 
 class Worker:
@@ -222,36 +227,47 @@ class Worker:
         for job, started in zip(batch, replies or [None] * len(batch), strict=True):
             self._spawn(self._process, job.entry, job, started)
 
-    def _adopt(self, taken: list[Taken]) -> None:
-        """Run the entries a transition took for this worker (already started in Redis)."""
-        for item in taken:
-            self._hold(item.entry)
-            if item.job is None:
-                reason = _parse(item.entry, item.fields)
-                self._spawn(self._refuse, item.entry, reason, item.fields)
-            elif not self._handlers.knows(item.job.name):
-                self._spawn(self._refuse, item.entry, item.job, item.fields)
-            else:
-                self._spawn(self._process, item.entry, item.job, item.started)
+    def _work_of(self, item: Taken) -> _Work:
+        """What to run for an entry a transition took for this worker (already started)."""
+        if item.job is None:
+            return self._refuse, item.entry, (_parse(item.entry, item.fields), item.fields)
+        if not self._handlers.knows(item.job.name):
+            return self._refuse, item.entry, (item.job, item.fields)
+        return self._process, item.entry, (item.job, item.started)
 
     def _hold(self, entry: str) -> None:
         self._held.add(entry)
         self._leases.hold(self.keys.jobs, entry)
-        self._idle = anyio.Event()
+        if self._idle.is_set():
+            self._idle = anyio.Event()
 
-    def _spawn(self, work: Callable[..., Awaitable[None]], entry: str, *args: Any) -> None:
+    def _spawn(self, work: _Runner, entry: str, *args: Any) -> None:
         """Run ``work(entry, *args)`` in a task that releases ``entry`` when it ends."""
         assert self._tg is not None
         self._tg.start_soon(self._own, work, entry, *args)
 
-    async def _own(self, work: Callable[..., Awaitable[None]], entry: str, *args: Any) -> None:
-        try:
-            await work(entry, *args)
-        except Exception:
-            # A bug must not take the worker down: the entry stays pending and is reclaimed.
-            logger.exception("%s: processing entry %s failed", self.keys.jobs, entry)
-        finally:
-            self._release(entry)
+    async def _own(self, work: _Runner, entry: str, *args: Any) -> None:
+        """Run one entry, then the entries its transition took: the first in this task."""
+        current: _Work | None = (work, entry, args)
+        while current is not None:
+            work, entry, args = current
+            taken: list[Taken] = []
+            try:
+                taken = await work(entry, *args)
+            except Exception:
+                # A bug must not take the worker down: the entry stays pending and is reclaimed.
+                logger.exception("%s: processing entry %s failed", self.keys.jobs, entry)
+            finally:
+                for item in taken:
+                    self._hold(item.entry)
+                self._release(entry)
+            current = None
+            for item in taken:
+                if current is None:
+                    current = self._work_of(item)
+                else:
+                    runner, held, extra = self._work_of(item)
+                    self._spawn(runner, held, *extra)
 
     def _release(self, entry: str) -> None:
         self._held.discard(entry)
@@ -262,16 +278,18 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------
 
-    async def _refuse(self, entry: str, job: Job | str, fields: dict[bytes, bytes]) -> None:
+    async def _refuse(self, entry: str, job: Job | str, fields: dict[bytes, bytes]) -> list[Taken]:
         """Dead-letter a malformed entry, or the job of a step this consumer cannot run."""
         if isinstance(job, str):
             await self._dead_letter(entry, job, fields)
         else:
             await self._reject(job, fields)
+        return []
 
     async def _process(
         self, entry: str, job: Job, started: Started | Lost | Deferred | None
-    ) -> None:
+    ) -> list[Taken]:
+        """Run one started job; returns the entries its completion took for this worker."""
         if isinstance(started, Lost):
             self._telemetry.steps_reclaimed.add(1, {"plait.workflow": self.keys.workflow})
             lost = WorkerLostError(
@@ -280,40 +298,33 @@ class Worker:
             )
             await self._record_failure(job, started.attempt, lost)
         elif isinstance(started, Started):
-            await self._attempt(job, started)
+            return await self._attempt(job, started)
         elif isinstance(started, Deferred):
             self._on_retry(self.keys.workflow)
+        return []
 
-    async def _attempt(self, job: Job, started: Started) -> None:
-        scope = anyio.CancelScope()
+    async def _attempt(self, job: Job, started: Started) -> list[Taken]:
+        limit, by_deadline = self._limit(job, started)
+        # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
+        scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
         self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
-        meta = meta_of(started, job)
+        base: dict[str, str] = json.loads(started.meta)
+        meta = {**base, "run_id": job.run_id, "step": display_name(job.name)}
         meta_token = current_meta.set(meta)
         result: str | None = None
         error: BaseException | None = None
         began = time.perf_counter()
-        step = display_name(job.name)
         try:
             with self._telemetry.consuming(
-                f"process {self.keys.workflow} {step}",
-                meta,
-                attributes={
-                    "messaging.operation.name": "process",
-                    "messaging.destination.name": self.keys.workflow,
-                    "messaging.message.id": f"{job.run_id}:{job.name}",
-                    "plait.run_id": job.run_id,
-                    "plait.step": step,
-                    "plait.attempt": started.attempt,
-                },
-                previous=started.previous_span,
+                lambda: self._span_of(job, started), meta, previous=started.previous_span
             ) as span:
                 with scope:
                     try:
-                        result = await self._call(job, started)
+                        result = await self._call(job, started, base)
                     except Exception as raised:
                         error = raised
                 if scope.cancelled_caught:
-                    error = RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
+                    error = await self._stopped(job, scope, limit, by_deadline=by_deadline)
                 if error is not None:
                     record_failure(span, error)
                 span_id = traceparent_of(span)
@@ -327,30 +338,46 @@ class Worker:
             time.perf_counter() - began,
             {
                 "plait.workflow": self.keys.workflow,
-                "plait.step": step,
+                "plait.step": meta["step"],
                 "plait.outcome": "failed" if error else "completed",
             },
         )
-        if error is None and result is not None:
-            value = result
-            take = 0 if self._stopping else 1
-            done = await self._transition(
-                lambda: self._scripts.complete(self.keys, job, value, owner=self._owner, take=take)
-            )
-            status, taken = done if done is not None else (None, [])
-            self._adopt(taken)
-            if status is None:
-                self._telemetry.fencing_rejections.add(1, {"plait.workflow": self.keys.workflow})
-                logger.warning(
-                    "run %s: late completion of %s attempt %d rejected (superseded)",
-                    job.run_id,
-                    job.name,
-                    started.attempt,
-                )
-            else:
-                self._count_end(status)
-        elif error is not None:
+        if error is not None:
             await self._record_failure(job, started.attempt, error, span=span_id)
+            return []
+        if result is None:
+            return []
+        return await self._complete(job, started, result)
+
+    async def _complete(self, job: Job, started: Started, result: str) -> list[Taken]:
+        take = 0 if self._stopping else 1
+        done = await self._transition(
+            lambda: self._scripts.complete(self.keys, job, result, owner=self._owner, take=take)
+        )
+        status, taken = done if done is not None else (None, [])
+        if status is None:
+            self._telemetry.fencing_rejections.add(1, {"plait.workflow": self.keys.workflow})
+            logger.warning(
+                "run %s: late completion of %s attempt %d rejected (superseded)",
+                job.run_id,
+                job.name,
+                started.attempt,
+            )
+        else:
+            self._count_end(status)
+        return taken
+
+    def _span_of(self, job: Job, started: Started) -> tuple[str, dict[str, Any]]:
+        """The name and attributes of an attempt's CONSUMER span."""
+        step = display_name(job.name)
+        return f"process {self.keys.workflow} {step}", {
+            "messaging.operation.name": "process",
+            "messaging.destination.name": self.keys.workflow,
+            "messaging.message.id": f"{job.run_id}:{job.name}",
+            "plait.run_id": job.run_id,
+            "plait.step": step,
+            "plait.attempt": started.attempt,
+        }
 
     def _count_end(self, status: str) -> None:
         if status in FINAL_STATUS.values() or status == "COMPLETED":
@@ -358,14 +385,18 @@ class Worker:
                 1, {"plait.workflow": self.keys.workflow, "plait.status": status}
             )
 
-    async def _call(self, job: Job, started: Started) -> str:
-        """The handler call, bounded by the step timeout and the run's deadline."""
+    def _limit(self, job: Job, started: Started) -> tuple[float, bool]:
+        """Seconds the attempt may run (step timeout or run deadline), and whether the
+        deadline is the bound."""
         limit = self._handlers.timeout(job.name)
-        by_deadline = False
         if started.deadline_ms and not job.name.startswith("~"):
             remaining = started.deadline_ms / 1000 - time.time()
             if limit is None or remaining < limit:
-                limit, by_deadline = max(remaining, 0.0), True
+                return max(remaining, 0.0), True
+        return (math.inf if limit is None else limit), False
+
+    async def _call(self, job: Job, started: Started, meta: dict[str, str]) -> str:
+        """The handler call with its context (``meta`` is the run's meta, decoded)."""
 
         async def save(value: Any) -> None:
             text = encode_result(value)
@@ -373,15 +404,21 @@ class Worker:
             if not saved:
                 raise AttemptSupersededError(f"attempt of {job.name!r} in {job.run_id} superseded")
 
-        context = self._handlers.context(job, started, save)
+        context = self._handlers.context(job, started, save, meta)
         run_error = await self._run_error(job.run_id) if job.name == ERROR else None
-        with anyio.move_on_after(limit):
-            return await self._handlers.call(job.name, context, run_error)
+        return await self._handlers.call(job.name, context, run_error)
+
+    async def _stopped(
+        self, job: Job, scope: anyio.CancelScope, limit: float, *, by_deadline: bool
+    ) -> Exception:
+        """Why an attempt's scope was cancelled: its run stopped, the deadline, or its timeout."""
+        if anyio.current_time() < scope.deadline:  # cancelled by cancel_run, not by the clock
+            return RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
         if by_deadline:
             # Let the deadline compensate the run first, so this failure joins it.
             await self._transition(lambda: self._scripts.tick(self.keys))
-            raise RunStoppedError(f"run {job.run_id} passed its deadline")
-        raise StepTimeoutError(f"{job.name!r} timed out after {limit:g}s")
+            return RunStoppedError(f"run {job.run_id} passed its deadline")
+        return StepTimeoutError(f"{job.name!r} timed out after {limit:g}s")
 
     async def _run_error(self, run_id: str) -> WorkflowError:
         record = decode_record(await self._client.hgetall(self.keys.run(run_id)))
