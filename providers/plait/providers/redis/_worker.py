@@ -272,7 +272,8 @@ class Worker:
     def _release(self, entry: str) -> None:
         self._held.discard(entry)
         self._leases.release(self.keys.jobs, entry)
-        self._slot_freed.set()
+        if len(self._held) < self.concurrency:  # not when a taken entry filled the slot
+            self._slot_freed.set()
         if not self._held:
             self._idle.set()
 
