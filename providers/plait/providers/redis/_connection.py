@@ -12,16 +12,18 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 import fakeredis
 import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from plait.workflows import ProviderUnavailableError
 
@@ -95,6 +97,8 @@ class Connection:
     owned: bool
     memory_name: str | None = None
     closed: bool = False
+    direct: ScriptCalls | None = None
+    """Script calls straight on connections of their own (a server plait connected to)."""
 
     @property
     def blocks(self) -> bool:
@@ -106,11 +110,19 @@ class Connection:
         if self.wakeups is not None:
             self.wakeups.kick(key)
 
+    async def run(self, script: AsyncScript, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Call a registered script (directly when this connection can, else via redis-py)."""
+        if self.direct is not None:
+            return await self.direct.call(script, keys, args)
+        return await script(keys=keys, args=args)
+
     async def aclose(self) -> None:
         """Release the client (if owned) and the embedded server (when last user); idempotent."""
         if self.closed:
             return
         self.closed = True
+        if self.direct is not None:
+            await self.direct.aclose()
         if self.owned and isinstance(self.client, RedisCluster):
             await self.client.aclose()
         elif self.owned:
@@ -158,7 +170,63 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         health_check_interval=30,
     )
     pool.connection_class = _packing_with_hiredis(pool.connection_class)
-    return Connection(aioredis.Redis(connection_pool=pool), None, owned=True)
+    client = aioredis.Redis(connection_pool=pool)
+    return Connection(client, None, owned=True, direct=ScriptCalls(pool))
+
+
+class ScriptCalls:
+    """``EVALSHA`` straight on connections of its own, made from a pool plait created.
+
+    redis-py's command path (pool lock, connection check, retry wrapper, observability hooks)
+    cost a worker about as much CPU as packing, sending and reading the transition itself:
+    113-143 us against 56-66 us per call, measured on this project's machines. Replies and
+    error replies are the same as through redis-py. A connection that fails or whose call is
+    interrupted is closed; the caller's retry (``call_forever``) gets a fresh one.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+        self._pool: Any = pool  # make_connection() is untyped in redis-py
+        self._idle: list[Any] = []
+        self._closed = False
+
+    async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run ``script``; reloads it when the server lost it (``NOSCRIPT`` after a restart)."""
+        connection = self._idle.pop() if self._idle else self._pool.make_connection()
+        try:
+            await connection.connect()
+            try:
+                reply = await _ask(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                sha = await _ask(connection, "SCRIPT", "LOAD", script.script)
+                script.sha = sha.decode() if isinstance(sha, bytes) else sha
+                reply = await _ask(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis_errors.ResponseError:
+            await self._put_back(connection)  # an error reply: the connection is fine
+            raise
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await connection.disconnect()
+            raise
+        await self._put_back(connection)
+        return reply
+
+    async def _put_back(self, connection: Any) -> None:
+        if self._closed:
+            await connection.disconnect()
+        else:
+            self._idle.append(connection)
+
+    async def aclose(self) -> None:
+        """Close the idle connections; those in use close when their call returns."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
+
+
+async def _ask(connection: Any, *command: Any) -> Any:
+    await connection.send_packed_command(connection.pack_command(*command), check_health=False)
+    return await connection.read_response()
 
 
 class _HiredisPacking:

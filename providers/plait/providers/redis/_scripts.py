@@ -99,8 +99,10 @@ class RunScripts:
     ) -> tuple[str, str]:
         """Create the run (or find the key's run); returns (outcome, run id)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
-        reply = await self._execute(
-            keys=[keys.run(run_id)], args=[*args, timeout_ms, retention_ms, limits_json]
+        reply = await self._connection.run(
+            self._execute,
+            keys=[keys.run(run_id)],
+            args=[*args, timeout_ms, retention_ms, limits_json],
         )
         self._connection.kick(keys.jobs)
         return _text(reply[0]), _text(reply[1])
@@ -109,7 +111,8 @@ class RunScripts:
         self, keys: WorkflowKeys, job: Job, owner: str
     ) -> Started | Lost | Deferred | None:
         """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
-        reply = await self._start(
+        reply = await self._connection.run(
+            self._start,
             keys=[keys.run(job.run_id)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, owner],
         )
@@ -122,7 +125,7 @@ class RunScripts:
         args: list[Any] = [keys.base, owner]
         for job in jobs:
             args += [job.run_id, job.name, job.token, job.entry]
-        replies = await self._start_many(keys=[keys.jobs], args=args)
+        replies = await self._connection.run(self._start_many, keys=[keys.jobs], args=args)
         return [_started(reply) for reply in replies]
 
     async def complete(
@@ -133,7 +136,8 @@ class RunScripts:
         Returns the run's status (None when the token was superseded: nothing recorded) and
         the entries taken.
         """
-        reply = await self._complete(
+        reply = await self._connection.run(
+            self._complete,
             keys=[keys.run(job.run_id)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take],
         )
@@ -147,7 +151,7 @@ class RunScripts:
         """Record a failed attempt: ("retry", due ms), ("failed", run status) or ("stale", "")."""
         args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
         args += [json.dumps(error), retry_delay_ms]
-        reply = await self._fail(keys=[keys.run(job.run_id)], args=args)
+        reply = await self._connection.run(self._fail, keys=[keys.run(job.run_id)], args=args)
         self._connection.kick(keys.jobs)
         outcome = _text(reply[0])
         if outcome == "retry":
@@ -159,7 +163,7 @@ class RunScripts:
 
         Returns (promoted, timed out, next due ms or -1, server now ms).
         """
-        reply = await self._tick(keys=[keys.delayed], args=[keys.base, limit])
+        reply = await self._connection.run(self._tick, keys=[keys.delayed], args=[keys.base, limit])
         promoted, expired, next_due, now = (int(x) for x in reply)
         if promoted or expired:
             self._connection.kick(keys.jobs)
@@ -167,26 +171,34 @@ class RunScripts:
 
     async def cancel(self, keys: WorkflowKeys, run_id: str) -> tuple[int, str]:
         """Cancel a run; returns (1 cancelled | 0 not live | -1 unknown, status)."""
-        reply = await self._cancel(keys=[keys.run(run_id)], args=[keys.base, run_id])
+        reply = await self._connection.run(
+            self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id]
+        )
         self._connection.kick(keys.jobs)
         return int(reply[0]), _text(reply[1])
 
     async def progress(self, keys: WorkflowKeys, job: Job, value: str) -> bool:
         """Save a progress checkpoint; False when the attempt was superseded."""
-        reply = await self._progress(
-            keys=[keys.run(job.run_id)], args=[keys.base, job.run_id, job.name, job.token, value]
+        reply = await self._connection.run(
+            self._progress,
+            keys=[keys.run(job.run_id)],
+            args=[keys.base, job.run_id, job.name, job.token, value],
         )
         return bool(reply)
 
     async def retry(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Resume a FAILED or TIMED_OUT run: ("resumed" | "invalid" | "unknown", status)."""
-        reply = await self._retry(keys=[keys.run(run_id)], args=[keys.base, run_id])
+        reply = await self._connection.run(
+            self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id]
+        )
         self._connection.kick(keys.jobs)
         return _text(reply[0]), _text(reply[1])
 
     async def reconcile(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Repair a live run that cannot advance: ("ok" | "repaired" | "gone", detail)."""
-        reply = await self._reconcile(keys=[keys.run(run_id)], args=[keys.base, run_id])
+        reply = await self._connection.run(
+            self._reconcile, keys=[keys.run(run_id)], args=[keys.base, run_id]
+        )
         outcome = _text(reply[0])
         if outcome == "repaired":
             self._connection.kick(keys.jobs)
@@ -196,8 +208,10 @@ class RunScripts:
         self, stream: str, dead: str, entry: str, reason: str, fields: dict[str, str]
     ) -> None:
         """Move a stream entry to the dead-letter stream with ``reason``."""
-        await self._dead_letter(
-            keys=[stream, dead], args=[GROUP, entry, reason, json.dumps(fields), 10_000]
+        await self._connection.run(
+            self._dead_letter,
+            keys=[stream, dead],
+            args=[GROUP, entry, reason, json.dumps(fields), 10_000],
         )
 
 
