@@ -67,15 +67,15 @@ class EventScripts:
         args: list[str | int] = [
             keys.base, event_id, idempotency_key, retention_ms, delay_ms, data, meta, reply
         ]  # fmt: skip
-        created, owner, due = await self._emit(keys=[keys.stream], args=args)
+        created, owner, due = await self._connection.run(self._emit, keys=[keys.stream], args=args)
         if created and not int(due):
             self._connection.kick(keys.stream)
         return bool(int(created)), text(owner)
 
     async def promote(self, keys: EventKeys, limit: int = 200) -> tuple[int, int, int]:
         """Move due delayed events to the stream; returns (moved, next due ms or -1, now ms)."""
-        moved, next_due, now = await self._promote(
-            keys=[keys.stream], args=[keys.base, limit, DEAD_LETTER_CAP]
+        moved, next_due, now = await self._connection.run(
+            self._promote, keys=[keys.stream], args=[keys.base, limit, DEAD_LETTER_CAP]
         )
         if int(moved):
             self._connection.kick(keys.stream)
@@ -83,14 +83,18 @@ class EventScripts:
 
     async def cancel(self, keys: EventKeys, idempotency_key: str) -> bool:
         """Cancel the delayed event of ``idempotency_key``; False when none is waiting."""
-        return bool(await self._cancel(keys=[keys.stream], args=[keys.base, idempotency_key]))
+        return bool(
+            await self._connection.run(
+                self._cancel, keys=[keys.stream], args=[keys.base, idempotency_key]
+            )
+        )
 
     async def claim(
         self, keys: EventKeys, group: str, consumer: str, limit: int
     ) -> tuple[int, int, list[Delivery]]:
         """Take due retries of ``group``; returns (next due ms or -1, now ms, deliveries)."""
-        next_due, now, rows = await self._claim(
-            keys=[keys.stream], args=[keys.base, group, consumer, limit]
+        next_due, now, rows = await self._connection.run(
+            self._claim, keys=[keys.stream], args=[keys.base, group, consumer, limit]
         )
         return int(next_due), int(now), _deliveries(rows)
 
@@ -100,7 +104,7 @@ class EventScripts:
         """Schedule the retry of a failed delivery; returns its due ms (0: no longer ours)."""
         args: list[str | int] = [keys.base, group, consumer, delivery.entry, delivery.attempt]
         args.append(delay_ms)
-        return int(await self._fail(keys=[keys.stream], args=args))
+        return int(await self._connection.run(self._fail, keys=[keys.stream], args=args))
 
     async def dead(
         self,
@@ -124,7 +128,7 @@ class EventScripts:
             delivery.attempt,
             DEAD_LETTER_CAP,
         ]
-        return bool(await self._dead(keys=[keys.stream], args=args))
+        return bool(await self._connection.run(self._dead, keys=[keys.stream], args=args))
 
     async def reclaim(
         self,
@@ -140,16 +144,22 @@ class EventScripts:
         """Take over stalled entries; returns (next cursor, deliveries, dead-lettered)."""
         args: list[str | int] = [keys.base, group, consumer, min_idle_ms, cursor, limit]
         args.append(max_attempts)
-        reply = await self._reclaim(keys=[keys.stream], args=[*args, DEAD_LETTER_CAP])
+        reply = await self._connection.run(
+            self._reclaim, keys=[keys.stream], args=[*args, DEAD_LETTER_CAP]
+        )
         return text(reply[0]), _deliveries(reply[1]), int(reply[2])
 
     async def renew(self, keys: EventKeys, group: str, consumer: str, entries: list[str]) -> int:
         """Reset the idle time of the entries this consumer still holds."""
-        return int(await self._renew(keys=[keys.stream], args=[group, consumer, *entries]))
+        return int(
+            await self._connection.run(
+                self._renew, keys=[keys.stream], args=[group, consumer, *entries]
+            )
+        )
 
     async def trim(self, keys: EventKeys, cutoff_ms: int) -> int:
         """Trim entries older than ``cutoff_ms`` that every group acknowledged."""
-        return int(await self._trim(keys=[keys.stream], args=[cutoff_ms]))
+        return int(await self._connection.run(self._trim, keys=[keys.stream], args=[cutoff_ms]))
 
     async def create_group(self, keys: EventKeys, group: str, start: str = "$") -> bool:
         """Create ``group`` at ``start`` (and the stream); False when it already exists."""
