@@ -482,6 +482,36 @@ async def test_health_fails_when_steps_wait_with_no_consumer(open_provider: Open
     assert "workflow 'cli-flow': 1 entries waiting" in report["problems"][0]
 
 
+async def test_runs_health_and_reconcile_answer_on_a_redis_cluster(
+    cluster_url: str, prefix: str
+) -> None:
+    async with RedisWorkflowProvider.from_url(
+        cluster_url, prefix=prefix, provider_id="cli-cluster"
+    ) as provider:
+        provider.register(flow_consumer())
+        handle = await provider.execute(flow, Item(n=4))
+        await handle.result(timeout=10)
+
+        answers = [
+            await plait(prefix, *command, "--json", url=cluster_url)
+            for command in (
+                ["runs", "list"],
+                ["runs", "show", handle.run_id],
+                ["health"],
+                ["reconcile", "--min-age", "0"],
+            )
+        ]
+
+    assert [done.returncode for done in answers] == [0, 0, 0, 0], [a.stderr for a in answers]
+    listed, shown, report, stats = (json.loads(done.stdout) for done in answers)
+    assert [row["run_id"] for row in listed] == [handle.run_id]
+    assert shown["status"] == "COMPLETED"
+    assert [step["name"] for step in shown["steps"]] == ["first", "second"]
+    assert report["ok"] is True
+    assert [i["provider_id"] for i in report["instances"] if i["live"]] == ["cli-cluster"]
+    assert stats["failed"] == 0
+
+
 async def test_unreachable_redis_exits_3_without_a_traceback(prefix: str) -> None:
     listing = await plait(prefix, "runs", "list", url=UNREACHABLE)
     health = await plait(prefix, "health", url=UNREACHABLE)

@@ -1,4 +1,4 @@
-"""``provider.health()``, instance heartbeats and the ASGI health endpoint, on both backends."""
+"""``provider.health()``, instance heartbeats and the ASGI health endpoint, on every backend."""
 
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ from plait.providers.redis._keys import GROUP, EventKeys, WorkflowKeys, instance
 from plait.workflows import RetryPolicy, StepContext, Workflow, WorkflowConsumer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 class Item(BaseModel):
