@@ -122,7 +122,7 @@ def describe(by_bytes: Counter[str], by_count: Counter[str], n: int) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    url = f"{REDIS_URL}/{args.db}"
+    url = f"{args.server}/{args.db}"
     client = aioredis.Redis.from_url(url)
     server = (await client.info("server"))["redis_version"]
     print(f"Redis {server} at {url}, prefix {args.prefix}, {args.n} runs per kind; {machine()}")
@@ -170,6 +170,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kinds", default="chain3,single,fanout10", help="workflows to measure")
     parser.add_argument("--wait", type=float, default=6.0, help="seconds to wait past the end")
     parser.add_argument("--db", type=int, default=12, help="Redis database (default 12)")
+    parser.add_argument(
+        "--server", default=REDIS_URL, help=f"Redis server URL without database ({REDIS_URL})"
+    )
     parser.add_argument("--prefix", default="plait-bench-mem", help="key prefix")
     return parser.parse_args(argv)
 
