@@ -45,6 +45,25 @@ async def test_an_error_reply_raises_and_the_next_call_reuses_the_connection() -
         await connection.aclose()
 
 
+async def test_a_script_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    connection = connect(REDIS_URL, connect_timeout=5)
+    try:
+        echo = connection.client.register_script("return ARGV[1]")
+        await connection.run(echo, keys=[], args=["first"])
+        assert connection.direct is not None
+        [idle] = connection.direct._idle
+        await idle.send_command("CLIENT", "ID")
+        client_id = await idle.read_response()
+        await connection.client.client_kill_filter(_id=client_id)
+
+        reply = await connection.run(echo, keys=[], args=["second"])
+
+        assert reply == b"second"
+        assert connection.direct._idle != [idle]
+    finally:
+        await connection.aclose()
+
+
 async def test_closing_closes_the_idle_script_connections() -> None:
     connection = connect(REDIS_URL, connect_timeout=5)
     echo = connection.client.register_script("return ARGV[1]")

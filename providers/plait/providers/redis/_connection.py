@@ -190,25 +190,27 @@ class ScriptCalls:
         self._closed = False
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run ``script``; reloads it when the server lost it (``NOSCRIPT`` after a restart)."""
-        connection = self._idle.pop() if self._idle else self._pool.make_connection()
-        try:
-            await connection.connect()
+        """Run ``script``; reloads it when the server lost it (``NOSCRIPT`` after a restart).
+
+        An idle connection the server closed meanwhile is dropped and the call made again on
+        another one (a script that never reached the server is sent once more).
+        """
+        while True:
+            reused = bool(self._idle)
+            connection = self._idle.pop() if reused else self._pool.make_connection()
             try:
-                reply = await _ask(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                sha = await _ask(connection, "SCRIPT", "LOAD", script.script)
-                script.sha = sha.decode() if isinstance(sha, bytes) else sha
-                reply = await _ask(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis_errors.ResponseError:
-            await self._put_back(connection)  # an error reply: the connection is fine
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await connection.disconnect()
-            raise
-        await self._put_back(connection)
-        return reply
+                reply = await _evalsha(connection, script, keys, args)
+            except redis_errors.ResponseError:
+                await self._put_back(connection)  # an error reply: the connection is fine
+                raise
+            except BaseException as error:
+                with anyio.CancelScope(shield=True):
+                    await connection.disconnect()
+                if reused and isinstance(error, redis_errors.ConnectionError):
+                    continue
+                raise
+            await self._put_back(connection)
+            return reply
 
     async def _put_back(self, connection: Any) -> None:
         if self._closed:
@@ -224,8 +226,21 @@ class ScriptCalls:
             await connection.disconnect()
 
 
+async def _evalsha(
+    connection: Any, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+) -> Any:
+    await connection.connect()
+    try:
+        return await _ask(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
+    except redis_errors.NoScriptError:
+        sha = await _ask(connection, "SCRIPT", "LOAD", script.script)
+        script.sha = sha.decode() if isinstance(sha, bytes) else sha
+        return await _ask(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
+
+
 async def _ask(connection: Any, *command: Any) -> Any:
-    await connection.send_packed_command(connection.pack_command(*command), check_health=False)
+    # check_health: a connection idle past the pool's health_check_interval is PINGed first
+    await connection.send_packed_command(connection.pack_command(*command), check_health=True)
     return await connection.read_response()
 
 
