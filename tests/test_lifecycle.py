@@ -6,10 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from conftest import OpenProvider, eventually
 from pydantic import BaseModel
 
+from plait.providers.redis._scripts import RunScripts
 from plait.workflows import (
     InvalidRunStateError,
     ProviderClosedError,
@@ -323,3 +325,36 @@ async def test_the_reconciler_repairs_a_run_whose_job_was_removed(
     assert await handle.result(timeout=10) is None
     assert await handle.status() is WorkflowStatus.COMPLETED
     assert (await caller.reconcile()).scanned == 0  # finished runs leave the active set
+
+
+async def test_stop_during_a_start_call_runs_what_it_took_instead_of_abandoning_it(
+    open_provider: OpenProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = Workflow("taken-at-stop", input=Job).step("only")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+    ran: list[int] = []
+    consumer.step("only")(lambda ctx: ran.append(ctx.input.n))
+    starting, release = anyio.Event(), anyio.Event()
+    start_many = RunScripts.start_many
+
+    async def slow_start_many(self: RunScripts, *args: Any, **kwargs: Any) -> Any:
+        starting.set()
+        await release.wait()
+        return await start_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunScripts, "start_many", slow_start_many)
+    worker = await open_provider(consumer, shutdown_timeout=timedelta(seconds=20))
+    caller = await open_provider()
+    handle = await caller.execute(flow, Job(n=7))
+    with anyio.fail_after(10):
+        await starting.wait()
+
+    with anyio.fail_after(10):  # well inside shutdown_timeout: nothing is left held
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.stop)
+            # the stop cancels the intake while the start call is in flight
+            await anyio.lowlevel.checkpoint()
+            release.set()
+
+    assert ran == [7]
+    assert await handle.result(timeout=10) is None

@@ -9,6 +9,7 @@ wait on a :class:`WakeUps` notification that the script wrappers set after each 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import random
 import time
@@ -29,8 +30,12 @@ from plait.workflows import ProviderUnavailableError
 
 T = TypeVar("T")
 
-#: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers.
+#: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers
+#: (redis-py's pool, and as many again for script calls, see ScriptCalls).
 MAX_CONNECTIONS = 1000
+
+#: Script-call connections kept open between calls; a burst beyond it closes the extra ones.
+MAX_IDLE_SCRIPT_CONNECTIONS = 64
 
 logger = logging.getLogger("plait.redis")
 
@@ -160,7 +165,8 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         return Connection(cluster, None, owned=True)
     # No socket timeout: reads are not wrapped in wait_for (a measurable share of worker CPU);
     # TCP keepalive and the health check find dead peers. A burst beyond MAX_CONNECTIONS gets
-    # a connection error, which callers retry until connect_timeout like any outage.
+    # a connection error from the pool (script calls wait for a free slot instead), which
+    # callers retry until connect_timeout like any outage.
     pool = aioredis.ConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
@@ -169,7 +175,11 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         socket_keepalive=True,
         health_check_interval=30,
     )
-    pool.connection_class = _packing_with_hiredis(pool.connection_class)
+    settings = pool.connection_kwargs
+    encoding = codecs.lookup(settings.get("encoding", "utf-8")).name
+    if encoding == "utf-8" and settings.get("encoding_errors", "strict") == "strict":
+        # hiredis encodes text as strict UTF-8 only
+        pool.connection_class = _packing_with_hiredis(pool.connection_class)
     client = aioredis.Redis(connection_pool=pool)
     return Connection(client, None, owned=True, direct=ScriptCalls(pool))
 
@@ -181,20 +191,27 @@ class ScriptCalls:
     cost a worker about as much CPU as packing, sending and reading the transition itself:
     113-143 us against 56-66 us per call, measured on this project's machines. Replies and
     error replies are the same as through redis-py. A connection that fails or whose call is
-    interrupted is closed; the caller's retry (``call_forever``) gets a fresh one.
+    interrupted is closed; the caller's retry (``call_forever``) gets a fresh one. At most
+    ``MAX_CONNECTIONS`` are open at once and ``MAX_IDLE_SCRIPT_CONNECTIONS`` kept between calls.
     """
 
     def __init__(self, pool: aioredis.ConnectionPool) -> None:
         self._pool: Any = pool  # make_connection() is untyped in redis-py
         self._idle: list[Any] = []
         self._closed = False
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run ``script``; reloads it when the server lost it (``NOSCRIPT`` after a restart).
 
-        An idle connection the server closed meanwhile is dropped and the call made again on
-        another one (a script that never reached the server is sent once more).
+        An idle connection that fails is dropped and the call made again on another one: the
+        script may have run before the connection broke, which every transition script
+        tolerates (a repeated call finds its token superseded or its run already created).
         """
+        async with self._slots:
+            return await self._call(script, keys, args)
+
+    async def _call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         while True:
             reused = bool(self._idle)
             connection = self._idle.pop() if reused else self._pool.make_connection()
@@ -213,7 +230,7 @@ class ScriptCalls:
             return reply
 
     async def _put_back(self, connection: Any) -> None:
-        if self._closed:
+        if self._closed or len(self._idle) >= MAX_IDLE_SCRIPT_CONNECTIONS:
             await connection.disconnect()
         else:
             self._idle.append(connection)

@@ -89,6 +89,8 @@ class Worker:
         self.depth = 0
         self._held: set[str] = set()
         self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
+        self._run_stopped: set[str] = set()
+        """Entries whose attempt ``cancel_run`` cancelled (not their timeout or deadline)."""
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
@@ -126,8 +128,9 @@ class Worker:
 
     def cancel_run(self, run_id: str) -> None:
         """Cancel this instance's running attempts of ``run_id`` (not its compensation)."""
-        for name, scope in list(self._scopes.get(run_id, {}).values()):
+        for entry, (name, scope) in list(self._scopes.get(run_id, {}).items()):
             if not name.startswith(ROLLBACK) and name != ERROR:
+                self._run_stopped.add(entry)
                 scope.cancel()
 
     # -- intake ------------------------------------------------------------------------------
@@ -221,10 +224,21 @@ class Worker:
                 batch.append(job)
         if not batch:
             return
-        replies = await self._transition(
-            lambda: self._scripts.start_many(self.keys, batch, self._owner)
-        )
-        for job, started in zip(batch, replies or [None] * len(batch), strict=True):
+        replies: list[Started | Lost | Deferred | None] | None = None
+        try:
+            # A drain cancels the intake: let the start call finish (bounded) so the entries
+            # it took are run, not left held until the stop gives up on them.
+            with anyio.move_on_after(self._stall / 2, shield=True):
+                replies = await self._transition(
+                    lambda: self._scripts.start_many(self.keys, batch, self._owner)
+                )
+        finally:
+            if replies is None:  # Redis unreachable meanwhile: leave them to be reclaimed
+                for job in batch:
+                    self._release(job.entry)
+        if replies is None:
+            return
+        for job, started in zip(batch, replies, strict=True):
             self._spawn(self._process, job.entry, job, started)
 
     def _work_of(self, item: Taken) -> _Work:
@@ -263,10 +277,15 @@ class Worker:
                 self._release(entry)
             current = None
             for item in taken:
-                if current is None:
-                    current = self._work_of(item)
-                else:
+                try:
                     runner, held, extra = self._work_of(item)
+                except Exception:
+                    logger.exception("%s: entry %s cannot be run", self.keys.jobs, item.entry)
+                    self._release(item.entry)  # pending: reclaimed after the stall timeout
+                    continue
+                if current is None:
+                    current = runner, held, extra
+                else:
                     self._spawn(runner, held, *extra)
 
     def _release(self, entry: str) -> None:
@@ -325,12 +344,13 @@ class Worker:
                     except Exception as raised:
                         error = raised
                 if scope.cancelled_caught:
-                    error = await self._stopped(job, scope, limit, by_deadline=by_deadline)
+                    error = await self._stopped(job, limit, by_deadline=by_deadline)
                 if error is not None:
                     record_failure(span, error)
                 span_id = traceparent_of(span)
         finally:
             current_meta.reset(meta_token)
+            self._run_stopped.discard(job.entry)
             attempts = self._scopes.get(job.run_id, {})
             attempts.pop(job.entry, None)
             if not attempts:
@@ -409,11 +429,9 @@ class Worker:
         run_error = await self._run_error(job.run_id) if job.name == ERROR else None
         return await self._handlers.call(job.name, context, run_error)
 
-    async def _stopped(
-        self, job: Job, scope: anyio.CancelScope, limit: float, *, by_deadline: bool
-    ) -> Exception:
+    async def _stopped(self, job: Job, limit: float, *, by_deadline: bool) -> Exception:
         """Why an attempt's scope was cancelled: its run stopped, the deadline, or its timeout."""
-        if anyio.current_time() < scope.deadline:  # cancelled by cancel_run, not by the clock
+        if job.entry in self._run_stopped:  # cancel_run, not the clock
             return RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
         if by_deadline:
             # Let the deadline compensate the run first, so this failure joins it.
