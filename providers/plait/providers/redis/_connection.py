@@ -256,8 +256,9 @@ async def _evalsha(
 
 
 async def _ask(connection: Any, *command: Any) -> Any:
-    # check_health: a connection idle past the pool's health_check_interval is PINGed first
-    await connection.send_packed_command(connection.pack_command(*command), check_health=True)
+    # No health check per call: a stale idle connection fails, and ScriptCalls retries once
+    # on another (cheaper than redis-py's PING-after-idle check on every call).
+    await connection.send_packed_command(connection.pack_command(*command), check_health=False)
     return await connection.read_response()
 
 
