@@ -390,7 +390,7 @@ async def test_a_result_that_does_not_match_fails_the_delivery(
         await pricing.ready()
         with pytest.raises(EventHandlerError) as caught:
             await pricing.request(quote, {"sku": "A-1"}, timeout=timedelta(seconds=5))
-    assert caught.value.cause_type.endswith("InvalidResultError")
+    assert caught.value.cause_type == "plait.InvalidResult"
     assert "does not validate as Quote" in caught.value.cause_message
     [dead] = await dead_letters(store, quote, prefix)
     assert dead["reason"] == "invalid result"

@@ -91,7 +91,7 @@ async def test_a_step_timeout_fails_the_attempt_and_retries(open_provider: OpenP
     with pytest.raises(WorkflowStepError) as caught:
         await handle.result(timeout=10)
     assert attempts == [1, 2, 3]
-    assert caught.value.cause_type.endswith("StepTimeoutError")
+    assert caught.value.cause_type == "plait.StepTimeout"
     assert "timed out after 0.1s" in caught.value.cause_message
 
 

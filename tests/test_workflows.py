@@ -282,7 +282,7 @@ async def test_a_result_that_is_not_json_fails_the_step_for_good(
     with pytest.raises(WorkflowStepError, match="not JSON-able") as caught:
         await handle.result(timeout=10)
     assert attempts == [1]
-    assert caught.value.cause_type.endswith("ResultNotSerializableError")
+    assert caught.value.cause_type == "plait.ResultNotSerializable"
 
 
 async def test_unknown_run_ids_raise_run_not_found(open_provider: OpenProvider) -> None:

@@ -1,8 +1,20 @@
 """The event error tree.
 
-Every error a caller of the event API can see derives from :class:`EventError`. A handler's
-failure travels back to a requester through Redis as JSON, so :class:`EventHandlerError`
-carries the cause's type name and message rather than the exception object.
+Every error a caller of the event API can see derives from :class:`EventError`::
+
+    EventError
+    ├── InvalidEventError                 not an Event, or data that does not validate
+    ├── EventTimeoutError                 no reply to a request() within its timeout
+    ├── EventHandlerError                 the requested event's handler failed
+    ├── EventProviderUnavailableError     Redis unreachable (also a ProviderUnavailableError)
+    ├── EventProviderClosedError          provider stopped (also a ProviderClosedError)
+    └── EventCommandError                 Redis refused a command (also a RedisCommandError)
+
+The last three are also the matching :mod:`plait.workflows` errors, so one ``except
+ProviderUnavailableError`` covers both engines and one ``except EventError`` every event call.
+A handler's failure travels back to a requester through Redis as JSON, so
+:class:`EventHandlerError` carries the cause's type name and message rather than the exception
+object.
 """
 
 from __future__ import annotations
@@ -10,11 +22,38 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["EventError", "EventHandlerError", "EventTimeoutError", "InvalidEventError"]
+from plait.workflows._errors import (
+    ProviderClosedError,
+    ProviderUnavailableError,
+    RedisCommandError,
+    describe_exception,
+)
+
+__all__ = [
+    "EventCommandError",
+    "EventError",
+    "EventHandlerError",
+    "EventProviderClosedError",
+    "EventProviderUnavailableError",
+    "EventTimeoutError",
+    "InvalidEventError",
+]
 
 
 class EventError(Exception):
     """Root of every error raised by plait events."""
+
+
+class EventProviderUnavailableError(EventError, ProviderUnavailableError):
+    """Redis could not be reached within the event provider's ``connect_timeout``."""
+
+
+class EventProviderClosedError(EventError, ProviderClosedError):
+    """The event provider was stopped while the call was waiting, or is not started."""
+
+
+class EventCommandError(EventError, RedisCommandError):
+    """Redis refused a command of the event provider (an error reply)."""
 
 
 class InvalidEventError(EventError):
@@ -105,6 +144,12 @@ class EventHandlerError(EventError):
             "message": self.cause_message,
             "traceback": self.cause_traceback,
         }
+
+    @staticmethod
+    def wire_of(error: BaseException, attempt: int) -> dict[str, Any]:
+        """The :meth:`to_wire` form of a handler's exception (dead letters, request replies)."""
+        cause_type, message, text = describe_exception(error)
+        return {"attempt": attempt, "type": cause_type, "message": message, "traceback": text}
 
     @classmethod
     def from_wire(cls, event: str, group: str, data: dict[str, Any]) -> EventHandlerError:

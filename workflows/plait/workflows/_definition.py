@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
-from ._errors import InvalidDefinitionError, NonRetryableError, qualified_name
+from ._errors import InvalidDefinitionError, NonRetryableError, cause_name
 
 __all__ = ["RetryPolicy", "Step", "Workflow"]
 
@@ -39,7 +39,8 @@ class RetryPolicy:
     max_interval: timedelta = timedelta(seconds=60)
     """Upper bound of any delay."""
     non_retryable: tuple[type[BaseException] | str, ...] = ()
-    """Exception classes (or ``"module.QualName"`` strings) that fail the step at once."""
+    """Exception classes (or their ``cause_type`` strings: ``"module.QualName"``, or
+    ``"plait.StepTimeout"`` for plait's own causes) that fail the step at once."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -58,7 +59,7 @@ class RetryPolicy:
         """False for :class:`NonRetryableError` and the classes listed in ``non_retryable``."""
         if isinstance(error, NonRetryableError):
             return False
-        names = {qualified_name(kind) for kind in type(error).__mro__}
+        names = {cause_name(kind) for kind in type(error).__mro__}
         for entry in self.non_retryable:
             if isinstance(entry, str):
                 if entry in names or _resolves_to_base(entry, error):

@@ -1,30 +1,67 @@
-"""The workflow error tree and its wire form.
+"""The workflow error tree, plait's own failure causes, and the wire form of step errors.
 
-Every error a caller can see derives from :class:`WorkflowError`. Errors of a run travel
-through Redis as JSON (:func:`step_error_to_wire` / :func:`step_error_from_wire`), so a caller
-on another instance gets the same types and fields as the instance that ran the step.
+Every error a caller can see derives from :class:`WorkflowError`::
+
+    WorkflowError
+    ├── InvalidDefinitionError        a workflow, step or consumer definition is invalid
+    ├── InvalidInputError             execute() input does not validate (nothing written)
+    ├── IdempotencyConflictError      the key belongs to a run with another input
+    ├── RunNotFoundError              no run with this id
+    ├── InvalidRunStateError          retry() of a run that is not FAILED or TIMED_OUT
+    ├── ProviderUnavailableError      Redis unreachable for connect_timeout
+    │   (plait.events.EventProviderUnavailableError is also an EventError)
+    ├── ProviderClosedError           the provider is stopped or not started
+    ├── RedisCommandError             Redis refused a command (e.g. a key of the wrong type)
+    ├── WorkflowStepError             a step, hook or rollback failed for good
+    ├── WorkflowRollbackError         the run failed and some rollbacks failed too
+    ├── WorkflowTimeoutError          the run passed its deadline
+    ├── WorkflowCancelledError        the run was cancelled
+    ├── AttemptSupersededError        save_progress() from an attempt that is no longer live
+    └── NonRetryableError             raise it in a step to fail at once
+        ├── ResultNotSerializableError    a handler returned a value that is not JSON-able
+        ├── InvalidResultError            on_complete's value does not validate as the output
+        ├── InvalidStoredInputError       the stored input no longer validates
+        └── UnknownJobError               this consumer has no handler for the job
+
+The causes plait itself raises inside a worker have fixed wire names in the ``plait.``
+namespace (:data:`PLAIT_CAUSES`): a :class:`WorkflowStepError`'s ``cause_type`` is
+``"plait.StepTimeout"``, never a private module path, and ``RetryPolicy.non_retryable`` may
+list these names. Errors of a run travel through Redis as JSON
+(:meth:`WorkflowStepError.to_wire` / :meth:`WorkflowStepError.from_wire`), so a caller on
+another instance gets the same types and fields as the instance that ran the step.
 """
 
 from __future__ import annotations
 
 import traceback
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
+    "PLAIT_CAUSES",
+    "AttemptSupersededError",
     "IdempotencyConflictError",
     "InvalidDefinitionError",
     "InvalidInputError",
+    "InvalidResultError",
     "InvalidRunStateError",
+    "InvalidStoredInputError",
     "NonRetryableError",
     "ProviderClosedError",
     "ProviderUnavailableError",
+    "RedisCommandError",
+    "ResultNotSerializableError",
     "RunNotFoundError",
+    "RunStoppedError",
+    "StepTimeoutError",
+    "UnknownJobError",
+    "WorkerLostError",
     "WorkflowCancelledError",
     "WorkflowError",
     "WorkflowRollbackError",
     "WorkflowStepError",
     "WorkflowTimeoutError",
+    "cause_name",
 ]
 
 
@@ -89,8 +126,96 @@ class ProviderClosedError(WorkflowError):
     """The provider was stopped while the call was waiting, or is not started."""
 
 
+class RedisCommandError(WorkflowError):
+    """Redis refused a command plait sent (an error reply, e.g. a key of the wrong type).
+
+    Attributes:
+        purpose: what plait was doing (``"execute place-order"``, ``"read run <id>"``).
+        reply: the error reply of Redis.
+    """
+
+    def __init__(self, purpose: str, reply: str) -> None:
+        super().__init__(f"{purpose}: Redis refused the command: {reply}")
+        self.purpose = purpose
+        self.reply = reply
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.purpose, self.reply))
+
+
 class NonRetryableError(WorkflowError):
     """Raise (or subclass) this in a step to fail it at once, without further attempts."""
+
+
+class ResultNotSerializableError(NonRetryableError):
+    """A handler returned a value that cannot be stored as JSON (never retried).
+
+    Recorded with ``cause_type="plait.ResultNotSerializable"``.
+    """
+
+    wire_name: ClassVar[str] = "plait.ResultNotSerializable"
+
+
+class InvalidResultError(NonRetryableError):
+    """A handler's value does not validate as its declared model (``on_complete``'s output, or
+    an event's ``result``). Recorded with ``cause_type="plait.InvalidResult"``."""
+
+    wire_name: ClassVar[str] = "plait.InvalidResult"
+
+
+class InvalidStoredInputError(NonRetryableError):
+    """The run's stored input no longer validates as the workflow's input model.
+
+    Recorded with ``cause_type="plait.InvalidStoredInput"``.
+    """
+
+    wire_name: ClassVar[str] = "plait.InvalidStoredInput"
+
+
+class UnknownJobError(NonRetryableError):
+    """The consumer on this instance has no handler for the job (a version mismatch).
+
+    Recorded with ``cause_type="plait.UnknownJob"``.
+    """
+
+    wire_name: ClassVar[str] = "plait.UnknownJob"
+
+
+class WorkerLostError(WorkflowError):
+    """The instance running an attempt stopped renewing its lease and the attempt was reclaimed.
+
+    Recorded with ``cause_type="plait.WorkerLost"``; list it in ``RetryPolicy.non_retryable``
+    for a step that must not run twice.
+    """
+
+    wire_name: ClassVar[str] = "plait.WorkerLost"
+
+
+class StepTimeoutError(WorkflowError, TimeoutError):
+    """The attempt ran past its step timeout and was cancelled.
+
+    Recorded with ``cause_type="plait.StepTimeout"``.
+    """
+
+    wire_name: ClassVar[str] = "plait.StepTimeout"
+
+
+class RunStoppedError(WorkflowError):
+    """The attempt was cancelled because its run left RUNNING (cancel, deadline, a failure).
+
+    Recorded with ``cause_type="plait.RunStopped"``; never retried.
+    """
+
+    wire_name: ClassVar[str] = "plait.RunStopped"
+
+
+class AttemptSupersededError(WorkflowError):
+    """A fenced write (``save_progress``) came from an attempt that is no longer the live one.
+
+    Recorded with ``cause_type="plait.AttemptSuperseded"`` when the step lets it propagate.
+    """
+
+    wire_name: ClassVar[str] = "plait.AttemptSuperseded"
 
 
 class WorkflowStepError(WorkflowError):
@@ -124,6 +249,32 @@ class WorkflowStepError(WorkflowError):
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self.step, self.attempt, self.cause_type, self.cause_message)
         return (type(self), (*args, self.cause_traceback))
+
+    @classmethod
+    def from_exception(cls, step: str, attempt: int, error: BaseException) -> WorkflowStepError:
+        """Capture an exception raised by a handler (its type name at least, whatever it is)."""
+        return cls(step, attempt, *describe_exception(error))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-able form of this error, as stored in Redis."""
+        return {
+            "step": self.step,
+            "attempt": self.attempt,
+            "type": self.cause_type,
+            "message": self.cause_message,
+            "traceback": self.cause_traceback,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> WorkflowStepError:
+        """Rebuild a step error from :meth:`to_wire`'s form."""
+        return cls(
+            str(data.get("step", "?")),
+            int(data.get("attempt", 0)),
+            str(data.get("type", "Exception")),
+            str(data.get("message", "")),
+            str(data.get("traceback", "")),
+        )
 
 
 class WorkflowRollbackError(WorkflowError):
@@ -164,36 +315,44 @@ class WorkflowCancelledError(WorkflowError):
         self.run_id = run_id
 
 
-def qualified_name(kind: type) -> str:
-    """Return ``module.QualName`` of a class (``builtins.`` dropped for builtins)."""
+PLAIT_CAUSES: dict[str, type[WorkflowError]] = {
+    kind.wire_name: kind
+    for kind in (
+        AttemptSupersededError,
+        InvalidResultError,
+        InvalidStoredInputError,
+        ResultNotSerializableError,
+        RunStoppedError,
+        StepTimeoutError,
+        UnknownJobError,
+        WorkerLostError,
+    )
+}
+"""The fixed ``cause_type`` of every failure cause plait itself raises, and its class."""
+
+
+def cause_name(kind: type) -> str:
+    """The ``cause_type`` recorded for an exception class.
+
+    plait's own causes have a fixed ``plait.<Name>`` (the class itself, not a subclass);
+    builtins their bare name (``ValueError``); everything else ``module.QualName``.
+    """
+    fixed = kind.__dict__.get("wire_name")
+    if isinstance(fixed, str):
+        return fixed
     if kind.__module__ == "builtins":
         return kind.__qualname__
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def step_error_from_exception(step: str, attempt: int, error: BaseException) -> WorkflowStepError:
-    """Capture an exception raised by a step handler as a :class:`WorkflowStepError`."""
-    text = "".join(traceback.format_exception(error))
-    return WorkflowStepError(step, attempt, qualified_name(type(error)), str(error), text)
-
-
-def step_error_to_wire(error: WorkflowStepError) -> dict[str, Any]:
-    """The JSON-able form of a step error, as stored in Redis."""
-    return {
-        "step": error.step,
-        "attempt": error.attempt,
-        "type": error.cause_type,
-        "message": error.cause_message,
-        "traceback": error.cause_traceback,
-    }
-
-
-def step_error_from_wire(data: dict[str, Any]) -> WorkflowStepError:
-    """Rebuild a step error from its stored form."""
-    return WorkflowStepError(
-        str(data.get("step", "?")),
-        int(data.get("attempt", 0)),
-        str(data.get("type", "Exception")),
-        str(data.get("message", "")),
-        str(data.get("traceback", "")),
-    )
+def describe_exception(error: BaseException) -> tuple[str, str, str]:
+    """(cause type, message, traceback text) of ``error``, even when its ``str()`` raises."""
+    try:
+        message = str(error)
+    except Exception as broken:  # a cause that cannot describe itself is still recorded
+        message = f"<str() of {type(error).__name__} raised {type(broken).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception:
+        text = ""
+    return cause_name(type(error)), message, text

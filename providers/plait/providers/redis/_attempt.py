@@ -18,7 +18,9 @@ import anyio
 from pydantic import BaseModel, ValidationError
 
 from plait.workflows import (
-    NonRetryableError,
+    InvalidResultError,
+    InvalidStoredInputError,
+    ResultNotSerializableError,
     RetryPolicy,
     StepContext,
     WorkflowConsumer,
@@ -26,50 +28,9 @@ from plait.workflows import (
     WorkflowError,
     WorkflowStepError,
 )
-from plait.workflows._errors import step_error_from_exception, step_error_to_wire
 
 from ._codec import COMPLETE, ERROR, ROLLBACK, decode_result, encode_result, error_step_name
 from ._scripts import Job, Started
-
-
-class ResultNotSerializableError(NonRetryableError):
-    """A handler returned a value that cannot be stored as JSON (never retried)."""
-
-
-class InvalidResultError(NonRetryableError):
-    """``on_complete`` returned a value that does not validate as the workflow's output."""
-
-
-class InvalidStoredInputError(NonRetryableError):
-    """The run's stored input no longer validates as the workflow's input model."""
-
-
-class UnknownJobError(NonRetryableError):
-    """The consumer on this instance has no handler for the job (a version mismatch)."""
-
-
-class WorkerLostError(Exception):
-    """The instance running an attempt stopped renewing its lease and the attempt was reclaimed.
-
-    Recorded with ``cause_type="plait.WorkerLost"``.
-    """
-
-
-class StepTimeoutError(TimeoutError):
-    """The attempt ran past its step timeout and was cancelled."""
-
-
-class RunStoppedError(Exception):
-    """The attempt was cancelled because its run left RUNNING (cancel, deadline, a failure)."""
-
-
-class AttemptSupersededError(WorkflowError):
-    """A fenced write (``save_progress``) came from an attempt that is no longer the live one."""
-
-
-def cause_type_of(error: BaseException) -> str | None:
-    """The stable wire type of plait's own causes (``plait.WorkerLost``), else None."""
-    return "plait.WorkerLost" if isinstance(error, WorkerLostError) else None
 
 
 class Handlers:
@@ -215,13 +176,7 @@ def wire_error(
     job: str, attempt: int, error: BaseException, *, span: str | None = None
 ) -> dict[str, Any]:
     """The stored form of a failed attempt's error (with its span, linked by the next try)."""
-    captured = step_error_from_exception(error_step_name(job), attempt, error)
-    plait_type = cause_type_of(error)
-    if plait_type is not None:
-        captured = WorkflowStepError(
-            captured.step, attempt, plait_type, captured.cause_message, captured.cause_traceback
-        )
-    wire = step_error_to_wire(captured)
+    wire = WorkflowStepError.from_exception(error_step_name(job), attempt, error).to_wire()
     if span:
         wire["span"] = span
     return wire

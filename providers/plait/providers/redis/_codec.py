@@ -25,7 +25,6 @@ from plait.workflows import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
-from plait.workflows._errors import step_error_from_wire
 
 COMPLETE = "~complete"
 ERROR = "~error"
@@ -123,7 +122,7 @@ def _time(value: str | None) -> datetime | None:
 
 
 def _error(value: str | None) -> WorkflowStepError | None:
-    return step_error_from_wire(json.loads(value)) if value else None
+    return WorkflowStepError.from_wire(json.loads(value)) if value else None
 
 
 def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, str]:

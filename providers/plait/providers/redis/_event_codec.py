@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from plait.events import Event
-from plait.workflows._errors import qualified_name
+from plait.workflows import InvalidResultError
 
 REQUIRED_FIELDS = ("id", "data", "meta")
 MALFORMED = "~malformed"
@@ -28,10 +27,6 @@ MALFORMED = "~malformed"
 
 class MalformedEntryError(Exception):
     """A stream entry or payload that cannot be decoded (the message is the reason)."""
-
-
-class InvalidResultError(Exception):
-    """A handler's reply does not validate as the event's ``result`` model (never retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +114,7 @@ def check_result(event: Event[Any, Any], value: Any) -> Any:
     """Validate a handler's non-None reply into ``event.result``.
 
     Raises:
-        InvalidResult: the reply does not match, or is not JSON-able.
+        InvalidResultError: the reply does not match, or is not JSON-able.
     """
     try:
         checked = event.validate_result(value)
@@ -131,16 +126,6 @@ def check_result(event: Event[Any, Any], value: Any) -> Any:
             f"which does not validate as {expected}: {error}"
         ) from error
     return checked
-
-
-def error_to_wire(error: BaseException, attempt: int) -> dict[str, Any]:
-    """A handler's exception as JSON-able data (dead letters, request replies)."""
-    return {
-        "attempt": attempt,
-        "type": qualified_name(type(error)),
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
-    }
 
 
 def reply_message(request_id: str, group: str, *, result: Any = None) -> str:

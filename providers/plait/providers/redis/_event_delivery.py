@@ -18,18 +18,16 @@ import anyio
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from plait.events import Event, EventContext, EventHandler
-from plait.workflows import RetryPolicy
+from plait.events import Event, EventContext, EventHandler, EventHandlerError
+from plait.workflows import InvalidResultError, RetryPolicy
 
 from ._connection import call_forever
 from ._event_codec import (
     Decoded,
     Delivery,
-    InvalidResultError,
     MalformedEntryError,
     check_result,
     decode_entry,
-    error_to_wire,
     failure_message,
     reply_message,
 )
@@ -134,7 +132,7 @@ class DeliveryRunner:
     ) -> None:
         keys, group, consumer = sub.keys, sub.group, self._consumer
         policy = self._retry
-        retryable = not isinstance(error, InvalidResultError) and policy.is_retryable(error)
+        retryable = policy.is_retryable(error)
         if retryable and delivery.attempt < policy.max_attempts:
             delay_ms = int(policy.delay(delivery.attempt).total_seconds() * 1000)
             logger.info(
@@ -155,7 +153,7 @@ class DeliveryRunner:
             "dead-lettering event %s of %s (group %s) after attempt %d: %s: %r",
             decoded.event_id, sub.event.name, group, delivery.attempt, reason, error,
         )  # fmt: skip
-        wire = error_to_wire(error, delivery.attempt)
+        wire = EventHandlerError.wire_of(error, delivery.attempt)
         await self._write(
             lambda: self._scripts.dead(keys, group, consumer, delivery, reason=reason, error=wire),
             "dead-letter",

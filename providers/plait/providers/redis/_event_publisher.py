@@ -20,6 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pydantic import BaseModel, ValidationError
 
 from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
+from plait.workflows import InvalidResultError
 
 from ._connection import call_until
 from ._event_codec import encode_json, new_event_id
@@ -90,7 +91,7 @@ class Publisher:
                 event.name,
                 group,
                 attempt=0,
-                cause_type="pydantic.ValidationError",
+                cause_type=InvalidResultError.wire_name,
                 cause_message=f"the reply does not validate: {error}",
             ) from error
 

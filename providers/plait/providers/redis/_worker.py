@@ -24,17 +24,16 @@ import anyio
 from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 
-from plait.workflows import WorkflowError
-
-from ._attempt import (
+from plait.workflows import (
     AttemptSupersededError,
-    Handlers,
     RunStoppedError,
     StepTimeoutError,
     UnknownJobError,
     WorkerLostError,
-    wire_error,
+    WorkflowError,
 )
+
+from ._attempt import Handlers, wire_error
 from ._codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
 from ._connection import CONNECTION_ERRORS, Connection, call_forever
 from ._keys import GROUP, WorkflowKeys
