@@ -1,7 +1,7 @@
 """plait as an adapter of the shared peer harness (``../shared/bench/peers/run_peers.py``).
 
 The worker is started the usual way, ``plait worker peer_ours:worker_provider`` (through
-``python -m plait.providers.redis._cli`` of the harness's interpreter), one process with
+``python -m plait.providers.redis`` of the harness's interpreter), one process with
 ``concurrency=10``. The producer is a started :class:`RedisWorkflowProvider` in the measuring
 process that only calls ``execute`` (an emitter-only instance).
 
@@ -108,7 +108,7 @@ def worker_cmd() -> list[str]:
     return [
         sys.executable,
         "-m",
-        "plait.providers.redis._cli",
+        "plait.providers.redis",
         "--log-level",
         "WARNING",
         "worker",

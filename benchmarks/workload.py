@@ -6,7 +6,7 @@ Every step is a no-op except the last one of a run, which calls a *marker*: by d
 ``RPUSH``es ``"<tag> <unix time when the step started>"`` to the done list of the prefix.
 
 Worker processes run the ordinary entry point,
-``python -m plait.providers.redis._cli worker benchmarks.workload:worker_provider``, configured
+``python -m plait.providers.redis worker benchmarks.workload:worker_provider``, configured
 by the environment variables ``PLAIT_BENCH_URL``, ``PLAIT_BENCH_PREFIX`` and
 ``PLAIT_BENCH_CONCURRENCY``.
 """
@@ -148,7 +148,7 @@ def worker_command() -> list[str]:
     return [
         sys.executable,
         "-m",
-        "plait.providers.redis._cli",
+        "plait.providers.redis",
         "--log-level",
         "WARNING",
         "worker",

@@ -225,7 +225,7 @@ async def keys_under(provider: RedisWorkflowProvider, prefix: str) -> list[bytes
 
 
 TESTS = Path(__file__).resolve().parent
-WORKER = [sys.executable, "-m", "plait.providers.redis._cli", "--log-level", "INFO", "worker"]
+WORKER = [sys.executable, "-m", "plait.providers.redis", "--log-level", "INFO", "worker"]
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 """``spawn(instance, url=..., **env)`` starts a ``plait worker`` process."""

@@ -1,7 +1,7 @@
 """The ``plait`` command line, run through its real entry point in a subprocess.
 
 Data is made by in-process providers on the test's prefix of the real Redis; each command is
-then run as ``python -m plait.providers.redis._cli --url ... --prefix ... COMMAND``.
+then run as ``python -m plait.providers.redis --url ... --prefix ... COMMAND``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pydantic import BaseModel
 
 from plait.events import Event, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
-from plait.providers.redis._cli import apply_concurrency
-from plait.providers.redis._connection import connect
-from plait.providers.redis._keys import EventKeys, WorkflowKeys
+from plait.providers.redis._cli.main import apply_concurrency
+from plait.providers.redis._core.connection import connect
+from plait.providers.redis._core.keys import EventKeys, WorkflowKeys
 from plait.workflows import (
     NonRetryableError,
     RetryPolicy,
@@ -38,7 +38,7 @@ from plait.workflows import (
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis_only, pytest.mark.timeout(60)]
 
-CLI = [sys.executable, "-m", "plait.providers.redis._cli"]
+CLI = [sys.executable, "-m", "plait.providers.redis"]
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 

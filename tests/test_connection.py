@@ -8,7 +8,7 @@ import pytest
 from conftest import REDIS_URL
 from redis import exceptions as redis_errors
 
-from plait.providers.redis._connection import connect
+from plait.providers.redis._core.connection import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis_only, pytest.mark.timeout(30)]
 

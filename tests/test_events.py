@@ -25,9 +25,9 @@ from plait.events import (
     InvalidEventError,
 )
 from plait.providers.redis import RedisEventProvider
-from plait.providers.redis._connection import connect
-from plait.providers.redis._keys import EventKeys
-from plait.providers.redis._tracing import current_meta
+from plait.providers.redis._core.connection import connect
+from plait.providers.redis._core.keys import EventKeys
+from plait.providers.redis._core.tracing import current_meta
 from plait.workflows import NonRetryableError, ProviderUnavailableError, RetryPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]

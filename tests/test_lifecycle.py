@@ -11,7 +11,7 @@ import pytest
 from conftest import OpenProvider, eventually
 from pydantic import BaseModel
 
-from plait.providers.redis._scripts import RunScripts
+from plait.providers.redis._workflows.scripts import RunScripts
 from plait.workflows import (
     InvalidRunStateError,
     ProviderClosedError,

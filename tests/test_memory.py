@@ -27,7 +27,7 @@ from conftest import eventually
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
-from plait.providers.redis._keys import WorkflowKeys, instances, reconcile_lock
+from plait.providers.redis._core.keys import WorkflowKeys, instances, reconcile_lock
 from plait.workflows import StepContext, Workflow, WorkflowConsumer
 
 pytestmark = [

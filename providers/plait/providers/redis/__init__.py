@@ -6,10 +6,10 @@ Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) o
 
 import logging
 
-from ._event_provider import RedisEventProvider
-from ._health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
-from ._timers import ReconcileStats
-from ._workflow_provider import RedisWorkflowProvider
+from ._events.provider import RedisEventProvider
+from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
+from ._workflows.provider import RedisWorkflowProvider
+from ._workflows.timers import ReconcileStats
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())

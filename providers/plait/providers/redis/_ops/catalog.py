@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._keys import (
+from .._core.keys import (
     EventKeys,
     WorkflowKeys,
     event_of_key,

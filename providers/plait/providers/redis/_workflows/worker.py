@@ -33,14 +33,14 @@ from plait.workflows import (
     WorkflowError,
 )
 
-from ._attempt import Handlers, wire_error
-from ._codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
-from ._connection import CONNECTION_ERRORS, Connection, call_forever
-from ._keys import GROUP, WorkflowKeys
-from ._lease import Leases
-from ._scripts import Deferred, Job, Lost, RunScripts, Started, Taken
-from ._telemetry import Telemetry, record_failure, traceparent_of
-from ._tracing import current_meta
+from .._core.connection import CONNECTION_ERRORS, Connection, call_forever
+from .._core.keys import GROUP, WorkflowKeys
+from .._core.telemetry import Telemetry, record_failure, traceparent_of
+from .._core.tracing import current_meta
+from .codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
+from .handlers import Handlers, wire_error
+from .lease import Leases
+from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
 
 logger = logging.getLogger("plait.worker")
 

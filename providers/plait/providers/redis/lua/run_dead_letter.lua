@@ -1,4 +1,4 @@
--- dead_letter.lua: move an entry that cannot be processed to a dead-letter stream.
+-- run_dead_letter.lua: move an entry that cannot be processed to a dead-letter stream.
 -- KEYS[1] source stream  KEYS[2] dead-letter stream
 -- ARGV[1] consumer group  ARGV[2] entry id  ARGV[3] reason  ARGV[4] entry fields (JSON)
 -- ARGV[5] approximate cap of the dead-letter stream

@@ -17,8 +17,8 @@ import fakeredis
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from ._connection import Connection
-from ._keys import GROUP
+from .._core.connection import Connection
+from .._core.keys import GROUP
 
 logger = logging.getLogger("plait.lease")
 

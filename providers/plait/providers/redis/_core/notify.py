@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._connection import CONNECTION_ERRORS, Connection
+from .connection import CONNECTION_ERRORS, Connection
 
 logger = logging.getLogger("plait.redis.notify")
 

@@ -29,20 +29,20 @@ from plait.workflows import (
     WorkflowHandle,
 )
 
-from ._attempt import Handlers
-from ._codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
-from ._connection import Connection, call_until, connect, wrap
-from ._health import Health, Heartbeat, check_health
-from ._keys import workflow_of
-from ._lease import Leases
-from ._notify import Notifications
-from ._runs import Runs
-from ._scripts import RunScripts
-from ._supervisor import Supervisor
-from ._telemetry import Telemetry
-from ._timers import Reconciler, ReconcileStats, Timers
-from ._tracing import outgoing_meta
-from ._worker import Worker
+from .._core.connection import Connection, call_until, connect, wrap
+from .._core.keys import workflow_of
+from .._core.notify import Notifications
+from .._core.supervisor import Supervisor
+from .._core.telemetry import Telemetry
+from .._core.tracing import outgoing_meta
+from .._ops.health import Health, Heartbeat, check_health
+from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
+from .handlers import Handlers
+from .lease import Leases
+from .runs import Runs
+from .scripts import RunScripts
+from .timers import Reconciler, ReconcileStats, Timers
+from .worker import Worker
 
 logger = logging.getLogger("plait.provider")
 

@@ -1,4 +1,4 @@
--- lib_run.lua: functions shared by the run_*.lua transition scripts (prepended to each).
+-- run_lib.lua: functions shared by the run_*.lua transition scripts (prepended to each).
 --
 -- A run hash holds: status, reason (failed|timeout|cancel), input, meta, plan (JSON list of
 -- groups of step names), ikey, ihash, created, finished, deadline, tmo, ret (retention ms),

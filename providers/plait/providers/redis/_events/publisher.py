@@ -22,12 +22,12 @@ from pydantic import BaseModel, ValidationError
 from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
 from plait.workflows import InvalidResultError
 
-from ._connection import call_until
-from ._event_codec import encode_json, new_event_id
-from ._event_scripts import EventScripts
-from ._keys import EventKeys
-from ._notify import Notifications
-from ._tracing import current_meta, outgoing_meta
+from .._core.connection import call_until
+from .._core.keys import EventKeys
+from .._core.notify import Notifications
+from .._core.tracing import current_meta, outgoing_meta
+from .codec import encode_json, new_event_id
+from .scripts import EventScripts
 
 
 class Publisher:

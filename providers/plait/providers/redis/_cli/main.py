@@ -25,10 +25,10 @@ from typing import Any
 
 from plait.workflows import ProviderUnavailableError, WorkflowStatus
 
-from . import _cli_commands as commands
-from ._cli_commands import CommandError, UsageError
-from ._connection import CONNECTION_ERRORS, connect
-from ._workflow_provider import RedisWorkflowProvider
+from .._core.connection import CONNECTION_ERRORS, connect
+from .._workflows.provider import RedisWorkflowProvider
+from . import commands
+from .commands import CommandError, UsageError
 
 logger = logging.getLogger("plait.cli")
 
@@ -244,7 +244,3 @@ async def _run(args: argparse.Namespace) -> int:
         return await commands.run(connection, args)
     finally:
         await connection.aclose()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

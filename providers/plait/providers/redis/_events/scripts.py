@@ -11,10 +11,10 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from ._connection import Connection
-from ._event_codec import MALFORMED, Delivery, MalformedEntryError, flat_fields, text
-from ._keys import EventKeys
-from ._lua import register
+from .._core.connection import Connection
+from .._core.keys import EventKeys
+from .._core.lua import register
+from .codec import MALFORMED, Delivery, MalformedEntryError, flat_fields, text
 
 LIBRARY = "event_lib"
 DEAD_LETTER_CAP = 10_000

@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import anyio
 from redis import exceptions as redis_errors
 
-from ._catalog import event_names, workflow_names
-from ._connection import CONNECTION_ERRORS
-from ._keys import GROUP, EventKeys, WorkflowKeys, instances
+from .._core.connection import CONNECTION_ERRORS
+from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
+from .catalog import event_names, workflow_names
 
 logger = logging.getLogger("plait.health")
 

@@ -22,11 +22,11 @@ from plait.workflows import (
     WorkflowStatus,
 )
 
-from ._codec import decode_record, decode_result, display_name, outcome_error, run_info
-from ._connection import CONNECTION_ERRORS, Connection, call_until
-from ._keys import WorkflowKeys
-from ._notify import Notifications
-from ._scripts import RunScripts
+from .._core.connection import CONNECTION_ERRORS, Connection, call_until
+from .._core.keys import WorkflowKeys
+from .._core.notify import Notifications
+from .codec import decode_record, decode_result, display_name, outcome_error, run_info
+from .scripts import RunScripts
 
 #: How often a waiting ``result()`` re-reads the run in case a notification was lost.
 RECHECK = 5.0

@@ -29,8 +29,8 @@ from plait.workflows import (
     WorkflowStepError,
 )
 
-from ._codec import COMPLETE, ERROR, ROLLBACK, decode_result, encode_result, error_step_name
-from ._scripts import Job, Started
+from .codec import COMPLETE, ERROR, ROLLBACK, decode_result, encode_result, error_step_name
+from .scripts import Job, Started
 
 
 class Handlers:

@@ -25,12 +25,12 @@ from redis import exceptions as redis_errors
 from plait.events import Event, EventHandler
 from plait.workflows import RetryPolicy
 
-from ._connection import CONNECTION_ERRORS, Connection, call_forever
-from ._event_codec import Delivery
-from ._event_delivery import DeliveryRunner, Subscription
-from ._event_scripts import EventScripts
-from ._keys import EventKeys
-from ._telemetry import Telemetry
+from .._core.connection import CONNECTION_ERRORS, Connection, call_forever
+from .._core.keys import EventKeys
+from .._core.telemetry import Telemetry
+from .codec import Delivery
+from .delivery import DeliveryRunner, Subscription
+from .scripts import EventScripts
 
 logger = logging.getLogger("plait.redis.events")
 

@@ -1,8 +1,9 @@
 """Loading the Lua scripts shipped in ``lua/``.
 
 Each ``.lua`` file starts with a KEYS/ARGV/returns header. Files may be prefixed with a shared
-library file (``lib_*.lua``) so several scripts use the same functions; the concatenation is
-registered once per client and called by SHA (redis-py reloads it after a ``NOSCRIPT``).
+library file (``run_lib.lua``, ``event_lib.lua``) so several scripts use the same functions;
+the concatenation is registered once per client and called by SHA (reloaded after a
+``NOSCRIPT``).
 """
 
 from __future__ import annotations

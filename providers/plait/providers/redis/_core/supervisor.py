@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ._connection import Connection, call_until
+from .connection import Connection, call_until
 
 #: ``serve(ready, stopping)``: sets ``ready`` once started, returns after ``stopping`` is set.
 Serve = Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]

@@ -19,15 +19,15 @@ import anyio
 
 from plait.workflows import RunInfo, WorkflowStepError
 
-from ._catalog import workflow_names
-from ._cli_output import ago, clock, emit, moment, span, table
-from ._codec import decode_record, run_info
-from ._connection import Connection
-from ._dead_letters import DeadLetter, DeadLetters
-from ._health import Health, check_health
-from ._keys import EventKeys, WorkflowKeys, workflow_of
-from ._scripts import RunScripts
-from ._timers import Reconciler
+from .._core.connection import Connection
+from .._core.keys import EventKeys, WorkflowKeys, workflow_of
+from .._ops.catalog import workflow_names
+from .._ops.dead_letters import DeadLetter, DeadLetters
+from .._ops.health import Health, check_health
+from .._workflows.codec import decode_record, run_info
+from .._workflows.scripts import RunScripts
+from .._workflows.timers import Reconciler
+from .output import ago, clock, emit, moment, span, table
 
 PAGE = 500
 """Run ids read at a time from a workflow's run index."""

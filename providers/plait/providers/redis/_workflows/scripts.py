@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ._connection import Connection
-from ._keys import GROUP, WorkflowKeys
-from ._lua import register
+from .._core.connection import Connection
+from .._core.keys import GROUP, WorkflowKeys
+from .._core.lua import register
 
 
 def _text(value: Any) -> str:
@@ -71,17 +71,17 @@ class RunScripts:
     def __init__(self, connection: Connection) -> None:
         client = connection.client
         self._connection = connection
-        self._execute = register(client, "run_execute", "lib_run")
-        self._start = register(client, "run_start", "lib_run")
-        self._start_many = register(client, "run_start_many", "lib_run")
-        self._complete = register(client, "run_complete", "lib_run")
-        self._fail = register(client, "run_fail", "lib_run")
-        self._tick = register(client, "run_tick", "lib_run")
-        self._cancel = register(client, "run_cancel", "lib_run")
-        self._progress = register(client, "run_progress", "lib_run")
-        self._retry = register(client, "run_retry", "lib_run")
-        self._reconcile = register(client, "run_reconcile", "lib_run")
-        self._dead_letter = register(client, "dead_letter")
+        self._execute = register(client, "run_execute", "run_lib")
+        self._start = register(client, "run_start", "run_lib")
+        self._start_many = register(client, "run_start_many", "run_lib")
+        self._complete = register(client, "run_complete", "run_lib")
+        self._fail = register(client, "run_fail", "run_lib")
+        self._tick = register(client, "run_tick", "run_lib")
+        self._cancel = register(client, "run_cancel", "run_lib")
+        self._progress = register(client, "run_progress", "run_lib")
+        self._retry = register(client, "run_retry", "run_lib")
+        self._reconcile = register(client, "run_reconcile", "run_lib")
+        self._dead_letter = register(client, "run_dead_letter")
 
     async def execute(
         self,

@@ -21,8 +21,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from plait.events import Event, EventContext, EventHandler, EventHandlerError
 from plait.workflows import InvalidResultError, RetryPolicy
 
-from ._connection import call_forever
-from ._event_codec import (
+from .._core.connection import call_forever
+from .._core.keys import EventKeys
+from .._core.telemetry import Telemetry
+from .._core.tracing import current_meta
+from .codec import (
     Decoded,
     Delivery,
     MalformedEntryError,
@@ -31,10 +34,7 @@ from ._event_codec import (
     failure_message,
     reply_message,
 )
-from ._event_scripts import EventScripts
-from ._keys import EventKeys
-from ._telemetry import Telemetry
-from ._tracing import current_meta
+from .scripts import EventScripts
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._connection import CONNECTION_ERRORS, Connection
-from ._keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
-from ._scripts import RunScripts
+from .._core.connection import CONNECTION_ERRORS, Connection
+from .._core.keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
+from .scripts import RunScripts
 
 logger = logging.getLogger("plait.timers")
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from ._catalog import event_names, workflow_names
-from ._keys import EventKeys, WorkflowKeys
+from .._core.keys import EventKeys, WorkflowKeys
+from .catalog import event_names, workflow_names
 
 REPLAY_CONSUMER = "plait-replay"
 """The consumer a replayed event is parked on when its group has no consumer yet."""

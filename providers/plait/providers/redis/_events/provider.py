@@ -23,15 +23,15 @@ from plait.events import (
 )
 from plait.workflows import ProviderClosedError, ProviderUnavailableError, RetryPolicy
 
-from ._connection import Connection, call_until, connect, wrap
-from ._event_publisher import Publisher, tracer_of, validated
-from ._event_scripts import EventScripts
-from ._event_worker import EventWorker, WorkerOptions
-from ._health import Health, Heartbeat, check_health
-from ._keys import EventKeys
-from ._notify import Notifications
-from ._supervisor import Supervisor
-from ._telemetry import Telemetry
+from .._core.connection import Connection, call_until, connect, wrap
+from .._core.keys import EventKeys
+from .._core.notify import Notifications
+from .._core.supervisor import Supervisor
+from .._core.telemetry import Telemetry
+from .._ops.health import Health, Heartbeat, check_health
+from .publisher import Publisher, tracer_of, validated
+from .scripts import EventScripts
+from .worker import EventWorker, WorkerOptions
 
 __all__ = ["RedisEventProvider"]
 

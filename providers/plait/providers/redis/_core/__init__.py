@@ -1,0 +1,1 @@
+"""What both engines stand on: connections, errors, keys, Lua loading, notifications, telemetry."""

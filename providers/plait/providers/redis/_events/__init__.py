@@ -1,0 +1,1 @@
+"""The event engine: provider, caller side, worker, one delivery, scripts, codec."""

@@ -1,0 +1,1 @@
+"""Operating plait: health reports, heartbeats, dead letters, the catalogue of names."""

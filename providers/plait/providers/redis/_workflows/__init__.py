@@ -1,0 +1,1 @@
+"""The workflow engine: provider, caller side, worker, one attempt, timers, scripts, codec."""
