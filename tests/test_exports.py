@@ -68,6 +68,7 @@ def test_events_exports_the_contract_names() -> None:
 
 def test_redis_provider_exports_the_contract_names() -> None:
     assert plait.providers.redis.__all__ == [
+        "EventProviderOptions",
         "GroupHealth",
         "Health",
         "InstanceHealth",
@@ -75,6 +76,7 @@ def test_redis_provider_exports_the_contract_names() -> None:
         "ReconcileStats",
         "RedisEventProvider",
         "RedisWorkflowProvider",
+        "WorkflowProviderOptions",
         "health_app",
     ]
 

@@ -6,8 +6,10 @@ Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) o
 
 import logging
 
+from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
+from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
 from ._workflows.timers import ReconcileStats
 
@@ -15,6 +17,7 @@ from ._workflows.timers import ReconcileStats
 logging.getLogger("plait").addHandler(logging.NullHandler())
 
 __all__ = [
+    "EventProviderOptions",
     "GroupHealth",
     "Health",
     "InstanceHealth",
@@ -22,5 +25,6 @@ __all__ = [
     "ReconcileStats",
     "RedisEventProvider",
     "RedisWorkflowProvider",
+    "WorkflowProviderOptions",
     "health_app",
 ]

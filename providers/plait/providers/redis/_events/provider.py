@@ -7,9 +7,10 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, TypeVar, Unpack, overload
 
 import anyio
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ from plait.events import (
     EventHandler,
     InvalidEventError,
 )
-from plait.workflows import ProviderClosedError, ProviderUnavailableError, RetryPolicy
+from plait.workflows import ProviderClosedError, ProviderUnavailableError
 
 from .._core.connection import Connection, call_until, connect, wrap
 from .._core.keys import EventKeys
@@ -29,6 +30,7 @@ from .._core.notify import Notifications
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._ops.health import Health, Heartbeat, check_health
+from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, tracer_of, validated
 from .scripts import EventScripts
 from .worker import EventWorker, WorkerOptions
@@ -60,19 +62,10 @@ class RedisEventProvider:
         redis: an existing ``redis.asyncio.Redis`` or ``RedisCluster`` client (never closed by
             the provider).
         group: the default group of handlers registered with :meth:`on`.
-        prefix: the start of every key.
-        provider_id: this instance's consumer name (default: host, pid and a random suffix).
-        retention: how long acknowledged events stay in a stream, and how long an idempotency
-            key suppresses duplicate emits.
-        retry: the retry policy of handlers (default ``RetryPolicy()``).
-        stall_timeout: after this long without a lease renewal, another instance of the group
-            takes over a delivery.
-        concurrency: handlers running at once on this instance.
-        shutdown_timeout: how long :meth:`stop` waits for running handlers.
-        connect_timeout: how long calls wait for an unreachable Redis before raising
-            :class:`~plait.workflows.ProviderUnavailableError`.
-        tracer_provider: an OpenTelemetry tracer provider (default: the global one).
-        meter_provider: an OpenTelemetry meter provider (default: the global one).
+        **options: the other fields of :class:`EventProviderOptions` (``prefix``,
+            ``provider_id``, ``retention``, ``retry``, ``stall_timeout``, ``concurrency``,
+            ``shutdown_timeout``, ``connect_timeout``, ``tracer_provider``,
+            ``meter_provider``); the provider keeps them as :attr:`options`.
     """
 
     def __init__(
@@ -80,99 +73,79 @@ class RedisEventProvider:
         redis: aioredis.Redis | RedisCluster,
         *,
         group: str,
-        prefix: str = "plait",
-        provider_id: str | None = None,
-        retention: timedelta = timedelta(days=1),
-        retry: RetryPolicy | None = None,
-        stall_timeout: timedelta = timedelta(seconds=15),
-        concurrency: int = 10,
-        shutdown_timeout: timedelta = timedelta(seconds=10),
-        connect_timeout: timedelta = timedelta(seconds=5),
-        tracer_provider: Any = None,
-        meter_provider: Any = None,
         _connection: Connection | None = None,
+        **options: Unpack[EventProviderKeywords],
     ) -> None:
         _check_group(group)
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        chosen = EventProviderOptions(group=group, **options)
+        self.options = replace(chosen, provider_id=chosen.provider_id or _default_id())
+        """The provider's options (``provider_id`` resolved)."""
+        opts = self.options
         self._connection = _connection or wrap(redis)
-        self.group = group
-        self.prefix = prefix
-        self.provider_id = provider_id or _default_id()
-        self.retention = retention
-        self.retry_policy = retry or RetryPolicy()
-        self.stall_timeout = stall_timeout
-        self.concurrency = concurrency
-        self.shutdown_timeout = shutdown_timeout
-        self.connect_timeout = connect_timeout
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
-        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._telemetry = Telemetry(opts.tracer_provider, opts.meter_provider)
         self._scripts = EventScripts(self._connection)
         self._notifications = Notifications(self._connection)
         self._worker = self._new_worker()
         self._publisher = Publisher(
             self._scripts,
             self._notifications,
-            prefix=prefix,
+            prefix=opts.prefix,
             provider_id=self.provider_id,
-            retention=retention,
-            connect_timeout=connect_timeout,
+            retention=opts.retention,
+            connect_timeout=opts.connect_timeout,
             published=self._published,
         )
         self._supervisor = Supervisor(
-            self._connection, connect_timeout=connect_timeout.total_seconds()
+            self._connection, connect_timeout=opts.connect_timeout.total_seconds()
         )
-        self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
+        self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        group: str,
-        prefix: str = "plait",
-        provider_id: str | None = None,
-        retention: timedelta = timedelta(days=1),
-        retry: RetryPolicy | None = None,
-        stall_timeout: timedelta = timedelta(seconds=15),
-        concurrency: int = 10,
-        shutdown_timeout: timedelta = timedelta(seconds=10),
-        connect_timeout: timedelta = timedelta(seconds=5),
-        tracer_provider: Any = None,
-        meter_provider: Any = None,
-    ) -> Self:
+    def from_url(cls, url: str, *, group: str, **options: Unpack[EventProviderKeywords]) -> Self:
         """A provider on ``redis://``, ``rediss://``, ``unix://`` or ``memory://[NAME]``.
 
         ``memory://`` is an embedded in-process server shared by every provider of the process
         that opens the same URL. The provider closes the connection it opened here.
+
+        Args:
+            url: where Redis is (``redis+cluster://`` for a Redis Cluster).
+            group: the default group of handlers registered with :meth:`on`.
+            **options: the other fields of :class:`EventProviderOptions`.
         """
-        connection = connect(url, connect_timeout=connect_timeout.total_seconds())
-        return cls(
-            connection.client,
-            group=group,
-            prefix=prefix,
-            provider_id=provider_id,
-            retention=retention,
-            retry=retry,
-            stall_timeout=stall_timeout,
-            concurrency=concurrency,
-            shutdown_timeout=shutdown_timeout,
-            connect_timeout=connect_timeout,
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            _connection=connection,
-        )
+        timeout = options.get("connect_timeout") or EventProviderOptions.connect_timeout
+        connection = connect(url, connect_timeout=timeout.total_seconds())
+        return cls(connection.client, group=group, _connection=connection, **options)
+
+    @property
+    def group(self) -> str:
+        """The default group of handlers registered with :meth:`on`."""
+        return self.options.group
+
+    @property
+    def prefix(self) -> str:
+        """The start of every key of this provider."""
+        return self.options.prefix
+
+    @property
+    def provider_id(self) -> str:
+        """This instance's consumer name in every group."""
+        assert self.options.provider_id is not None  # resolved in __init__
+        return self.options.provider_id
+
+    @property
+    def concurrency(self) -> int:
+        """Handlers running at once on this instance."""
+        return self.options.concurrency
 
     def _new_worker(self) -> EventWorker:
         options = WorkerOptions(
             prefix=self.prefix,
             consumer=self.provider_id,
-            retry=self.retry_policy,
-            stall_timeout=self.stall_timeout.total_seconds(),
+            retry=self.options.retry,
+            stall_timeout=self.options.stall_timeout.total_seconds(),
             concurrency=self.concurrency,
-            retention=self.retention.total_seconds(),
-            shutdown_timeout=self.shutdown_timeout.total_seconds(),
+            retention=self.options.retention.total_seconds(),
+            shutdown_timeout=self.options.shutdown_timeout.total_seconds(),
         )
         return EventWorker(self._connection, self._scripts, options=options, emit=self.emit)
 
@@ -198,8 +171,8 @@ class RedisEventProvider:
         """
         if self._supervisor.running:
             return
-        timeout = self.connect_timeout.total_seconds()
-        tracer = tracer_of(self.tracer_provider)
+        timeout = self.options.connect_timeout.total_seconds()
+        tracer = tracer_of(self.options.tracer_provider)
         self._publisher.tracer = tracer
         self._worker.set_tracer(tracer)
         self._worker.set_telemetry(self._telemetry)
@@ -371,7 +344,7 @@ class RedisEventProvider:
         keys = EventKeys(self.prefix, event.name)
         return await call_until(
             lambda: self._scripts.cancel(keys, idempotency_key),
-            timeout=self.connect_timeout.total_seconds(),
+            timeout=self.options.connect_timeout.total_seconds(),
             what=f"cancel {event.name}",
         )
 
@@ -384,8 +357,8 @@ class RedisEventProvider:
         return await check_health(
             self._connection.client,
             self.prefix,
-            stalled_after=2 * self.stall_timeout.total_seconds(),
-            timeout=self.connect_timeout.total_seconds(),
+            stalled_after=2 * self.options.stall_timeout.total_seconds(),
+            timeout=self.options.connect_timeout.total_seconds(),
         )
 
     async def trim(self, event: Event[Any, Any]) -> int:

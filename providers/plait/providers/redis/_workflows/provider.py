@@ -7,9 +7,10 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import anyio
 import redis.asyncio as aioredis
@@ -22,7 +23,6 @@ from plait.workflows import (
     InvalidInputError,
     InvalidRunStateError,
     ProviderClosedError,
-    RetryPolicy,
     RunNotFoundError,
     Workflow,
     WorkflowConsumer,
@@ -39,6 +39,7 @@ from .._ops.health import Health, Heartbeat, check_health
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
 from .lease import Leases
+from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .runs import Runs
 from .scripts import RunScripts
 from .timers import Reconciler, ReconcileStats, Timers
@@ -74,126 +75,80 @@ class RedisWorkflowProvider:
     Args:
         redis: an existing ``redis.asyncio.Redis`` or ``RedisCluster`` (never closed by the
             provider).
-        prefix: the first part of every key, so several applications can share a Redis.
-        provider_id: this instance's name in consumer groups and errors (default: host-pid).
-        default_timeout: the deadline of runs executed without ``timeout=`` (None: no deadline).
-        stall_timeout: how long a running step may go without a lease renewal before another
-            instance reclaims it.
-        concurrency: how many steps of each registered workflow run at once on this instance.
-        retention: how long finished runs, their results and idempotency keys are kept.
-        retry: the retry policy of steps, hooks and rollbacks that declare none.
-        shutdown_timeout: how long :meth:`stop` waits for running steps.
-        connect_timeout: how long callers wait for an unreachable Redis before
-            :class:`~plait.workflows.ProviderUnavailableError`.
-        reconcile_interval: how often the reconciler looks for runs that cannot advance by
-            themselves (one instance at a time does a pass).
-        tracer_provider: the OpenTelemetry tracer provider (default: the global one).
-        meter_provider: the OpenTelemetry meter provider (default: the global one).
+        **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
+            ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
+            ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
+            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``); the provider
+            keeps them as :attr:`options`.
     """
 
     def __init__(
         self,
         redis: aioredis.Redis | RedisCluster,
         *,
-        prefix: str = "plait",
-        provider_id: str | None = None,
-        default_timeout: timedelta | None = None,
-        stall_timeout: timedelta = timedelta(seconds=15),
-        concurrency: int = 10,
-        retention: timedelta = timedelta(days=1),
-        retry: RetryPolicy | None = None,
-        shutdown_timeout: timedelta = timedelta(seconds=10),
-        connect_timeout: timedelta = timedelta(seconds=5),
-        reconcile_interval: timedelta = timedelta(seconds=30),
-        tracer_provider: Any = None,
-        meter_provider: Any = None,
         _connection: Connection | None = None,
+        **options: Unpack[WorkflowProviderKeywords],
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        chosen = WorkflowProviderOptions(**options)
+        self.options = replace(chosen, provider_id=chosen.provider_id or _default_id())
+        """The provider's options (``provider_id`` resolved)."""
+        opts = self.options
         self._connection = _connection or wrap(redis)
-        self.prefix = prefix
-        self.provider_id = provider_id or _default_id()
-        self.default_timeout = default_timeout
-        self.stall_timeout = stall_timeout
-        self._concurrency = concurrency
-        self.retention = retention
-        self.retry_policy = retry or RetryPolicy()
-        self.shutdown_timeout = shutdown_timeout
-        self.connect_timeout = connect_timeout
-        self.reconcile_interval = reconcile_interval
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
         self._scripts = RunScripts(self._connection)
-        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._telemetry = Telemetry(opts.tracer_provider, opts.meter_provider)
         self._telemetry.watch_depth(self._depths)
         self._notifications = Notifications(self._connection)
         self._runs = Runs(
             self._connection,
             self._notifications,
-            prefix=prefix,
-            connect_timeout=connect_timeout.total_seconds(),
+            prefix=opts.prefix,
+            connect_timeout=opts.connect_timeout.total_seconds(),
         )
         self._runs.close()
-        self._timers = Timers(self._connection, prefix)
+        self._timers = Timers(self._connection, opts.prefix)
         self._reconciler = Reconciler(
             self._connection,
-            prefix,
+            opts.prefix,
             owner=self.provider_id,
-            min_age=stall_timeout.total_seconds(),
-            retention=retention.total_seconds(),
+            min_age=opts.stall_timeout.total_seconds(),
+            retention=opts.retention.total_seconds(),
         )
         self._workers: dict[str, Worker] = {}
         self._leases = Leases(
-            self._connection, owner=self.provider_id, period=stall_timeout.total_seconds() / 4
+            self._connection, owner=self.provider_id, period=opts.stall_timeout.total_seconds() / 4
         )
         self._definitions: dict[str, Workflow[Any, Any]] = {}
         self._supervisor = Supervisor(
-            self._connection, connect_timeout=connect_timeout.total_seconds()
+            self._connection, connect_timeout=opts.connect_timeout.total_seconds()
         )
         self._tg: anyio.abc.TaskGroup | None = None
-        self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
+        self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = "plait",
-        provider_id: str | None = None,
-        default_timeout: timedelta | None = None,
-        stall_timeout: timedelta = timedelta(seconds=15),
-        concurrency: int = 10,
-        retention: timedelta = timedelta(days=1),
-        retry: RetryPolicy | None = None,
-        shutdown_timeout: timedelta = timedelta(seconds=10),
-        connect_timeout: timedelta = timedelta(seconds=5),
-        reconcile_interval: timedelta = timedelta(seconds=30),
-        tracer_provider: Any = None,
-        meter_provider: Any = None,
-    ) -> Self:
+    def from_url(cls, url: str, **options: Unpack[WorkflowProviderKeywords]) -> Self:
         """A provider on ``redis://``, ``rediss://``, ``unix://`` or ``memory://[NAME]``.
 
         ``memory://`` is an embedded in-process server shared by every provider of the process
         that opens the same URL. The provider closes the connection it opened here.
+
+        Args:
+            url: where Redis is (``redis+cluster://`` for a Redis Cluster).
+            **options: the fields of :class:`WorkflowProviderOptions`.
         """
-        connection = connect(url, connect_timeout=connect_timeout.total_seconds())
-        return cls(
-            connection.client,
-            prefix=prefix,
-            provider_id=provider_id,
-            default_timeout=default_timeout,
-            stall_timeout=stall_timeout,
-            concurrency=concurrency,
-            retention=retention,
-            retry=retry,
-            shutdown_timeout=shutdown_timeout,
-            connect_timeout=connect_timeout,
-            reconcile_interval=reconcile_interval,
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            _connection=connection,
-        )
+        timeout = options.get("connect_timeout") or WorkflowProviderOptions.connect_timeout
+        connection = connect(url, connect_timeout=timeout.total_seconds())
+        return cls(connection.client, _connection=connection, **options)
+
+    @property
+    def prefix(self) -> str:
+        """The first part of every key of this provider."""
+        return self.options.prefix
+
+    @property
+    def provider_id(self) -> str:
+        """This instance's name in consumer groups, heartbeats and errors."""
+        assert self.options.provider_id is not None  # resolved in __init__
+        return self.options.provider_id
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -241,7 +196,7 @@ class RedisWorkflowProvider:
             tg.start_soon(self._notifications.run)
             tg.start_soon(self._heartbeat.serve)
             await tg.start(self._timers.serve)
-            tg.start_soon(self._reconciler.serve, self.reconcile_interval.total_seconds())
+            tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
             ready.set()
@@ -252,7 +207,7 @@ class RedisWorkflowProvider:
         self._tg = None
 
     async def _drain(self) -> None:
-        timeout = self.shutdown_timeout.total_seconds()
+        timeout = self.options.shutdown_timeout.total_seconds()
         async with anyio.create_task_group() as tg:
             for worker in self._workers.values():
                 tg.start_soon(worker.drain, timeout)
@@ -281,11 +236,11 @@ class RedisWorkflowProvider:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
         worker = Worker(
             self._connection,
-            Handlers(consumer, self.retry_policy),
-            prefix=self.prefix,
+            Handlers(consumer, self.options.retry),
+            prefix=self.options.prefix,
             owner=self.provider_id,
             concurrency=self.concurrency,
-            stall_timeout=self.stall_timeout.total_seconds(),
+            stall_timeout=self.options.stall_timeout.total_seconds(),
             caps=caps_of(consumer),
             leases=self._leases,
             telemetry=self._telemetry,
@@ -342,7 +297,7 @@ class RedisWorkflowProvider:
             raise InvalidInputError(name, "meta must map strings to strings")
         canonical = canonical_json(model.model_dump(mode="json"))
         run_id = new_run_id(name)
-        deadline = _seconds(timeout if timeout is not None else self.default_timeout)
+        deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
         self._definitions.setdefault(name, definition)
         with self._telemetry.producing("execute", name) as span:
@@ -357,10 +312,10 @@ class RedisWorkflowProvider:
                     meta_json=canonical_json(outgoing_meta(meta, correlation_id=run_id)),
                     plan_json=plan_of(definition),
                     timeout_ms=int(deadline * 1000) if deadline else 0,
-                    retention_ms=int(self.retention.total_seconds() * 1000),
+                    retention_ms=int(self.options.retention.total_seconds() * 1000),
                     limits_json=limits_of(definition),
                 ),
-                timeout=self.connect_timeout.total_seconds(),
+                timeout=self.options.connect_timeout.total_seconds(),
                 what=f"execute {name}",
             )
         if outcome == "created":
@@ -402,7 +357,7 @@ class RedisWorkflowProvider:
         name = workflow_of(run_id)
         outcome, status = await call_until(
             lambda: self._scripts.retry(self._runs.keys(name), run_id),
-            timeout=self.connect_timeout.total_seconds(),
+            timeout=self.options.connect_timeout.total_seconds(),
             what=f"retry {run_id}",
         )
         if outcome == "unknown":
@@ -419,7 +374,7 @@ class RedisWorkflowProvider:
         self._check_started()
         return await call_until(
             self._reconciler.run_pass,
-            timeout=self.connect_timeout.total_seconds(),
+            timeout=self.options.connect_timeout.total_seconds(),
             what="reconcile",
         )
 
@@ -433,8 +388,8 @@ class RedisWorkflowProvider:
         return await check_health(
             self._connection.client,
             self.prefix,
-            stalled_after=2 * self.stall_timeout.total_seconds(),
-            timeout=self.connect_timeout.total_seconds(),
+            stalled_after=2 * self.options.stall_timeout.total_seconds(),
+            timeout=self.options.connect_timeout.total_seconds(),
         )
 
     @property
@@ -444,13 +399,11 @@ class RedisWorkflowProvider:
         Settable (``plait worker --concurrency``); best set before :meth:`start`, a change
         while running applies as running steps finish.
         """
-        return self._concurrency
+        return self.options.concurrency
 
     @concurrency.setter
     def concurrency(self, value: int) -> None:
-        if value < 1:
-            raise ValueError("concurrency must be >= 1")
-        self._concurrency = value
+        self.options = replace(self.options, concurrency=value)
         for worker in self._workers.values():
             worker.concurrency = value
 

@@ -1,0 +1,69 @@
+"""The options of a workflow provider: one frozen record, read by everything the provider owns.
+
+``RedisWorkflowProvider(redis, **options)`` and ``RedisWorkflowProvider.from_url(url, **options)``
+take the fields of :class:`WorkflowProviderOptions` as keywords (typed by
+:class:`WorkflowProviderKeywords`); the provider keeps the record as ``provider.options``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypedDict
+
+from plait.workflows import RetryPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowProviderOptions:
+    """How a workflow provider runs; every field has a default."""
+
+    prefix: str = "plait"
+    """The first part of every key, so several applications can share a Redis."""
+    provider_id: str | None = None
+    """This instance's name in consumer groups and errors (default: host-pid-random)."""
+    default_timeout: timedelta | None = None
+    """The deadline of runs executed without ``timeout=`` (None: no deadline)."""
+    stall_timeout: timedelta = timedelta(seconds=15)
+    """How long a running step may go without a lease renewal before another instance
+    reclaims it."""
+    concurrency: int = 10
+    """How many steps of each registered workflow run at once on this instance."""
+    retention: timedelta = timedelta(days=1)
+    """How long finished runs, their results and idempotency keys are kept."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """The retry policy of steps, hooks and rollbacks that declare none."""
+    shutdown_timeout: timedelta = timedelta(seconds=10)
+    """How long ``stop()`` waits for running steps."""
+    connect_timeout: timedelta = timedelta(seconds=5)
+    """How long callers wait for an unreachable Redis before ``ProviderUnavailableError``."""
+    reconcile_interval: timedelta = timedelta(seconds=30)
+    """How often the reconciler looks for runs that cannot advance by themselves (one
+    instance at a time does a pass)."""
+    tracer_provider: Any = None
+    """The OpenTelemetry tracer provider (default: the global one)."""
+    meter_provider: Any = None
+    """The OpenTelemetry meter provider (default: the global one)."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.retry is None:  # an explicit ``retry=None`` means the default policy
+            object.__setattr__(self, "retry", RetryPolicy())
+
+
+class WorkflowProviderKeywords(TypedDict, total=False):
+    """The keyword form of :class:`WorkflowProviderOptions` (``**options`` of the provider)."""
+
+    prefix: str
+    provider_id: str | None
+    default_timeout: timedelta | None
+    stall_timeout: timedelta
+    concurrency: int
+    retention: timedelta
+    retry: RetryPolicy
+    shutdown_timeout: timedelta
+    connect_timeout: timedelta
+    reconcile_interval: timedelta
+    tracer_provider: Any
+    meter_provider: Any
