@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from types import TracebackType
@@ -19,15 +17,20 @@ from redis.asyncio.cluster import RedisCluster
 from plait.events import (
     Event,
     EventHandler,
+    EventProviderClosedError,
+    EventProviderUnavailableError,
     InvalidEventError,
 )
-from plait.workflows import ProviderClosedError, ProviderUnavailableError, RetryPolicy
+from plait.workflows import RetryPolicy
 
-from .._core.connection import Connection, call_until, connect, wrap
+from .._core.connection import Connection, connect, wrap
+from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
+from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
+from .._core.wire import default_provider_id
 from .._ops.health import Health, Heartbeat, check_health
 from .publisher import Publisher, tracer_of, validated
 from .scripts import EventScripts
@@ -70,7 +73,7 @@ class RedisEventProvider:
         concurrency: handlers running at once on this instance.
         shutdown_timeout: how long :meth:`stop` waits for running handlers.
         connect_timeout: how long calls wait for an unreachable Redis before raising
-            :class:`~plait.workflows.ProviderUnavailableError`.
+            :class:`~plait.events.EventProviderUnavailableError`.
         tracer_provider: an OpenTelemetry tracer provider (default: the global one).
         meter_provider: an OpenTelemetry meter provider (default: the global one).
     """
@@ -98,7 +101,7 @@ class RedisEventProvider:
         self._connection = _connection or wrap(redis)
         self.group = group
         self.prefix = prefix
-        self.provider_id = provider_id or _default_id()
+        self.provider_id = provider_id or default_provider_id()
         self.retention = retention
         self.retry_policy = retry or RetryPolicy()
         self.stall_timeout = stall_timeout
@@ -121,7 +124,7 @@ class RedisEventProvider:
             published=self._published,
         )
         self._supervisor = Supervisor(
-            self._connection, connect_timeout=connect_timeout.total_seconds()
+            self._connection, connect_timeout=connect_timeout.total_seconds(), kinds=EVENT_KINDS
         )
         self._heartbeat = Heartbeat(self._connection.client, prefix, self.provider_id)
 
@@ -194,7 +197,8 @@ class RedisEventProvider:
         """Check Redis, start the readers and timers, and create the groups of registered handlers.
 
         Raises:
-            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+            EventProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+            EventCommandError: Redis refused a command.
         """
         if self._supervisor.running:
             return
@@ -209,15 +213,17 @@ class RedisEventProvider:
                 await self._worker.ready()
         except TimeoutError:
             await self.stop()
-            raise ProviderUnavailableError("start: consumer groups not created in time") from None
+            raise EventProviderUnavailableError(
+                "start: consumer groups not created in time"
+            ) from None
 
     async def stop(self) -> None:
         """Stop taking events, wait up to ``shutdown_timeout`` for running handlers, release Redis.
 
         Handlers still running after the timeout are left to be reclaimed by other instances;
-        pending :meth:`request` calls raise :class:`~plait.workflows.ProviderClosedError`.
+        pending :meth:`request` calls raise :class:`~plait.events.EventProviderClosedError`.
         """
-        self._publisher.fail_waiting(ProviderClosedError("the event provider was stopped"))
+        self._publisher.fail_waiting(EventProviderClosedError("the event provider was stopped"))
         await self._supervisor.stop()
 
     async def _serve(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
@@ -239,7 +245,7 @@ class RedisEventProvider:
 
     def _check_open(self) -> None:
         if not self._supervisor.running:
-            raise ProviderClosedError("the event provider is not started")
+            raise EventProviderClosedError("the event provider is not started")
 
     # -- subscribing -------------------------------------------------------------------------
 
@@ -289,7 +295,7 @@ class RedisEventProvider:
         """Wait until the groups of every registered handler exist in Redis.
 
         Raises:
-            ProviderClosedError: the provider is not started.
+            EventProviderClosedError: the provider is not started.
         """
         self._check_open()
         await self._worker.ready()
@@ -323,8 +329,9 @@ class RedisEventProvider:
         Raises:
             InvalidEventError: ``event`` is not an Event or ``data`` does not validate (nothing
                 is written).
-            ProviderUnavailableError: Redis stayed unreachable for ``connect_timeout``.
-            ProviderClosedError: the provider is not started.
+            EventProviderUnavailableError: Redis stayed unreachable for ``connect_timeout``.
+            EventCommandError: Redis refused the command (e.g. a key of the wrong type).
+            EventProviderClosedError: the provider is not started.
         """
         model = validated(event, data)
         self._check_open()
@@ -373,20 +380,26 @@ class RedisEventProvider:
             lambda: self._scripts.cancel(keys, idempotency_key),
             timeout=self.connect_timeout.total_seconds(),
             what=f"cancel {event.name}",
+            kinds=EVENT_KINDS,
         )
 
     async def health(self) -> Health:
         """Redis reachability and latency, queues, dead letters and live instances.
 
-        Covers every workflow and event under this provider's prefix; never raises: an
-        unreachable Redis gives a report with ``ok=False``.
+        Covers every workflow and event under this provider's prefix. An unreachable Redis
+        gives a report with ``ok=False`` rather than an error.
+
+        Raises:
+            EventCommandError: Redis refused a command (a key of the wrong type under the
+                prefix).
         """
-        return await check_health(
-            self._connection.client,
-            self.prefix,
-            stalled_after=2 * self.stall_timeout.total_seconds(),
-            timeout=self.connect_timeout.total_seconds(),
-        )
+        with translated(EVENT_KINDS, "health"):
+            return await check_health(
+                self._connection.client,
+                self.prefix,
+                stalled_after=2 * self.stall_timeout.total_seconds(),
+                timeout=self.connect_timeout.total_seconds(),
+            )
 
     async def trim(self, event: Event[Any, Any]) -> int:
         """Trim ``event``'s stream now (instances also do it in the background).
@@ -398,7 +411,8 @@ class RedisEventProvider:
             The number of entries removed.
         """
         self._check_open()
-        return await self._worker.trim(EventKeys(self.prefix, event.name))
+        with translated(EVENT_KINDS, f"trim {event.name}"):
+            return await self._worker.trim(EventKeys(self.prefix, event.name))
 
 
 def _check_group(group: str) -> None:
@@ -406,7 +420,3 @@ def _check_group(group: str) -> None:
         raise InvalidEventError(
             "", f"invalid group name {group!r}: must match {GROUP_NAME.pattern}"
         )
-
-
-def _default_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
