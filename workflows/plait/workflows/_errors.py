@@ -9,9 +9,11 @@ Every error a caller can see derives from :class:`WorkflowError`::
     ├── RunNotFoundError              no run with this id
     ├── InvalidRunStateError          retry() of a run that is not FAILED or TIMED_OUT
     ├── ProviderUnavailableError      Redis unreachable for connect_timeout
-    │   (plait.events.EventProviderUnavailableError is also an EventError)
+    │   └── plait.events.EventProviderUnavailableError   (also an EventError)
     ├── ProviderClosedError           the provider is stopped or not started
+    │   └── plait.events.EventProviderClosedError        (also an EventError)
     ├── RedisCommandError             Redis refused a command (e.g. a key of the wrong type)
+    │   └── plait.events.EventCommandError               (also an EventError)
     ├── WorkflowStepError             a step, hook or rollback failed for good
     ├── WorkflowRollbackError         the run failed and some rollbacks failed too
     ├── WorkflowTimeoutError          the run passed its deadline
@@ -22,6 +24,11 @@ Every error a caller can see derives from :class:`WorkflowError`::
         ├── InvalidResultError            on_complete's value does not validate as the output
         ├── InvalidStoredInputError       the stored input no longer validates
         └── UnknownJobError               this consumer has no handler for the job
+
+No redis-py exception reaches a caller: the Redis engine translates connection failures into
+:class:`ProviderUnavailableError` (after ``connect_timeout``) and error replies into
+:class:`RedisCommandError` at one boundary, and its event provider raises the ``Event*``
+variants.
 
 The causes plait itself raises inside a worker have fixed wire names in the ``plait.``
 namespace (:data:`PLAIT_CAUSES`): a :class:`WorkflowStepError`'s ``cause_type`` is

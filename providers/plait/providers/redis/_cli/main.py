@@ -25,7 +25,8 @@ from typing import Any
 
 from plait.workflows import ProviderUnavailableError, WorkflowStatus
 
-from .._core.connection import CONNECTION_ERRORS, connect
+from .._core.connection import connect
+from .._core.errors import CONNECTION_ERRORS
 from .._workflows.provider import RedisWorkflowProvider
 from . import commands
 from .commands import CommandError, UsageError

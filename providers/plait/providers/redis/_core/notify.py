@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .connection import CONNECTION_ERRORS, Connection
+from .connection import Connection
+from .errors import CONNECTION_ERRORS
 
 logger = logging.getLogger("plait.redis.notify")
 

@@ -11,7 +11,9 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .connection import Connection, call_until
+from .connection import Connection
+from .errors import ErrorKinds, translated
+from .retry import call_until
 
 #: ``serve(ready, stopping)``: sets ``ready`` once started, returns after ``stopping`` is set.
 Serve = Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
@@ -20,9 +22,12 @@ Serve = Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 class Supervisor:
     """Starts and stops the background task of one provider on one connection."""
 
-    def __init__(self, connection: Connection, *, connect_timeout: float) -> None:
+    def __init__(
+        self, connection: Connection, *, connect_timeout: float, kinds: ErrorKinds
+    ) -> None:
         self._connection = connection
         self._timeout = connect_timeout
+        self._kinds = kinds
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -35,14 +40,18 @@ class Supervisor:
         """Check that Redis answers, then run ``serve`` until it is ready.
 
         Raises:
-            ProviderUnavailableError: Redis did not answer within ``connect_timeout`` (the
-                connection is closed).
-            Exception: whatever ``serve`` raised before it was ready.
+            ProviderUnavailableError: (``kinds.unavailable``) Redis did not answer within
+                ``connect_timeout`` (the connection is closed).
+            RedisCommandError: (``kinds.command``) Redis refused a command before ``serve``
+                was ready.
+            Exception: whatever else ``serve`` raised before it was ready.
         """
         if self._task is not None:
             return
         try:
-            await call_until(self._connection.client.ping, timeout=self._timeout, what="start")
+            await call_until(
+                self._connection.client.ping, timeout=self._timeout, what="start", kinds=self._kinds
+            )
         except BaseException:
             await self._connection.aclose()
             raise
@@ -54,7 +63,8 @@ class Supervisor:
         waiter.cancel()
         if self._task.done():
             task, self._task = self._task, None
-            task.result()
+            with translated(self._kinds, "start"):
+                task.result()
 
     async def stop(self) -> None:
         """Ask ``serve`` to return, wait for it, and release the connection (idempotent)."""
@@ -62,6 +72,7 @@ class Supervisor:
         try:
             if task is not None:
                 self._stopping.set()
-                await task
+                with translated(self._kinds, "stop"):
+                    await task
         finally:
             await self._connection.aclose()

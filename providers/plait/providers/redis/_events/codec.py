@@ -20,6 +20,8 @@ from pydantic import BaseModel, ValidationError
 from plait.events import Event
 from plait.workflows import InvalidResultError
 
+from .._core.wire import text
+
 REQUIRED_FIELDS = ("id", "data", "meta")
 MALFORMED = "~malformed"
 """Field set (instead of the entry's own fields) when an entry could not even be read."""
@@ -52,11 +54,6 @@ class Decoded:
 def new_event_id() -> str:
     """A time-ordered event id: 12 hex digits of milliseconds, then 16 random hex digits."""
     return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
-
-
-def text(value: Any) -> str:
-    """A Redis reply value as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def flat_fields(flat: Any) -> dict[str, str]:

@@ -21,8 +21,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from plait.events import Event, EventContext, EventHandler, EventHandlerError
 from plait.workflows import InvalidResultError, RetryPolicy
 
-from .._core.connection import call_forever
 from .._core.keys import EventKeys
+from .._core.retry import call_forever
 from .._core.telemetry import Telemetry
 from .._core.tracing import current_meta
 from .codec import (

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -20,15 +18,19 @@ from redis.asyncio.cluster import RedisCluster
 from plait.events import (
     Event,
     EventHandler,
+    EventProviderClosedError,
+    EventProviderUnavailableError,
     InvalidEventError,
 )
-from plait.workflows import ProviderClosedError, ProviderUnavailableError
 
-from .._core.connection import Connection, call_until, connect, wrap
+from .._core.connection import Connection, connect, wrap
+from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
+from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
+from .._core.wire import default_provider_id
 from .._ops.health import Health, Heartbeat, check_health
 from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, tracer_of, validated
@@ -78,7 +80,7 @@ class RedisEventProvider:
     ) -> None:
         _check_group(group)
         chosen = EventProviderOptions(group=group, **options)
-        self.options = replace(chosen, provider_id=chosen.provider_id or _default_id())
+        self.options = replace(chosen, provider_id=chosen.provider_id or default_provider_id())
         """The provider's options (``provider_id`` resolved)."""
         opts = self.options
         self._connection = _connection or wrap(redis)
@@ -96,7 +98,9 @@ class RedisEventProvider:
             published=self._published,
         )
         self._supervisor = Supervisor(
-            self._connection, connect_timeout=opts.connect_timeout.total_seconds()
+            self._connection,
+            connect_timeout=opts.connect_timeout.total_seconds(),
+            kinds=EVENT_KINDS,
         )
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
 
@@ -167,7 +171,8 @@ class RedisEventProvider:
         """Check Redis, start the readers and timers, and create the groups of registered handlers.
 
         Raises:
-            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+            EventProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+            EventCommandError: Redis refused a command.
         """
         if self._supervisor.running:
             return
@@ -182,15 +187,17 @@ class RedisEventProvider:
                 await self._worker.ready()
         except TimeoutError:
             await self.stop()
-            raise ProviderUnavailableError("start: consumer groups not created in time") from None
+            raise EventProviderUnavailableError(
+                "start: consumer groups not created in time"
+            ) from None
 
     async def stop(self) -> None:
         """Stop taking events, wait up to ``shutdown_timeout`` for running handlers, release Redis.
 
         Handlers still running after the timeout are left to be reclaimed by other instances;
-        pending :meth:`request` calls raise :class:`~plait.workflows.ProviderClosedError`.
+        pending :meth:`request` calls raise :class:`~plait.events.EventProviderClosedError`.
         """
-        self._publisher.fail_waiting(ProviderClosedError("the event provider was stopped"))
+        self._publisher.fail_waiting(EventProviderClosedError("the event provider was stopped"))
         await self._supervisor.stop()
 
     async def _serve(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
@@ -212,7 +219,7 @@ class RedisEventProvider:
 
     def _check_open(self) -> None:
         if not self._supervisor.running:
-            raise ProviderClosedError("the event provider is not started")
+            raise EventProviderClosedError("the event provider is not started")
 
     # -- subscribing -------------------------------------------------------------------------
 
@@ -262,7 +269,7 @@ class RedisEventProvider:
         """Wait until the groups of every registered handler exist in Redis.
 
         Raises:
-            ProviderClosedError: the provider is not started.
+            EventProviderClosedError: the provider is not started.
         """
         self._check_open()
         await self._worker.ready()
@@ -296,8 +303,9 @@ class RedisEventProvider:
         Raises:
             InvalidEventError: ``event`` is not an Event or ``data`` does not validate (nothing
                 is written).
-            ProviderUnavailableError: Redis stayed unreachable for ``connect_timeout``.
-            ProviderClosedError: the provider is not started.
+            EventProviderUnavailableError: Redis stayed unreachable for ``connect_timeout``.
+            EventCommandError: Redis refused the command (e.g. a key of the wrong type).
+            EventProviderClosedError: the provider is not started.
         """
         model = validated(event, data)
         self._check_open()
@@ -346,20 +354,26 @@ class RedisEventProvider:
             lambda: self._scripts.cancel(keys, idempotency_key),
             timeout=self.options.connect_timeout.total_seconds(),
             what=f"cancel {event.name}",
+            kinds=EVENT_KINDS,
         )
 
     async def health(self) -> Health:
         """Redis reachability and latency, queues, dead letters and live instances.
 
-        Covers every workflow and event under this provider's prefix; never raises: an
-        unreachable Redis gives a report with ``ok=False``.
+        Covers every workflow and event under this provider's prefix. An unreachable Redis
+        gives a report with ``ok=False`` rather than an error.
+
+        Raises:
+            EventCommandError: Redis refused a command (a key of the wrong type under the
+                prefix).
         """
-        return await check_health(
-            self._connection.client,
-            self.prefix,
-            stalled_after=2 * self.options.stall_timeout.total_seconds(),
-            timeout=self.options.connect_timeout.total_seconds(),
-        )
+        with translated(EVENT_KINDS, "health"):
+            return await check_health(
+                self._connection.client,
+                self.prefix,
+                stalled_after=2 * self.options.stall_timeout.total_seconds(),
+                timeout=self.options.connect_timeout.total_seconds(),
+            )
 
     async def trim(self, event: Event[Any, Any]) -> int:
         """Trim ``event``'s stream now (instances also do it in the background).
@@ -371,7 +385,8 @@ class RedisEventProvider:
             The number of entries removed.
         """
         self._check_open()
-        return await self._worker.trim(EventKeys(self.prefix, event.name))
+        with translated(EVENT_KINDS, f"trim {event.name}"):
+            return await self._worker.trim(EventKeys(self.prefix, event.name))
 
 
 def _check_group(group: str) -> None:
@@ -379,7 +394,3 @@ def _check_group(group: str) -> None:
         raise InvalidEventError(
             "", f"invalid group name {group!r}: must match {GROUP_NAME.pattern}"
         )
-
-
-def _default_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"

@@ -22,9 +22,10 @@ from pydantic import BaseModel, ValidationError
 from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
 from plait.workflows import InvalidResultError
 
-from .._core.connection import call_until
+from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
+from .._core.retry import call_until
 from .._core.tracing import current_meta, outgoing_meta
 from .codec import encode_json, new_event_id
 from .scripts import EventScripts
@@ -72,7 +73,8 @@ class Publisher:
         try:
             with anyio.fail_after(timeout):
                 if channel not in self._reply_channels:
-                    await self._notifications.listen(channel, self._on_reply)
+                    with translated(EVENT_KINDS, f"request {event.name}"):
+                        await self._notifications.listen(channel, self._on_reply)
                     self._reply_channels.add(channel)
                 reply = f"{channel}|{event_id}"
                 await self.publish(event, model, None, meta=meta, event_id=event_id, reply=reply)
@@ -138,6 +140,7 @@ class Publisher:
                 ),
                 timeout=self._timeout,
                 what=f"emit {event.name}",
+                kinds=EVENT_KINDS,
             )
         self._published(keys, bool(wait_ms and created))
         return owner

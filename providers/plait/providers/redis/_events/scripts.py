@@ -14,7 +14,8 @@ from redis import exceptions as redis_errors
 from .._core.connection import Connection
 from .._core.keys import EventKeys
 from .._core.lua import register
-from .codec import MALFORMED, Delivery, MalformedEntryError, flat_fields, text
+from .._core.wire import text
+from .codec import MALFORMED, Delivery, MalformedEntryError, flat_fields
 
 LIBRARY = "event_lib"
 DEAD_LETTER_CAP = 10_000

@@ -25,8 +25,10 @@ from redis import exceptions as redis_errors
 from plait.events import Event, EventHandler
 from plait.workflows import RetryPolicy
 
-from .._core.connection import CONNECTION_ERRORS, Connection, call_forever
+from .._core.connection import Connection
+from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import EventKeys
+from .._core.retry import call_forever
 from .._core.telemetry import Telemetry
 from .codec import Delivery
 from .delivery import DeliveryRunner, Subscription
@@ -39,11 +41,6 @@ BLOCK_MS = 1000
 POLL = 1.0
 """Longest sleep of the timer, and the fallback poll of readers on ``memory://``."""
 RECLAIM_BATCH = 100
-BACKGROUND_ERRORS: tuple[type[BaseException], ...] = (
-    *CONNECTION_ERRORS,
-    redis_errors.ResponseError,
-)
-"""Errors a background loop logs and survives (it tries again on its next round)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,6 +16,7 @@ from .._core.keys import (
     workflow_of_key,
     workflow_pattern,
 )
+from .._core.wire import text
 
 
 async def workflow_names(client: Any, prefix: str, *suffixes: str) -> list[str]:
@@ -23,7 +24,7 @@ async def workflow_names(client: Any, prefix: str, *suffixes: str) -> list[str]:
     found: set[str] = set()
     for suffix in suffixes:
         async for raw in client.scan_iter(match=workflow_pattern(prefix, suffix), count=1000):
-            key = _text(raw)
+            key = text(raw)
             name = workflow_of_key(key, prefix)
             if WorkflowKeys(prefix, name).base + suffix == key:
                 found.add(name)
@@ -35,12 +36,8 @@ async def event_names(client: Any, prefix: str, *suffixes: str) -> list[str]:
     found: set[str] = set()
     for suffix in suffixes:
         async for raw in client.scan_iter(match=event_pattern(prefix, suffix), count=1000):
-            key = _text(raw)
+            key = text(raw)
             name = event_of_key(key, prefix)
             if EventKeys(prefix, name).base + suffix == key:
                 found.add(name)
     return sorted(found)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

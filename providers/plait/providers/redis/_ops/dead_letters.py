@@ -27,6 +27,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from .._core.keys import EventKeys, WorkflowKeys
+from .._core.wire import text
 from .catalog import event_names, workflow_names
 
 REPLAY_CONSUMER = "plait-replay"
@@ -156,7 +157,7 @@ class DeadLetters:
             pipe.xadd(keys.stream, letter.fields)
             pipe.xdel(keys.dead, letter.id)
             entry, _ = await pipe.execute()
-        return _text(entry)
+        return text(entry)
 
     async def purge(self, letter: DeadLetter) -> None:
         """Delete ``letter`` for good."""
@@ -194,11 +195,11 @@ class DeadLetters:
             consumers = await self._client.xinfo_consumers(stream, group)
         except redis_errors.ResponseError:
             return REPLAY_CONSUMER
-        return _text(consumers[0]["name"]) if consumers else REPLAY_CONSUMER
+        return text(consumers[0]["name"]) if consumers else REPLAY_CONSUMER
 
 
 def _letter(kind: str, name: str, entry: Any, raw: dict[bytes, bytes]) -> DeadLetter:
-    data = {_text(key): _text(value) for key, value in raw.items()}
+    data = {text(key): text(value) for key, value in raw.items()}
     try:
         fields = json.loads(data.get("fields") or "{}")
     except ValueError:
@@ -211,7 +212,7 @@ def _letter(kind: str, name: str, entry: Any, raw: dict[bytes, bytes]) -> DeadLe
             error = json.loads(data["error"])
         except ValueError:
             error = data["error"]
-    entry_id = _text(entry)
+    entry_id = text(entry)
     millis = entry_id.partition("-")[0]
     attempts = data.get("attempts")
     return DeadLetter(
@@ -226,7 +227,3 @@ def _letter(kind: str, name: str, entry: Any, raw: dict[bytes, bytes]) -> DeadLe
         attempts=int(attempts) if attempts and attempts.isdigit() else None,
         error=error,
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

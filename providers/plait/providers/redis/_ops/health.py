@@ -28,8 +28,9 @@ from typing import Any, Protocol
 import anyio
 from redis import exceptions as redis_errors
 
-from .._core.connection import CONNECTION_ERRORS
+from .._core.errors import CONNECTION_ERRORS, UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
+from .._core.wire import text as _text
 from .catalog import event_names, workflow_names
 
 logger = logging.getLogger("plait.health")
@@ -44,8 +45,6 @@ LAG_CAP = 10_000
 """Longest range counted when Redis cannot tell a group's lag itself."""
 STALL_SAMPLE = 1_000
 """Most stalled entries counted per group."""
-UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
-"""Errors by which a health check finds Redis unreachable."""
 WF = ("jobs", "dead")
 EV = ("stream", "dead")
 
@@ -347,10 +346,6 @@ class _Reader:
         if not millis.isdigit():
             return None
         return timedelta(milliseconds=max(0, self._now_ms - int(millis)))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Heartbeat:

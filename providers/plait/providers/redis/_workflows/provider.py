@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -29,12 +27,15 @@ from plait.workflows import (
     WorkflowHandle,
 )
 
-from .._core.connection import Connection, call_until, connect, wrap
+from .._core.connection import Connection, connect, wrap
+from .._core.errors import WORKFLOW_KINDS, translated
 from .._core.keys import workflow_of
 from .._core.notify import Notifications
+from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
+from .._core.wire import default_provider_id
 from .._ops.health import Health, Heartbeat, check_health
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
@@ -55,10 +56,6 @@ def _seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _default_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
 
 
 class RedisWorkflowProvider:
@@ -90,7 +87,7 @@ class RedisWorkflowProvider:
         **options: Unpack[WorkflowProviderKeywords],
     ) -> None:
         chosen = WorkflowProviderOptions(**options)
-        self.options = replace(chosen, provider_id=chosen.provider_id or _default_id())
+        self.options = replace(chosen, provider_id=chosen.provider_id or default_provider_id())
         """The provider's options (``provider_id`` resolved)."""
         opts = self.options
         self._connection = _connection or wrap(redis)
@@ -119,7 +116,9 @@ class RedisWorkflowProvider:
         )
         self._definitions: dict[str, Workflow[Any, Any]] = {}
         self._supervisor = Supervisor(
-            self._connection, connect_timeout=opts.connect_timeout.total_seconds()
+            self._connection,
+            connect_timeout=opts.connect_timeout.total_seconds(),
+            kinds=WORKFLOW_KINDS,
         )
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
@@ -282,6 +281,7 @@ class RedisWorkflowProvider:
             InvalidInputError: ``data`` does not validate (nothing is written).
             IdempotencyConflictError: the key belongs to a run with a different input.
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+            RedisCommandError: Redis refused the command (e.g. a key of the wrong type).
         """
         self._check_started()
         if not isinstance(definition, Workflow):
@@ -317,6 +317,7 @@ class RedisWorkflowProvider:
                 ),
                 timeout=self.options.connect_timeout.total_seconds(),
                 what=f"execute {name}",
+                kinds=WORKFLOW_KINDS,
             )
         if outcome == "created":
             self._telemetry.runs_started.add(1, {"plait.workflow": name})
@@ -359,6 +360,7 @@ class RedisWorkflowProvider:
             lambda: self._scripts.retry(self._runs.keys(name), run_id),
             timeout=self.options.connect_timeout.total_seconds(),
             what=f"retry {run_id}",
+            kinds=WORKFLOW_KINDS,
         )
         if outcome == "unknown":
             raise RunNotFoundError(run_id)
@@ -376,21 +378,27 @@ class RedisWorkflowProvider:
             self._reconciler.run_pass,
             timeout=self.options.connect_timeout.total_seconds(),
             what="reconcile",
+            kinds=WORKFLOW_KINDS,
         )
 
     async def health(self) -> Health:
         """Redis reachability and latency, queues, dead letters and live instances.
 
         Covers every workflow and event under this provider's prefix (see
-        :func:`~plait.providers.redis._health.check_health`); never raises: an unreachable
-        Redis gives a report with ``ok=False``.
+        :func:`~plait.providers.redis._ops.health.check_health`). An unreachable Redis gives a
+        report with ``ok=False`` rather than an error.
+
+        Raises:
+            RedisCommandError: Redis refused a command (a key of the wrong type under the
+                prefix).
         """
-        return await check_health(
-            self._connection.client,
-            self.prefix,
-            stalled_after=2 * self.options.stall_timeout.total_seconds(),
-            timeout=self.options.connect_timeout.total_seconds(),
-        )
+        with translated(WORKFLOW_KINDS, "health"):
+            return await check_health(
+                self._connection.client,
+                self.prefix,
+                stalled_after=2 * self.options.stall_timeout.total_seconds(),
+                timeout=self.options.connect_timeout.total_seconds(),
+            )
 
     @property
     def concurrency(self) -> int:

@@ -22,9 +22,11 @@ from plait.workflows import (
     WorkflowStatus,
 )
 
-from .._core.connection import CONNECTION_ERRORS, Connection, call_until
+from .._core.connection import Connection
+from .._core.errors import CONNECTION_ERRORS, WORKFLOW_KINDS, translated
 from .._core.keys import WorkflowKeys
 from .._core.notify import Notifications
+from .._core.retry import call_until
 from .codec import decode_record, decode_result, display_name, outcome_error, run_info
 from .scripts import RunScripts
 
@@ -74,6 +76,7 @@ class Runs:
             lambda: self._client.hgetall(self.keys(workflow).run(run_id)),
             timeout=self._timeout,
             what=f"read run {run_id}",
+            kinds=WORKFLOW_KINDS,
         )
         if not raw:
             raise RunNotFoundError(run_id)
@@ -86,6 +89,7 @@ class Runs:
             lambda: self._client.hget(self.keys(workflow).run(run_id), "status"),
             timeout=self._timeout,
             what=f"read run {run_id}",
+            kinds=WORKFLOW_KINDS,
         )
         if raw is None:
             raise RunNotFoundError(run_id)
@@ -97,7 +101,8 @@ class Runs:
         """Wait for the run's end; return its result or raise its error."""
         self._check_open()
         keys = self.keys(workflow)
-        await self._listen(keys)
+        with translated(WORKFLOW_KINDS, f"wait for run {run_id}"):
+            await self._listen(keys)
         with anyio.fail_after(timeout):
             while True:
                 woken = anyio.Event()
@@ -123,6 +128,7 @@ class Runs:
             lambda: self._scripts.cancel(self.keys(workflow), run_id),
             timeout=self._timeout,
             what=f"cancel run {run_id}",
+            kinds=WORKFLOW_KINDS,
         )
         if outcome < 0:
             raise RunNotFoundError(run_id)
@@ -133,20 +139,26 @@ class Runs:
         return run_info(run_id, workflow, await self.record(workflow, run_id))
 
     async def watch_run(self, workflow: str, run_id: str) -> AsyncIterator[RunEvent]:
-        """The run's events from its start, then live, until ``finished``."""
+        """The run's events from its start, then live, until ``finished``.
+
+        Keeps waiting while Redis is unreachable, like :meth:`run_result`.
+        """
         keys = self.keys(workflow)
         await self.record(workflow, run_id)
         last = b"0-0"
         while True:
             self._check_open()
-            try:
-                reply = await self._client.xread({keys.events(run_id): last}, count=200, block=1000)
-            except CONNECTION_ERRORS:
-                await anyio.sleep(0.5)
-                continue
+            with translated(WORKFLOW_KINDS, f"watch run {run_id}"):
+                try:
+                    reply = await self._client.xread(
+                        {keys.events(run_id): last}, count=200, block=1000
+                    )
+                    if not reply and not await self._client.exists(keys.run(run_id)):
+                        return  # expired after the retention period
+                except CONNECTION_ERRORS:
+                    await anyio.sleep(0.5)
+                    continue
             if not reply:
-                if not await self._client.exists(keys.run(run_id)):
-                    return  # expired after the retention period
                 continue
             for entry, fields in reply[0][1]:
                 last = entry
@@ -175,10 +187,11 @@ class Runs:
 
     async def _read_waiting(self, keys: WorkflowKeys, run_id: str) -> dict[str, str] | None:
         """The run record, or None while Redis is unreachable (waiters keep waiting)."""
-        try:
-            raw = await self._client.hgetall(keys.run(run_id))
-        except CONNECTION_ERRORS:
-            return None
+        with translated(WORKFLOW_KINDS, f"read run {run_id}"):
+            try:
+                raw = await self._client.hgetall(keys.run(run_id))
+            except CONNECTION_ERRORS:
+                return None
         if not raw:
             raise RunNotFoundError(run_id)
         return decode_record(raw)

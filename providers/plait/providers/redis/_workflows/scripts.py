@@ -9,10 +9,7 @@ from typing import Any
 from .._core.connection import Connection
 from .._core.keys import GROUP, WorkflowKeys
 from .._core.lua import register
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from .._core.wire import text as _text
 
 
 @dataclass(frozen=True, slots=True)

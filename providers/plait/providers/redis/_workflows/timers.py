@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .._core.connection import CONNECTION_ERRORS, Connection
+from .._core.connection import Connection
+from .._core.errors import CONNECTION_ERRORS
 from .._core.keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
 from .scripts import RunScripts
 

@@ -33,18 +33,20 @@ from plait.workflows import (
     WorkflowError,
 )
 
-from .._core.connection import CONNECTION_ERRORS, Connection, call_forever
+from .._core.connection import Connection
+from .._core.errors import BACKGROUND_ERRORS as MEASURE_ERRORS
+from .._core.errors import CONNECTION_ERRORS
 from .._core.keys import GROUP, WorkflowKeys
+from .._core.retry import call_forever
 from .._core.telemetry import Telemetry, record_failure, traceparent_of
 from .._core.tracing import current_meta
+from .._core.wire import lenient_text as _text
 from .codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
 from .handlers import Handlers, wire_error
 from .lease import Leases
 from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
 
 logger = logging.getLogger("plait.worker")
-
-MEASURE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis_errors.ResponseError)
 
 FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
 
@@ -498,10 +500,6 @@ class Worker:
     async def _transition(self, operation: Callable[[], Awaitable[T]]) -> T | None:
         """A transition that must be recorded: retried through outages until it is."""
         return await call_forever(operation, what=self.keys.workflow, stopping=lambda: False)
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _entries(reply: Any) -> list[tuple[bytes, Any]]:
