@@ -7,7 +7,8 @@ Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) o
 import logging
 
 from ._events.provider import RedisEventProvider
-from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
+from ._ops.asgi import health_app
+from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
 from ._workflows.provider import RedisWorkflowProvider
 from ._workflows.timers import ReconcileStats
 

@@ -28,7 +28,8 @@ from .._core.keys import EventKeys
 from .._core.notify import Notifications
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
-from .._ops.health import Health, Heartbeat, check_health
+from .._ops.health import Health, check_health
+from .._ops.heartbeat import Heartbeat
 from .publisher import Publisher, tracer_of, validated
 from .scripts import EventScripts
 from .worker import EventWorker, WorkerOptions
