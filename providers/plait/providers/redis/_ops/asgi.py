@@ -1,6 +1,8 @@
-"""A provider's health served as a tiny ASGI application (no framework needed)::
+"""A provider's health served as a tiny ASGI application (no framework needed).
 
-app = health_app(workflows)   # GET -> 200 {"ok": true, ...} or 503 when not ok
+Mount it under ``/health`` in any ASGI server or framework::
+
+    app = health_app(workflows)   # GET -> 200 {"ok": true, ...} or 503 when not ok
 """
 
 from __future__ import annotations
