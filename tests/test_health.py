@@ -16,13 +16,9 @@ from plait.events import Event, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.providers.redis._core.connection import connect
 from plait.providers.redis._core.keys import GROUP, EventKeys, WorkflowKeys, instances
-from plait.providers.redis._ops.health import (
-    FORGET_AFTER,
-    Health,
-    Heartbeat,
-    check_health,
-    health_app,
-)
+from plait.providers.redis._ops.asgi import health_app
+from plait.providers.redis._ops.health import Health, check_health
+from plait.providers.redis._ops.heartbeat import FORGET_AFTER, Heartbeat
 from plait.workflows import RetryPolicy, StepContext, Workflow, WorkflowConsumer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]

@@ -8,7 +8,8 @@ import logging
 
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
-from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
+from ._ops.asgi import health_app
+from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
 from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
 from ._workflows.timers import ReconcileStats

@@ -1,45 +1,81 @@
 """The whole Redis key schema of plait, in one place.
 
-Every key of a workflow shares the hash tag ``{<workflow>}`` so that each Lua script touches a
-single slot and stays valid on Redis Cluster::
+Every key of a workflow shares the hash tag ``{<wf>}`` so that each Lua script touches a
+single slot and stays valid on Redis Cluster. A job is a step name, ``~complete``
+(on_complete), ``~error`` (on_error) or ``~rb:<step>`` (a rollback); ``run|job|token`` names
+one attempt of a job::
 
-    <prefix>:{<wf>}:jobs              stream of step attempts, read by the group ``plait``
-    <prefix>:{<wf>}:delayed           zset "run|job|token" -> due ms (retries with backoff)
-    <prefix>:{<wf>}:deadlines         zset run id -> deadline ms
-    <prefix>:{<wf>}:active            zset run id -> created ms (runs not finished yet)
-    <prefix>:{<wf>}:runs              zset run id -> created ms (every run kept; trimmed after
-                                      ``retention`` by the reconciler)
-    <prefix>:{<wf>}:caps              JSON: which handlers the consumers have (on_complete...)
-    <prefix>:{<wf>}:dead              stream of dead-lettered entries, with a reason
-    <prefix>:{<wf>}:stats             hash status -> runs that ended so (counters)
-    <prefix>:{<wf>}:finished          pub/sub channel: "run|STATUS" when a run ends
-    <prefix>:{<wf>}:cancel            pub/sub channel: run id when running steps must stop
-    <prefix>:{<wf>}:idem:<key>        string "run|input hash"
-    <prefix>:{<wf>}:run:<id>          hash: the run record (status, plan, per-job fields)
-    <prefix>:{<wf>}:run:<id>:results  hash: step -> JSON result
-    <prefix>:{<wf>}:run:<id>:events   stream of RunEvents (watch)
+    <prefix>:{<wf>}:jobs              stream   step attempts to run (fields r: run id, j: job,
+                                               t: token), read by the consumer group ``plait``
+    <prefix>:{<wf>}:dead              stream   dead-lettered entries of ``jobs`` (fields source,
+                                               entry, reason, fields: the entry's as JSON)
+    <prefix>:{<wf>}:delayed           zset     "run|job|token" -> due ms: retries in their
+                                               backoff, and jobs a step's rate limit put aside
+    <prefix>:{<wf>}:waiting           zset     "run|job|token" -> ms put aside: jobs waiting for
+                                               a running slot under ``Workflow(concurrency=)``
+    <prefix>:{<wf>}:running           zset     "run|job" -> start ms: attempts holding a slot
+                                               under ``Workflow(concurrency=)``
+    <prefix>:{<wf>}:rate:<step>       zset     "run|job|token" -> start ms: the step's starts in
+                                               the ``Step(rate_limit=)`` window (expires with it)
+    <prefix>:{<wf>}:deadlines         zset     run id -> deadline ms (live runs with a timeout)
+    <prefix>:{<wf>}:active            zset     run id -> created ms (runs not finished yet)
+    <prefix>:{<wf>}:runs              zset     run id -> created ms (every run; trimmed by the
+                                               reconciler ``2 x retention + 1 h`` after that)
+    <prefix>:{<wf>}:caps              string   JSON {oc, oe, rb}: which handlers (on_complete,
+                                               on_error, rollbacks) the consumers have
+    <prefix>:{<wf>}:stats             hash     status -> runs that ended so; ``fenced`` ->
+                                               writes refused because their attempt was stale
+    <prefix>:{<wf>}:idem:<key>        string   "run|input hash" of the run owning the
+                                               idempotency key (expires: retention after it ends)
+    <prefix>:{<wf>}:run:<id>          hash     the run record: status, plan, per-job fields
+                                               ``<job>|<field>`` (listed in ``lua/run_lib.lua``)
+    <prefix>:{<wf>}:run:<id>:results  hash     step -> JSON result
+    <prefix>:{<wf>}:run:<id>:events   stream   the run's RunEvents for ``watch()`` (fields k:
+                                               kind, j: job, a: attempt, d: data)
+    <prefix>:{<wf>}:finished          channel  "run|STATUS" when a run ends
+    <prefix>:{<wf>}:cancel            channel  run id when its running steps must stop
 
-Lua scripts receive the run hash as KEYS[1] and ``base`` (``<prefix>:{<wf>}:``) as ARGV[1]
-and derive the other keys of the same slot from it, which keeps calls short.
+A finished run's record, results, events and idempotency key expire ``retention`` after it
+ended. Lua scripts receive the run hash (or one key of the slot) as KEYS[1] and ``base``
+(``<prefix>:{<wf>}:``) as ARGV[1] and derive the other keys of the same slot from it, which
+keeps calls short.
 
 Every key of an event name shares the hash tag ``{<event>}`` behind an ``ev:`` namespace (so an
 event never shares keys with a workflow of the same name)::
 
-    <prefix>:ev:{<event>}:stream            stream of emitted events, one consumer group per group
-    <prefix>:ev:{<event>}:dead              stream of dead-lettered deliveries (group, reason)
-    <prefix>:ev:{<event>}:delayed           zset "k:<idempotency key>" | "i:<event id>" -> due ms
-    <prefix>:ev:{<event>}:delayed:data      hash member of ``delayed`` -> JSON of the entry's fields
-    <prefix>:ev:{<event>}:idem:<key>        string: the event id owning the key (expires: retention)
-    <prefix>:ev:{<event>}:retry:<group>     zset stream entry id -> due ms (pending, in backoff)
-    <prefix>:ev:{<event>}:attempts:<group>  hash stream entry id -> attempts failed or lost so far
-    <prefix>:ev:{<event>}:reply:<provider>  pub/sub channel: replies to that provider's requests
+    <prefix>:ev:{<event>}:stream            stream   emitted events (fields id, data, meta, and
+                                                     reply for requests); a consumer group per
+                                                     subscribing group
+    <prefix>:ev:{<event>}:dead              stream   dead-lettered deliveries (fields entry,
+                                                     group, reason, error, fields, attempts)
+    <prefix>:ev:{<event>}:delayed           zset     "k:<idempotency key>" | "i:<event id>" ->
+                                                     due ms
+    <prefix>:ev:{<event>}:delayed:data      hash     member of ``delayed`` -> JSON [id, data,
+                                                     meta, reply] of the entry to add
+    <prefix>:ev:{<event>}:idem:<key>        string   the event id owning the idempotency key
+                                                     (expires: retention)
+    <prefix>:ev:{<event>}:retry:<group>     zset     stream entry id -> due ms (pending in the
+                                                     group, waiting for its retry backoff)
+    <prefix>:ev:{<event>}:attempts:<group>  hash     stream entry id -> attempts failed or lost
+                                                     so far
+    <prefix>:ev:{<event>}:reply:<provider>  channel  replies to that provider's requests
 
 Event scripts receive the stream as KEYS[1] and ``base`` (``<prefix>:ev:{<event>}:``) as
 ARGV[1], like the run scripts.
+
+Two keys belong to the whole deployment under a prefix (each used alone, outside any script)::
+
+    <prefix>:instances                      zset     provider id -> last heartbeat ms
+    <prefix>:reconcile:lock                 string   the provider doing a reconciler pass
+                                                     (expires: 0.9 x the reconcile interval)
+
+:data:`SCHEMA` holds these tables as data (``tests/test_keys.py`` checks that they agree and that
+every key a provider writes matches one of them).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 GROUP = "plait"
@@ -60,81 +96,83 @@ class WorkflowKeys:
 
     @property
     def jobs(self) -> str:
+        """Stream of step attempts to run."""
         return self.base + "jobs"
 
     @property
+    def dead(self) -> str:
+        """Stream of dead-lettered entries of :attr:`jobs`."""
+        return self.base + "dead"
+
+    @property
     def delayed(self) -> str:
+        """Zset of attempts in their retry backoff or put aside by a rate limit."""
         return self.base + "delayed"
 
     @property
+    def waiting(self) -> str:
+        """Zset of attempts waiting for a running slot under the workflow's concurrency."""
+        return self.base + "waiting"
+
+    @property
+    def running(self) -> str:
+        """Zset of attempts holding a running slot under the workflow's concurrency."""
+        return self.base + "running"
+
+    def rate(self, step: str) -> str:
+        """Zset of the starts of ``step`` in its rate limit's window."""
+        return f"{self.base}rate:{step}"
+
+    @property
     def deadlines(self) -> str:
+        """Zset of live runs with a timeout, by deadline."""
         return self.base + "deadlines"
 
     @property
     def active(self) -> str:
+        """Zset of the runs not finished yet."""
         return self.base + "active"
 
     @property
     def runs(self) -> str:
+        """Zset of every run, by creation time."""
         return self.base + "runs"
 
     @property
     def caps(self) -> str:
+        """JSON of the handlers the consumers have."""
         return self.base + "caps"
 
     @property
-    def dead(self) -> str:
-        return self.base + "dead"
-
-    @property
     def stats(self) -> str:
+        """Hash of counters: runs ended per status, fenced writes."""
         return self.base + "stats"
 
     @property
     def finished_channel(self) -> str:
+        """Pub/sub channel told ``run|STATUS`` when a run ends."""
         return self.base + "finished"
 
     @property
     def cancel_channel(self) -> str:
+        """Pub/sub channel told a run id when the run's running steps must stop."""
         return self.base + "cancel"
 
     def idempotency(self, key: str) -> str:
+        """The run owning idempotency ``key`` (and its input hash)."""
         return f"{self.base}idem:{key}"
 
     def run(self, run_id: str) -> str:
+        """Hash of the run record."""
         return f"{self.base}run:{run_id}"
 
     def results(self, run_id: str) -> str:
+        """Hash of the run's step results."""
         return f"{self.base}run:{run_id}:results"
 
     def events(self, run_id: str) -> str:
+        """Stream of the run's events (``watch()``)."""
         return f"{self.base}run:{run_id}:events"
-
-
-def reconcile_lock(prefix: str) -> str:
-    """The short lock that lets one instance at a time run a reconciler pass."""
-    return f"{prefix}:reconcile:lock"
-
-
-def active_pattern(prefix: str) -> str:
-    """SCAN pattern of every workflow's set of live runs."""
-    return f"{prefix}:{{*}}:active"
-
-
-def runs_pattern(prefix: str) -> str:
-    """SCAN pattern of every workflow's index of runs."""
-    return f"{prefix}:{{*}}:runs"
-
-
-def workflow_of_key(key: str, prefix: str) -> str:
-    """The workflow named by a key of that workflow (``<prefix>:{<wf>}:...``)."""
-    return key[len(prefix) + 2 :].partition("}")[0]
-
-
-def workflow_of(run_id: str) -> str:
-    """The workflow name carried by a run id (``<workflow>.<hex>``)."""
-    workflow, dot, _ = run_id.rpartition(".")
-    return workflow if dot else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,40 +189,129 @@ class EventKeys:
 
     @property
     def stream(self) -> str:
+        """Stream of emitted events, one consumer group per subscribing group."""
         return self.base + "stream"
 
     @property
     def dead(self) -> str:
+        """Stream of dead-lettered deliveries."""
         return self.base + "dead"
 
     @property
-    def stats(self) -> str:
-        return self.base + "stats"
-
-    @property
     def delayed(self) -> str:
+        """Zset of delayed events not in the stream yet, by due time."""
         return self.base + "delayed"
 
     @property
     def delayed_data(self) -> str:
+        """Hash of the entries of :attr:`delayed`."""
         return self.base + "delayed:data"
 
     def idempotency(self, key: str) -> str:
+        """The event owning idempotency ``key``."""
         return f"{self.base}idem:{key}"
 
     def retry(self, group: str) -> str:
+        """Zset of ``group``'s pending entries waiting for their retry backoff."""
         return f"{self.base}retry:{group}"
 
     def attempts(self, group: str) -> str:
+        """Hash of the attempts of ``group``'s entries that failed or were lost."""
         return f"{self.base}attempts:{group}"
 
     def reply_channel(self, provider_id: str) -> str:
+        """Pub/sub channel of the replies to ``provider_id``'s requests."""
         return f"{self.base}reply:{provider_id}"
 
 
 def instances(prefix: str) -> str:
     """Zset provider id -> last heartbeat ms of every started provider (live instances)."""
     return f"{prefix}:instances"
+
+
+def reconcile_lock(prefix: str) -> str:
+    """The short lock that lets one instance at a time run a reconciler pass."""
+    return f"{prefix}:reconcile:lock"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPattern:
+    """One row of the tables above: a key (or pub/sub channel) of the schema."""
+
+    template: str
+    """The key as the tables write it, with ``<placeholders>`` (``<prefix>``, ``<wf>``...)."""
+    type: str
+    """``stream``, ``zset``, ``hash`` or ``string``; ``channel`` for a pub/sub channel (no key)."""
+
+    def regex(self, prefix: str) -> re.Pattern[str]:
+        """What the keys of this pattern under ``prefix`` match (a hash tag holds no braces)."""
+        regex = ""
+        # split() alternates the text between placeholders and the placeholders' names.
+        for at, piece in enumerate(_PLACEHOLDER.split(self.template)):
+            if at % 2 == 0:
+                regex += re.escape(piece)
+            elif piece == "prefix":
+                regex += re.escape(prefix)
+            else:
+                regex += _FILL.get(piece, ".+")
+        return re.compile(regex)
+
+
+_PLACEHOLDER = re.compile(r"<([a-z]+)>")
+_FILL = {"wf": "[^{}]+", "event": "[^{}]+"}
+
+SCHEMA: tuple[KeyPattern, ...] = (
+    KeyPattern("<prefix>:{<wf>}:jobs", "stream"),
+    KeyPattern("<prefix>:{<wf>}:dead", "stream"),
+    KeyPattern("<prefix>:{<wf>}:delayed", "zset"),
+    KeyPattern("<prefix>:{<wf>}:waiting", "zset"),
+    KeyPattern("<prefix>:{<wf>}:running", "zset"),
+    KeyPattern("<prefix>:{<wf>}:rate:<step>", "zset"),
+    KeyPattern("<prefix>:{<wf>}:deadlines", "zset"),
+    KeyPattern("<prefix>:{<wf>}:active", "zset"),
+    KeyPattern("<prefix>:{<wf>}:runs", "zset"),
+    KeyPattern("<prefix>:{<wf>}:caps", "string"),
+    KeyPattern("<prefix>:{<wf>}:stats", "hash"),
+    KeyPattern("<prefix>:{<wf>}:idem:<key>", "string"),
+    KeyPattern("<prefix>:{<wf>}:run:<id>", "hash"),
+    KeyPattern("<prefix>:{<wf>}:run:<id>:results", "hash"),
+    KeyPattern("<prefix>:{<wf>}:run:<id>:events", "stream"),
+    KeyPattern("<prefix>:{<wf>}:finished", "channel"),
+    KeyPattern("<prefix>:{<wf>}:cancel", "channel"),
+    KeyPattern("<prefix>:ev:{<event>}:stream", "stream"),
+    KeyPattern("<prefix>:ev:{<event>}:dead", "stream"),
+    KeyPattern("<prefix>:ev:{<event>}:delayed", "zset"),
+    KeyPattern("<prefix>:ev:{<event>}:delayed:data", "hash"),
+    KeyPattern("<prefix>:ev:{<event>}:idem:<key>", "string"),
+    KeyPattern("<prefix>:ev:{<event>}:retry:<group>", "zset"),
+    KeyPattern("<prefix>:ev:{<event>}:attempts:<group>", "hash"),
+    KeyPattern("<prefix>:ev:{<event>}:reply:<provider>", "channel"),
+    KeyPattern("<prefix>:instances", "zset"),
+    KeyPattern("<prefix>:reconcile:lock", "string"),
+)
+"""Every key and channel of the schema, in the order of the tables above."""
+
+
+def pattern_of(key: str, prefix: str) -> KeyPattern | None:
+    """The pattern of :data:`SCHEMA` that ``key`` (or a channel) belongs to, if any.
+
+    When several match (``run:<id>`` also matches a results key), the most specific one wins:
+    the one with the most characters outside its placeholders.
+    """
+    matching = [pattern for pattern in SCHEMA if pattern.regex(prefix).fullmatch(key)]
+    return max(
+        matching, key=lambda pattern: len(_PLACEHOLDER.sub("", pattern.template)), default=None
+    )
+
+
+def active_pattern(prefix: str) -> str:
+    """SCAN pattern of every workflow's set of live runs."""
+    return f"{prefix}:{{*}}:active"
+
+
+def runs_pattern(prefix: str) -> str:
+    """SCAN pattern of every workflow's index of runs."""
+    return f"{prefix}:{{*}}:runs"
 
 
 def workflow_pattern(prefix: str, suffix: str) -> str:
@@ -197,6 +324,17 @@ def event_pattern(prefix: str, suffix: str) -> str:
     return f"{prefix}:ev:{{*}}:{suffix}"
 
 
+def workflow_of_key(key: str, prefix: str) -> str:
+    """The workflow named by a key of that workflow (``<prefix>:{<wf>}:...``)."""
+    return key[len(prefix) + 2 :].partition("}")[0]
+
+
 def event_of_key(key: str, prefix: str) -> str:
     """The event named by a key of that event (``<prefix>:ev:{<event>}:...``)."""
     return key[len(prefix) + 5 :].partition("}")[0]
+
+
+def workflow_of(run_id: str) -> str:
+    """The workflow name carried by a run id (``<workflow>.<hex>``)."""
+    workflow, dot, _ = run_id.rpartition(".")
+    return workflow if dot else ""

@@ -31,7 +31,8 @@ from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
-from .._ops.health import Health, Heartbeat, check_health
+from .._ops.health import Health, check_health
+from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, tracer_of, validated
 from .scripts import EventScripts

@@ -1,1 +1,1 @@
-"""Operating plait: health reports, heartbeats, dead letters, the catalogue of names."""
+"""Operating plait: health reports, heartbeats, the health endpoint, dead letters, names."""

@@ -1,11 +1,9 @@
 """Health of a plait deployment: Redis, queues, dead letters and live instances.
 
-:func:`check_health` reads everything under a prefix (so the CLI, which has no provider, and
-each provider's ``health()`` report the same thing); :class:`Heartbeat` is the loop by which
-every started provider says it is alive (``ZADD <prefix>:instances <now ms> <provider id>``);
-:func:`health_app` serves a provider's health as a tiny ASGI application::
-
-    app = health_app(workflows)   # GET -> 200 {"ok": true, ...} or 503 when not ok
+:func:`check_health` reads everything under a prefix, so the CLI (which has no provider) and
+each provider's ``health()`` report the same thing. Live instances are those whose
+:class:`~plait.providers.redis._ops.heartbeat.Heartbeat` beat recently; :mod:`.asgi` serves the
+report over HTTP.
 
 A queue is a consumer group of a step stream (group ``plait``) or of an event stream (one per
 subscribing group). Health is not ok when Redis cannot be reached, when entries of a group are
@@ -16,42 +14,28 @@ longer than ``max_wait`` (no live consumer, or too few).
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from redis import exceptions as redis_errors
 
-from .._core.errors import CONNECTION_ERRORS, UNREACHABLE
+from .._core.errors import UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
 from .._core.wire import text as _text
 from .catalog import event_names, workflow_names
+from .heartbeat import FORGET_AFTER, HEARTBEAT
 
-logger = logging.getLogger("plait.health")
-
-HEARTBEAT = 5.0
-"""Seconds between two heartbeats of a started provider."""
 LIVE_BEATS = 3
 """An instance is live while its last heartbeat is at most this many periods old."""
-FORGET_AFTER = 300.0
-"""Seconds after which the heartbeat of a stopped or dead instance is removed."""
 LAG_CAP = 10_000
 """Longest range counted when Redis cannot tell a group's lag itself."""
 STALL_SAMPLE = 1_000
 """Most stalled entries counted per group."""
 WF = ("jobs", "dead")
 EV = ("stream", "dead")
-
-ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,103 +330,3 @@ class _Reader:
         if not millis.isdigit():
             return None
         return timedelta(milliseconds=max(0, self._now_ms - int(millis)))
-
-
-class Heartbeat:
-    """Tells the deployment that a provider is alive, every :data:`HEARTBEAT` seconds.
-
-    Each beat adds ``provider_id`` with Redis' time to ``<prefix>:instances`` and removes the
-    entries of instances silent for :data:`FORGET_AFTER` seconds; stopping removes its own.
-    """
-
-    def __init__(
-        self, client: Any, prefix: str, provider_id: str, *, period: float = HEARTBEAT
-    ) -> None:
-        self._client = client
-        self._key = instances(prefix)
-        self._provider_id = provider_id
-        self._period = period
-
-    async def beat(self) -> None:
-        """Record one heartbeat now."""
-        seconds, micros = await self._client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._key, {self._provider_id: now_ms})
-            pipe.zremrangebyscore(self._key, "-inf", now_ms - int(FORGET_AFTER * 1000))
-            await pipe.execute()
-
-    async def serve(self) -> None:
-        """Beat until cancelled, then remove this instance's entry."""
-        try:
-            while True:
-                try:
-                    await self.beat()
-                except CONNECTION_ERRORS as error:
-                    logger.debug("heartbeat of %s failed: %s", self._provider_id, error)
-                await anyio.sleep(self._period)
-        finally:
-            with anyio.move_on_after(1.0, shield=True), suppress(*CONNECTION_ERRORS):
-                await self._client.zrem(self._key, self._provider_id)
-
-
-class SupportsHealth(Protocol):
-    """Anything with an async ``health()`` (both providers)."""
-
-    async def health(self) -> Health:
-        """The current health report."""
-        ...
-
-
-def health_app(provider: SupportsHealth) -> ASGIApp:
-    """A minimal ASGI application serving ``provider``'s health (no framework needed).
-
-    ``GET`` (or ``HEAD``) on any path answers the report as JSON with status 200 when it is ok
-    and 503 when it is not; other methods get 405. Mount it under ``/health`` in any ASGI
-    server or framework, or run it alone (it answers the lifespan protocol).
-
-    Args:
-        provider: a started :class:`RedisWorkflowProvider` or :class:`RedisEventProvider`.
-    """
-
-    async def app(
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        if scope.get("method", "GET") not in ("GET", "HEAD"):
-            await _respond(send, 405, {"error": "method not allowed"}, head=False)
-            return
-        report = await provider.health()
-        status = 200 if report.ok else 503
-        await _respond(send, status, report.to_json(), head=scope.get("method") == "HEAD")
-
-    return app
-
-
-async def _respond(
-    send: Callable[[Any], Awaitable[None]], status: int, data: Any, *, head: bool
-) -> None:
-    body = json.dumps(data).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"" if head else body})

@@ -36,7 +36,8 @@ from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
 from .._core.wire import default_provider_id
-from .._ops.health import Health, Heartbeat, check_health
+from .._ops.health import Health, check_health
+from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
 from .lease import Leases

@@ -4,6 +4,16 @@
 -- ARGV[6] error JSON ('' for none)  ARGV[7] entry fields JSON  ARGV[8] attempts made
 -- ARGV[9] approximate cap of the dead-letter stream
 -- returns the dead-letter entry id, or false when the entry is no longer held by this consumer
-local group, id = ARGV[2], ARGV[4]
-if holder(KEYS[1], group, id) ~= ARGV[3] then return false end
-return bury(ARGV[1], KEYS[1], group, id, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local stream = KEYS[1]
+local base = ARGV[1]
+local group = ARGV[2]
+local consumer = ARGV[3]
+local id = ARGV[4]
+local reason = ARGV[5]
+local err = ARGV[6]
+local fields = ARGV[7]
+local attempts = ARGV[8]
+local dead_cap = ARGV[9]
+
+if holder(stream, group, id) ~= consumer then return false end
+return bury(base, stream, group, id, reason, err, fields, attempts, dead_cap)

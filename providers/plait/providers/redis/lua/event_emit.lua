@@ -4,25 +4,33 @@
 -- ARGV[4] retention ms (lifetime of the key)  ARGV[5] delay ms (0: now)  ARGV[6] data JSON
 -- ARGV[7] meta JSON  ARGV[8] reply ('<channel>|<request id>', '' for none)
 -- returns {1, event id, due ms (0 when added now)} | {0, id of the event owning the key, 0}
-local base, id, ikey = ARGV[1], ARGV[2], ARGV[3]
+local stream = KEYS[1]
+local base = ARGV[1]
+local id = ARGV[2]
+local ikey = ARGV[3]
+local retention = ARGV[4]
+local delay = tonumber(ARGV[5])
+local data = ARGV[6]
+local meta = ARGV[7]
+local reply = ARGV[8]
+
 if ikey ~= '' then
   local key = base .. 'idem:' .. ikey
   local owner = redis.call('GET', key)
   if owner then return {0, owner, 0} end
-  redis.call('SET', key, id, 'PX', ARGV[4])
+  redis.call('SET', key, id, 'PX', retention)
 end
-local delay = tonumber(ARGV[5])
 if delay > 0 then
   local due = now_ms() + delay
   local member = 'i:' .. id
   if ikey ~= '' then member = 'k:' .. ikey end
   redis.call('ZADD', base .. 'delayed', due, member)
-  redis.call('HSET', base .. 'delayed:data', member, cjson.encode({id, ARGV[6], ARGV[7], ARGV[8]}))
+  redis.call('HSET', base .. 'delayed:data', member, cjson.encode({id, data, meta, reply}))
   return {1, id, due}
 end
-if ARGV[8] == '' then
-  redis.call('XADD', KEYS[1], '*', 'id', id, 'data', ARGV[6], 'meta', ARGV[7])
+if reply == '' then
+  redis.call('XADD', stream, '*', 'id', id, 'data', data, 'meta', meta)
 else
-  redis.call('XADD', KEYS[1], '*', 'id', id, 'data', ARGV[6], 'meta', ARGV[7], 'reply', ARGV[8])
+  redis.call('XADD', stream, '*', 'id', id, 'data', data, 'meta', meta, 'reply', reply)
 end
 return {1, id, 0}

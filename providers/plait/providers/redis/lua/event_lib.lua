@@ -4,6 +4,10 @@
 -- ("<channel>|<request id>") for requests. Per group, an entry waiting for a retry stays
 -- pending in the group and sits in retry:<group> (entry id -> due ms); attempts:<group>
 -- counts the attempts of an entry that failed or were lost (absent: none yet).
+--
+-- Each script gets the event's stream as KEYS[1] and, when it needs more keys of the slot,
+-- base (<prefix>:ev:{<event>}:) as ARGV[1] (the key schema: _core/keys.py). A script names its
+-- KEYS and ARGV in locals at its top; those must not reuse the names of the functions below.
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -3,11 +3,15 @@
 -- KEYS[1] stream
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3..] entry ids
 -- returns the number of entries renewed
-local group, consumer = ARGV[1], ARGV[2]
+local stream = KEYS[1]
+local group = ARGV[1]
+local consumer = ARGV[2]
+
 local renewed = 0
 for i = 3, #ARGV do
-  if holder(KEYS[1], group, ARGV[i]) == consumer then
-    redis.call('XCLAIM', KEYS[1], group, consumer, 0, ARGV[i], 'JUSTID')
+  local id = ARGV[i]
+  if holder(stream, group, id) == consumer then
+    redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
     renewed = renewed + 1
   end
 end

@@ -4,7 +4,10 @@
 -- KEYS[1] stream
 -- ARGV[1] retention cutoff ms (entries older than this may go)
 -- returns the number of entries removed
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local stream = KEYS[1]
+local cutoff = ARGV[1]
+
+if redis.call('EXISTS', stream) == 0 then return 0 end
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -18,15 +21,15 @@ local function lower(a, b)
   return a
 end
 
-local floor = ARGV[1] .. '-0'
-local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local floor = cutoff .. '-0'
+local groups = redis.call('XINFO', 'GROUPS', stream)
 for _, g in ipairs(groups) do
   local info = {}
   for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
   floor = lower(floor, info['last-delivered-id'])
   if tonumber(info['pending']) > 0 then
-    local summary = redis.call('XPENDING', KEYS[1], info['name'])
+    local summary = redis.call('XPENDING', stream, info['name'])
     if summary[2] then floor = lower(floor, summary[2]) end
   end
 end
-return redis.call('XTRIM', KEYS[1], 'MINID', floor)
+return redis.call('XTRIM', stream, 'MINID', floor)

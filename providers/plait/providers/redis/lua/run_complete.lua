@@ -7,19 +7,27 @@
 -- returns {'ok', run status after the transition, taken} | {'stale', '', taken}
 --   (stale: superseded, nothing recorded); taken is a list of {entry id, run, job, token,
 --   what run_start.lua returns} or {entry id, field, value, ...} for an entry that names no job
-local c = ctx(ARGV[1], ARGV[2])
-local job, tok, value = ARGV[3], ARGV[4], ARGV[6]
+local base = ARGV[1]
+local run_id = ARGV[2]
+local job = ARGV[3]
+local tok = ARGV[4]
+local entry = ARGV[5]
+local result = ARGV[6]
+local owner = ARGV[7]
+local wanted = tonumber(ARGV[8] or '0')
+
+local c = ctx(base, run_id)
 
 local function record()
   local st = check(c, job, tok, true)
-  ack(c, ARGV[5])
+  ack(c, entry)
   if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
   local now = now_ms()
   release(c, job)
   redis.call('HSET', c.r, job .. '|st', 'done', job .. '|t1', now)
   event(c, 'step.completed', job, redis.call('HGET', c.r, job .. '|at'), '')
   if string.sub(job, 1, 1) ~= '~' then
-    redis.call('HSET', c.res, job, value)
+    redis.call('HSET', c.res, job, result)
     append(c, 'order', job)
     if st == 'cancelling' then
       -- completed after the run began compensating: its rollback runs first
@@ -33,7 +41,7 @@ local function record()
     if st == 'cancelling' then
       settle(c, now)
     else
-      redis.call('HSET', c.r, 'result', value)
+      redis.call('HSET', c.r, 'result', result)
       finalize(c, 'COMPLETED', now)
     end
   elseif job == '~error' then
@@ -47,9 +55,8 @@ end
 
 local outcome = record()
 local taken = {}
-local wanted = tonumber(ARGV[8] or '0')
 if wanted > 0 then
-  local got = redis.call('XREADGROUP', 'GROUP', GROUP, ARGV[7], 'COUNT', wanted,
+  local got = redis.call('XREADGROUP', 'GROUP', GROUP, owner, 'COUNT', wanted,
     'STREAMS', c.jobs, '>')
   local entries = {}
   if got and got[1] then
@@ -61,7 +68,7 @@ if wanted > 0 then
     local f = {}
     for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
     if f.r and f.j and f.t and string.match(f.t, '^%d+$') then
-      taken[#taken + 1] = {id, f.r, f.j, f.t, start(ctx(ARGV[1], f.r), f.j, f.t, id, ARGV[7])}
+      taken[#taken + 1] = {id, f.r, f.j, f.t, start(ctx(base, f.r), f.j, f.t, id, owner)}
     else
       local raw = {id}
       for i = 1, #flat do raw[#raw + 1] = flat[i] end

@@ -3,8 +3,16 @@
 -- ARGV[1] consumer group  ARGV[2] entry id  ARGV[3] reason  ARGV[4] entry fields (JSON)
 -- ARGV[5] approximate cap of the dead-letter stream
 -- returns the dead-letter entry id
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-  'source', KEYS[1], 'entry', ARGV[2], 'reason', ARGV[3], 'fields', ARGV[4])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+local source = KEYS[1]
+local dead = KEYS[2]
+local group = ARGV[1]
+local entry = ARGV[2]
+local reason = ARGV[3]
+local fields = ARGV[4]
+local dead_cap = ARGV[5]
+
+local id = redis.call('XADD', dead, 'MAXLEN', '~', dead_cap, '*',
+  'source', source, 'entry', entry, 'reason', reason, 'fields', fields)
+redis.call('XACK', source, group, entry)
+redis.call('XDEL', source, entry)
 return id

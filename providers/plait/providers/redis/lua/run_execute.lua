@@ -5,8 +5,18 @@
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
 -- returns {'created', run} | {'exists', run} | {'conflict', run owning the key}
-local c = ctx(ARGV[1], ARGV[2])
-local ikey, ihash = ARGV[3], ARGV[4]
+local base = ARGV[1]
+local run_id = ARGV[2]
+local ikey = ARGV[3]
+local ihash = ARGV[4]
+local input = ARGV[5]
+local meta = ARGV[6]
+local plan = ARGV[7]
+local timeout = tonumber(ARGV[8])
+local retention = ARGV[9]
+local limits = ARGV[10]
+
+local c = ctx(base, run_id)
 if ikey ~= '' then
   local key = c.base .. 'idem:' .. ikey
   local cur = redis.call('GET', key)
@@ -20,10 +30,9 @@ if ikey ~= '' then
 end
 if redis.call('EXISTS', c.r) == 1 then return {'created', c.run} end
 local now = now_ms()
-local timeout = tonumber(ARGV[8])
-redis.call('HSET', c.r, 'status', 'PENDING', 'input', ARGV[5], 'meta', ARGV[6], 'plan', ARGV[7],
-  'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', ARGV[9], 'tmo', timeout,
-  'lim', ARGV[10])
+redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
+  'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
+  'lim', limits)
 if timeout > 0 then
   redis.call('HSET', c.r, 'deadline', now + timeout)
   redis.call('ZADD', c.base .. 'deadlines', now + timeout, c.run)

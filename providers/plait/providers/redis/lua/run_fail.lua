@@ -3,10 +3,17 @@
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id ('' for none)
 -- ARGV[6] error JSON  ARGV[7] retry delay ms (-1: no further attempt)
 -- returns {'retry', next attempt, due ms} | {'failed', run status} | {'stale'}
-local c = ctx(ARGV[1], ARGV[2])
-local job, tok, err, delay = ARGV[3], ARGV[4], ARGV[6], tonumber(ARGV[7])
+local base = ARGV[1]
+local run_id = ARGV[2]
+local job = ARGV[3]
+local tok = ARGV[4]
+local entry = ARGV[5]
+local err = ARGV[6]
+local delay = tonumber(ARGV[7])
+
+local c = ctx(base, run_id)
 local st = check(c, job, tok, true)
-ack(c, ARGV[5])
+ack(c, entry)
 if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
 local now = now_ms()
 release(c, job)

@@ -12,6 +12,12 @@
 -- Jobs are step names, '~complete' (on_complete), '~error' (on_error), '~rb:<step>'.
 -- 'lim' holds the global limits of the run's workflow, JSON {cc = most running attempts across
 -- instances, rl = {step = {starts, period ms}}}; a job put aside by a limit is 'waiting'.
+--
+-- Each script gets the run hash (or, for a batch, the job stream) as KEYS[1], which routes the
+-- call to the workflow's slot, and base (<prefix>:{<wf>}:) as ARGV[1]; ctx(base, run) derives
+-- every key of the run from them (the key schema: _core/keys.py). A script names its KEYS and
+-- ARGV in locals at its top; those must not reuse the names defined here (GROUP, FINAL and the
+-- functions), which they would shadow.
 
 local GROUP = 'plait'
 local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
@@ -270,7 +276,8 @@ local function start(c, job, tok, entry, owner)
     return out
   end
   if st == 'running' or st == 'cancelling' then
-    return {'lost', redis.call('HGET', c.r, job .. '|at'), redis.call('HGET', c.r, job .. '|ow') or ''}
+    return {'lost', redis.call('HGET', c.r, job .. '|at'),
+      redis.call('HGET', c.r, job .. '|ow') or ''}
   end
   ack(c, entry)
   return {'stale'}

@@ -2,10 +2,15 @@
 -- KEYS[1] run hash
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] progress JSON
 -- returns 1 saved | 0 refused (the attempt was superseded)
-local c = ctx(ARGV[1], ARGV[2])
+local base = ARGV[1]
+local run_id = ARGV[2]
 local job = ARGV[3]
-local st = check(c, job, ARGV[4], true)
+local tok = ARGV[4]
+local progress = ARGV[5]
+
+local c = ctx(base, run_id)
+local st = check(c, job, tok, true)
 if st ~= 'running' and st ~= 'cancelling' then return 0 end
-redis.call('HSET', c.r, job .. '|pg', ARGV[5])
-event(c, 'step.progress', job, redis.call('HGET', c.r, job .. '|at'), ARGV[5])
+redis.call('HSET', c.r, job .. '|pg', progress)
+event(c, 'step.progress', job, redis.call('HGET', c.r, job .. '|at'), progress)
 return 1

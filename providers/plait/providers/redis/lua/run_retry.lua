@@ -4,7 +4,10 @@
 -- KEYS[1] run hash
 -- ARGV[1] base  ARGV[2] run id
 -- returns {'resumed', status} | {'invalid', status} | {'unknown', ''}
-local c = ctx(ARGV[1], ARGV[2])
+local base = ARGV[1]
+local run_id = ARGV[2]
+
+local c = ctx(base, run_id)
 local status = redis.call('HGET', c.r, 'status')
 if not status then return {'unknown', ''} end
 if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} end

@@ -6,4 +6,11 @@
 --       | {'lost', attempt, previous owner}  (entry reclaimed from an attempt that was running)
 --       | {'stale'}  (superseded token or unknown run; the entry is acknowledged)
 --       | {'wait', due ms}  (a global limit put the job aside; the entry is acknowledged)
-return start(ctx(ARGV[1], ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local base = ARGV[1]
+local run_id = ARGV[2]
+local job = ARGV[3]
+local tok = ARGV[4]
+local entry = ARGV[5]
+local owner = ARGV[6]
+
+return start(ctx(base, run_id), job, tok, entry, owner)

@@ -3,11 +3,14 @@
 -- KEYS[1] delayed zset (members "run|job|token", scores due ms)
 -- ARGV[1] base  ARGV[2] most items of each kind handled by this call
 -- returns {retries promoted, runs timed out, next due ms (-1: none), server now ms}
-local base, limit = ARGV[1], tonumber(ARGV[2])
+local delayed = KEYS[1]
+local base = ARGV[1]
+local limit = tonumber(ARGV[2])
+
 local now = now_ms()
 local promoted, expired = 0, 0
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', KEYS[1], member)
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', delayed, member)
   if wake(base, member) then promoted = promoted + 1 end
 end
 -- Concurrency limit: forget slots of attempts no longer running (a lost release), then let as
@@ -24,7 +27,8 @@ if first then
   while true do
     local member = redis.call('ZRANGE', waiting, 0, 0)[1]
     if not member then break end
-    local lim = redis.call('HGET', base .. 'run:' .. string.match(member, '^(.*)|[^|]*|[^|]*$'), 'lim')
+    local run = string.match(member, '^(.*)|[^|]*|[^|]*$')
+    local lim = redis.call('HGET', base .. 'run:' .. run, 'lim')
     if not lim or lim == '' then
       redis.call('ZREM', waiting, member)  -- its run is gone
     else
@@ -44,7 +48,7 @@ for _, run in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT'
   if compensate(ctx(base, run), 'timeout', '', now) then expired = expired + 1 end
 end
 local next_due = -1
-local a = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local a = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 local b = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')
 if a[2] then next_due = tonumber(a[2]) end
 if b[2] and (next_due < 0 or tonumber(b[2]) < next_due) then next_due = tonumber(b[2]) end
