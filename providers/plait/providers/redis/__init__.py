@@ -9,7 +9,7 @@ import logging
 from ._events.provider import RedisEventProvider
 from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, health_app
 from ._workflows.provider import RedisWorkflowProvider
-from ._workflows.timers import ReconcileStats
+from ._workflows.reconciler import ReconcileStats
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())

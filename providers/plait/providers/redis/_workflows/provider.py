@@ -39,9 +39,10 @@ from .._ops.health import Health, Heartbeat, check_health
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
 from .lease import Leases
+from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
 from .scripts import RunScripts
-from .timers import Reconciler, ReconcileStats, Timers
+from .timers import Timers
 from .worker import Worker
 
 logger = logging.getLogger("plait.provider")
@@ -130,14 +131,16 @@ class RedisWorkflowProvider:
         self._notifications = Notifications(self._connection)
         self._runs = Runs(
             self._connection,
+            self._scripts,
             self._notifications,
             prefix=prefix,
             connect_timeout=connect_timeout.total_seconds(),
         )
         self._runs.close()
-        self._timers = Timers(self._connection, prefix)
+        self._timers = Timers(self._scripts, prefix)
         self._reconciler = Reconciler(
             self._connection,
+            self._scripts,
             prefix,
             owner=self.provider_id,
             min_age=stall_timeout.total_seconds(),
@@ -281,6 +284,7 @@ class RedisWorkflowProvider:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
         worker = Worker(
             self._connection,
+            self._scripts,
             Handlers(consumer, self.retry_policy),
             prefix=self.prefix,
             owner=self.provider_id,
