@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -462,6 +463,43 @@ async def test_sync_handlers_run_in_a_worker_thread(url: str, prefix: str) -> No
         await wait_until(lambda: bool(threads))
     assert threads[0] != threading.get_ident()
     assert metas == [event_id]
+
+
+class Biller:
+    """An event handler that is an object with an async ``__call__``."""
+
+    def __init__(self, billed: list[str]) -> None:
+        self.billed = billed
+
+    async def __call__(self, ctx: EventContext[OrderPlaced]) -> None:
+        self.billed.append(ctx.data.order_id)
+
+
+async def bill_into(billed: list[str], ctx: EventContext[OrderPlaced]) -> None:
+    billed.append(ctx.data.order_id)
+
+
+@pytest.mark.parametrize("kind", ["partial of an async function", "object with async __call__"])
+async def test_async_callables_are_awaited_on_the_event_loop(
+    url: str, prefix: str, kind: str
+) -> None:
+    # Every worker thread is busy: only a handler awaited on the event loop can run.
+    billed: list[str] = []
+    handler = functools.partial(bill_into, billed) if kind.startswith("partial") else Biller(billed)
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    async with provider(url, prefix, "billing") as events:
+        events.on(order_placed, handler)
+        await events.ready()
+        for borrower in borrowers:
+            await limiter.acquire_on_behalf_of(borrower)
+        try:
+            await events.emit(order_placed, {"order_id": "1"})
+            await wait_until(lambda: billed == ["1"], timeout=3)
+        finally:
+            for borrower in borrowers:
+                limiter.release_on_behalf_of(borrower)
+    assert billed == ["1"]
 
 
 async def test_handlers_registered_after_start_get_events_once_ready(url: str, prefix: str) -> None:

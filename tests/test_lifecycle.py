@@ -358,3 +358,29 @@ async def test_stop_during_a_start_call_runs_what_it_took_instead_of_abandoning_
 
     assert ran == [7]
     assert await handle.result(timeout=10) is None
+
+
+async def test_a_provider_builds_one_set_of_run_scripts_for_all_its_parts(
+    open_provider: OpenProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[RunScripts] = []
+    init = RunScripts.__init__
+
+    def counting_init(self: RunScripts, connection: Any) -> None:
+        built.append(self)
+        init(self, connection)
+
+    monkeypatch.setattr(RunScripts, "__init__", counting_init)
+    flows = [Workflow(f"shared-scripts-{n}", input=Job).step("only") for n in range(2)]
+    consumers: list[WorkflowConsumer[Job, Any]] = []
+    for flow in flows:
+        consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+        consumer.step("only")(lambda ctx: ctx.input.n)
+        consumer.on_complete(lambda ctx: ctx.results["only"])
+        consumers.append(consumer)
+    workflows = await open_provider(*consumers)
+
+    handles = [await workflows.execute(flow, Job(n=n)) for n, flow in enumerate(flows)]
+
+    assert [await handle.result(timeout=10) for handle in handles] == [0, 1]
+    assert len(built) == 1

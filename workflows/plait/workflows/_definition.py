@@ -55,6 +55,25 @@ class RetryPolicy:
         seconds = self.initial_interval.total_seconds() * self.backoff ** max(attempt - 1, 0)
         return min(timedelta(seconds=seconds), self.max_interval)
 
+    def next_delay(self, attempt: int, error: BaseException) -> timedelta | None:
+        """How long to wait before trying again after attempt ``attempt`` failed with ``error``.
+
+        This is the retry decision, made in one place for steps, hooks, rollbacks and event
+        handlers.
+
+        Args:
+            attempt: the number of the attempt that failed (1-based).
+            error: what it raised.
+
+        Returns:
+            The delay before the next attempt (see :meth:`delay`), or None when the job has
+            failed for good: ``attempt`` was the last of ``max_attempts``, or ``error`` is not
+            retryable (see :meth:`is_retryable`).
+        """
+        if attempt >= self.max_attempts or not self.is_retryable(error):
+            return None
+        return self.delay(attempt)
+
     def is_retryable(self, error: BaseException) -> bool:
         """False for :class:`NonRetryableError` and the classes listed in ``non_retryable``."""
         if isinstance(error, NonRetryableError):

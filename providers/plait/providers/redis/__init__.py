@@ -12,7 +12,7 @@ from ._ops.asgi import health_app
 from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
 from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
-from ._workflows.timers import ReconcileStats
+from ._workflows.reconciler import ReconcileStats
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())

@@ -25,8 +25,8 @@ from .._ops.catalog import workflow_names
 from .._ops.dead_letters import DeadLetter, DeadLetters
 from .._ops.health import Health, check_health
 from .._workflows.codec import decode_record, run_info
+from .._workflows.reconciler import Reconciler
 from .._workflows.scripts import RunScripts
-from .._workflows.timers import Reconciler
 from .output import ago, clock, emit, moment, span, table
 
 PAGE = 500
@@ -373,7 +373,12 @@ async def dead_letters_purge(connection: Connection, args: argparse.Namespace) -
 async def reconcile(connection: Connection, args: argparse.Namespace) -> int:
     """``reconcile``: one reconciler pass over every live run (runs index left untrimmed)."""
     reconciler = Reconciler(
-        connection, args.prefix, owner="plait-cli", min_age=args.min_age, retention=FOREVER
+        connection,
+        RunScripts(connection),
+        args.prefix,
+        owner="plait-cli",
+        min_age=args.min_age,
+        retention=FOREVER,
     )
     stats = await reconciler.run_pass()
     data = {

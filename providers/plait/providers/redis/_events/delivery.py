@@ -7,7 +7,6 @@ dropped; a delivery whose write could not be made stays pending and is reclaimed
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -21,6 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from plait.events import Event, EventContext, EventHandler, EventHandlerError
 from plait.workflows import InvalidResultError, RetryPolicy
 
+from .._core.calls import invoke
 from .._core.keys import EventKeys
 from .._core.retry import call_forever
 from .._core.telemetry import Telemetry
@@ -131,10 +131,9 @@ class DeliveryRunner:
         self, sub: Subscription, delivery: Delivery, decoded: Decoded, error: Exception
     ) -> None:
         keys, group, consumer = sub.keys, sub.group, self._consumer
-        policy = self._retry
-        retryable = policy.is_retryable(error)
-        if retryable and delivery.attempt < policy.max_attempts:
-            delay_ms = int(policy.delay(delivery.attempt).total_seconds() * 1000)
+        delay = self._retry.next_delay(delivery.attempt, error)
+        if delay is not None:
+            delay_ms = int(delay.total_seconds() * 1000)
             logger.info(
                 "handler of %s (group %s) failed on attempt %d, retrying in %d ms: %r",
                 sub.event.name, group, delivery.attempt, delay_ms, error,
@@ -148,6 +147,7 @@ class DeliveryRunner:
         if isinstance(error, InvalidResultError):
             reason = "invalid result"
         else:
+            retryable = self._retry.is_retryable(error)
             reason = "attempts exhausted" if retryable else "non-retryable error"
         logger.warning(
             "dead-lettering event %s of %s (group %s) after attempt %d: %s: %r",
@@ -192,12 +192,7 @@ async def _call(handlers: list[EventHandler], context: EventContext[Any]) -> Any
     """Run the handlers of a group in order; the first non-None value is the reply."""
     result = None
     for handler in list(handlers):
-        if inspect.iscoroutinefunction(handler):
-            value = await handler(context)
-        else:
-            value = await anyio.to_thread.run_sync(handler, context)
-            if inspect.isawaitable(value):
-                value = await value
+        value = await invoke(handler, context)
         if result is None:
             result = value
     return result

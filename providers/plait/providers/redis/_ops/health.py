@@ -24,7 +24,7 @@ from redis import exceptions as redis_errors
 
 from .._core.errors import UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
-from .._core.wire import text as _text
+from .._core.wire import text
 from .catalog import event_names, workflow_names
 from .heartbeat import FORGET_AFTER, HEARTBEAT
 
@@ -207,7 +207,7 @@ class _Reader:
         infos = await self._groups(keys.jobs)
         groups = []
         for info in infos:
-            if _text(info.get("name")) != GROUP:
+            if text(info.get("name")) != GROUP:
                 continue
             pending = int(info.get("pending") or 0)
             lag = info.get("lag")
@@ -237,10 +237,10 @@ class _Reader:
         for info in await self._groups(keys.stream):
             lag = info.get("lag")
             if lag is None:
-                last = _text(info.get("last-delivered-id") or "0-0")
+                last = text(info.get("last-delivered-id") or "0-0")
                 unread = await self._client.xrange(keys.stream, f"({last}", "+", count=LAG_CAP)
                 lag = len(unread)
-            group = _text(info.get("name"))
+            group = text(info.get("name"))
             retry_key = keys.retry(group)
             groups.append(await self._group(keys.stream, info, lag=int(lag), retry_key=retry_key))
         queue = QueueHealth(
@@ -262,17 +262,17 @@ class _Reader:
     async def _group(
         self, stream: str, info: dict[str, Any], *, lag: int, retry_key: str | None
     ) -> GroupHealth:
-        group = _text(info.get("name"))
+        group = text(info.get("name"))
         pending = int(info.get("pending") or 0)
         stalled = retrying = 0
         oldest: timedelta | None = None
         if pending:
             summary = await self._client.xpending(stream, group)
-            oldest = self._age_of(_text(summary.get("min") or ""))
+            oldest = self._age_of(text(summary.get("min") or ""))
             idle = await self._client.xpending_range(
                 stream, group, "-", "+", STALL_SAMPLE, idle=self._stalled_ms
             )
-            ids = [_text(row["message_id"]) for row in idle]
+            ids = [text(row["message_id"]) for row in idle]
             if retry_key is not None:
                 retrying = int(await self._client.zcard(retry_key))
                 if ids:
@@ -281,7 +281,7 @@ class _Reader:
             stalled = len(ids)
         waiting: timedelta | None = None
         if lag:
-            last = _text(info.get("last-delivered-id") or "0-0")
+            last = text(info.get("last-delivered-id") or "0-0")
             waiting = self._age(await self._client.xrange(stream, f"({last}", "+", count=1))
         return GroupHealth(
             name=group,
@@ -313,7 +313,7 @@ class _Reader:
         live_ms = LIVE_BEATS * HEARTBEAT * 1000
         found = [
             InstanceHealth(
-                provider_id=_text(member),
+                provider_id=text(member),
                 last_seen=datetime.fromtimestamp(score / 1000, tz=UTC),
                 live=self._now_ms - score <= live_ms,
             )
@@ -323,7 +323,7 @@ class _Reader:
         return tuple(sorted(found, key=lambda instance: instance.provider_id))
 
     def _age(self, entries: list[Any]) -> timedelta | None:
-        return self._age_of(_text(entries[0][0])) if entries else None
+        return self._age_of(text(entries[0][0])) if entries else None
 
     def _age_of(self, entry_id: str) -> timedelta | None:
         millis, _, _ = entry_id.partition("-")

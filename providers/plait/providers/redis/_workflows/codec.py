@@ -26,9 +26,7 @@ from plait.workflows import (
     WorkflowTimeoutError,
 )
 
-COMPLETE = "~complete"
-ERROR = "~error"
-ROLLBACK = "~rb:"
+from .jobs import display_name, rollback_of
 
 
 def new_run_id(workflow: str) -> str:
@@ -97,24 +95,6 @@ def caps_of(consumer: WorkflowConsumer[Any, Any]) -> str:
     )
 
 
-def display_name(job: str) -> str:
-    """The user-facing name of a job (``on_complete``, ``on_error``, ``rollback:<step>``)."""
-    if job == COMPLETE:
-        return "on_complete"
-    if job == ERROR:
-        return "on_error"
-    if job.startswith(ROLLBACK):
-        return "rollback:" + job[len(ROLLBACK) :]
-    return job
-
-
-def error_step_name(job: str) -> str:
-    """The ``step`` an error of this job names (a rollback error names its step)."""
-    if job.startswith(ROLLBACK):
-        return job[len(ROLLBACK) :]
-    return display_name(job)
-
-
 def _time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -134,7 +114,7 @@ def rollback_errors(record: Mapping[str, str]) -> list[WorkflowStepError]:
     """The errors of every rollback that failed, in the order they ran."""
     errors = []
     for job in record.get("jobs", "").split(","):
-        if job.startswith(ROLLBACK) and record.get(f"{job}|st") == "failed":
+        if rollback_of(job) is not None and record.get(f"{job}|st") == "failed":
             error = _error(record.get(f"{job}|er"))
             if error is not None:
                 errors.append(error)

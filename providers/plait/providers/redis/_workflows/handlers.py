@@ -1,20 +1,17 @@
-"""One attempt of one job: its context, the handler call, and what the outcome means.
+"""A consumer's handlers: the context of a job, the handler call, and what the outcome means.
 
-A job is a step, a rollback (``~rb:<step>``), ``on_complete`` (``~complete``) or ``on_error``
-(``~error``). This module knows how to call each kind of handler and how to turn what it
-returned or raised into the JSON result or the wire error and retry delay the scripts record.
+A job is a step, a rollback, ``on_complete`` or ``on_error`` (see ``jobs``). This module knows
+how to call each kind of handler and how to turn what it returned or raised into the JSON
+result or the wire error and retry delay the scripts record; ``attempt`` runs it.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 from pydantic import BaseModel, ValidationError
 
 from plait.workflows import (
@@ -29,7 +26,9 @@ from plait.workflows import (
     WorkflowStepError,
 )
 
-from .codec import COMPLETE, ERROR, ROLLBACK, decode_result, encode_result, error_step_name
+from .._core.calls import invoke
+from .codec import decode_result, encode_result
+from .jobs import COMPLETE, ERROR, error_step_name, rollback_of, step_of
 from .scripts import Job, Started
 
 
@@ -49,31 +48,29 @@ class Handlers:
 
     def knows(self, job: str) -> bool:
         """Whether this consumer can run ``job`` (missing rollbacks and hooks are no-ops)."""
-        if job.startswith("~"):
-            return job in (COMPLETE, ERROR) or job[len(ROLLBACK) :] in self._outputs
-        return job in self.consumer.steps
+        step = rollback_of(job)
+        if step is not None:
+            return step in self._outputs
+        return job in self.consumer.steps or job in (COMPLETE, ERROR)
 
     def policy(self, job: str) -> RetryPolicy:
         """The retry policy of a job: its step's, its rollback's, or the provider default."""
-        name = job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job
         try:
-            step = self.definition.get_step(name)
+            step = self.definition.get_step(step_of(job))
         except KeyError:  # a hook, or a step this version of the workflow does not know
             return self._default_retry
-        if job.startswith(ROLLBACK):
+        if rollback_of(job) is not None:
             return step.rollback_retry or step.retry or self._default_retry
         return step.retry or self._default_retry
 
     def timeout(self, job: str) -> float | None:
         """The step timeout of a job in seconds (rollbacks use their step's), or None."""
-        return self._timeouts.get(job[len(ROLLBACK) :] if job.startswith(ROLLBACK) else job)
+        return self._timeouts.get(step_of(job))
 
     def retry_delay_ms(self, job: str, attempt: int, error: BaseException) -> int:
         """Milliseconds until the next attempt, or -1 when the job has failed for good."""
-        policy = self.policy(job)
-        if attempt >= policy.max_attempts or not policy.is_retryable(error):
-            return -1
-        return int(policy.delay(attempt).total_seconds() * 1000)
+        delay = self.policy(job).next_delay(attempt, error)
+        return -1 if delay is None else int(delay.total_seconds() * 1000)
 
     def context(
         self,
@@ -120,19 +117,20 @@ class Handlers:
         """Run the job's handler and return its result as JSON (``"null"`` for hooks)."""
         if job == COMPLETE:
             handler: Callable[..., Any] | None = self.consumer.complete_handler
-            value = await _invoke(handler, context) if handler else None
+            value = await invoke(handler, context) if handler else None
             return self._complete_result(value)
         if job == ERROR:
             handler = self.consumer.error_handler
             if handler is not None:
-                await _invoke(handler, context, run_error)
+                await invoke(handler, context, run_error)
             return "null"
-        if job.startswith(ROLLBACK):
-            handler = self.consumer.rollbacks.get(job[len(ROLLBACK) :])
+        step = rollback_of(job)
+        if step is not None:
+            handler = self.consumer.rollbacks.get(step)
             if handler is not None:
-                await _invoke(handler, context)
+                await invoke(handler, context)
             return "null"
-        value = await _invoke(self.consumer.steps[job], context)
+        value = await invoke(self.consumer.steps[job], context)
         try:
             return encode_result(value)
         except TypeError as error:
@@ -151,25 +149,6 @@ class Handlers:
             return encode_result(value)
         except TypeError as error:
             raise ResultNotSerializableError(f"on_complete: {error}") from None
-
-
-async def _invoke(handler: Callable[..., Any], *args: Any) -> Any:
-    """Await an async handler, or run a sync one in a worker thread (abandoned on cancel)."""
-    if _is_async(handler):
-        return await handler(*args)
-    value = await anyio.to_thread.run_sync(
-        functools.partial(handler, *args), abandon_on_cancel=True
-    )
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    target = handler.func if isinstance(handler, functools.partial) else handler
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    )
 
 
 def wire_error(

@@ -42,9 +42,10 @@ from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, p
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
+from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
 from .scripts import RunScripts
-from .timers import Reconciler, ReconcileStats, Timers
+from .timers import Timers
 from .worker import Worker
 
 logger = logging.getLogger("plait.provider")
@@ -98,14 +99,16 @@ class RedisWorkflowProvider:
         self._notifications = Notifications(self._connection)
         self._runs = Runs(
             self._connection,
+            self._scripts,
             self._notifications,
             prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
         )
         self._runs.close()
-        self._timers = Timers(self._connection, opts.prefix)
+        self._timers = Timers(self._scripts, opts.prefix)
         self._reconciler = Reconciler(
             self._connection,
+            self._scripts,
             opts.prefix,
             owner=self.provider_id,
             min_age=opts.stall_timeout.total_seconds(),
@@ -236,6 +239,7 @@ class RedisWorkflowProvider:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
         worker = Worker(
             self._connection,
+            self._scripts,
             Handlers(consumer, self.options.retry),
             prefix=self.options.prefix,
             owner=self.provider_id,

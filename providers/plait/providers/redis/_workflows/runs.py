@@ -27,7 +27,8 @@ from .._core.errors import CONNECTION_ERRORS, WORKFLOW_KINDS, translated
 from .._core.keys import WorkflowKeys
 from .._core.notify import Notifications
 from .._core.retry import call_until
-from .codec import decode_record, decode_result, display_name, outcome_error, run_info
+from .codec import decode_record, decode_result, outcome_error, run_info
+from .jobs import display_name
 from .scripts import RunScripts
 
 #: How often a waiting ``result()`` re-reads the run in case a notification was lost.
@@ -40,13 +41,14 @@ class Runs:
     def __init__(
         self,
         connection: Connection,
+        scripts: RunScripts,
         notifications: Notifications,
         *,
         prefix: str,
         connect_timeout: float,
     ) -> None:
         self._client: Any = connection.client
-        self._scripts = RunScripts(connection)
+        self._scripts = scripts
         self._notifications = notifications
         self._prefix = prefix
         self._timeout = connect_timeout

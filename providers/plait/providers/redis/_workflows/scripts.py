@@ -9,7 +9,7 @@ from typing import Any
 from .._core.connection import Connection
 from .._core.keys import GROUP, WorkflowKeys
 from .._core.lua import register
-from .._core.wire import text as _text
+from .._core.wire import text
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ class RunScripts:
             args=[*args, timeout_ms, retention_ms, limits_json],
         )
         self._connection.kick(keys.jobs)
-        return _text(reply[0]), _text(reply[1])
+        return text(reply[0]), text(reply[1])
 
     async def start(
         self, keys: WorkflowKeys, job: Job, owner: str
@@ -139,7 +139,7 @@ class RunScripts:
             args=[keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take],
         )
         self._connection.kick(keys.jobs)
-        status = _text(reply[1]) if _text(reply[0]) == "ok" else None
+        status = text(reply[1]) if text(reply[0]) == "ok" else None
         return status, [_taken(item) for item in reply[2]]
 
     async def fail(
@@ -150,10 +150,10 @@ class RunScripts:
         args += [json.dumps(error), retry_delay_ms]
         reply = await self._connection.run(self._fail, keys=[keys.run(job.run_id)], args=args)
         self._connection.kick(keys.jobs)
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome == "retry":
-            return outcome, _text(reply[2])
-        return outcome, _text(reply[1]) if len(reply) > 1 else ""
+            return outcome, text(reply[2])
+        return outcome, text(reply[1]) if len(reply) > 1 else ""
 
     async def tick(self, keys: WorkflowKeys, limit: int = 200) -> tuple[int, int, int, int]:
         """Promote due retries and expire due deadlines.
@@ -172,7 +172,7 @@ class RunScripts:
             self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id]
         )
         self._connection.kick(keys.jobs)
-        return int(reply[0]), _text(reply[1])
+        return int(reply[0]), text(reply[1])
 
     async def progress(self, keys: WorkflowKeys, job: Job, value: str) -> bool:
         """Save a progress checkpoint; False when the attempt was superseded."""
@@ -189,17 +189,17 @@ class RunScripts:
             self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id]
         )
         self._connection.kick(keys.jobs)
-        return _text(reply[0]), _text(reply[1])
+        return text(reply[0]), text(reply[1])
 
     async def reconcile(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Repair a live run that cannot advance: ("ok" | "repaired" | "gone", detail)."""
         reply = await self._connection.run(
             self._reconcile, keys=[keys.run(run_id)], args=[keys.base, run_id]
         )
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome == "repaired":
             self._connection.kick(keys.jobs)
-        return outcome, _text(reply[1])
+        return outcome, text(reply[1])
 
     async def dead_letter(
         self, stream: str, dead: str, entry: str, reason: str, fields: dict[str, str]
@@ -214,31 +214,31 @@ class RunScripts:
 
 def _started(reply: Any) -> Started | Lost | Deferred | None:
     """Decode what run_start returns for one entry."""
-    outcome = _text(reply[0])
+    outcome = text(reply[0])
     if outcome == "lost":
-        return Lost(int(reply[1]), _text(reply[2]))
+        return Lost(int(reply[1]), text(reply[2]))
     if outcome == "wait":
         return Deferred(int(reply[1]))
     if outcome != "run":
         return None
     flat = reply[7:]
     previous = json.loads(reply[6]).get("span") if reply[6] else None
-    results = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    results = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
     return Started(
         attempt=int(reply[1]),
-        input=_text(reply[2]),
-        meta=_text(reply[3]),
+        input=text(reply[2]),
+        meta=text(reply[3]),
         deadline_ms=int(reply[4]) if reply[4] else None,
-        progress=_text(reply[5]) if reply[5] else None,
+        progress=text(reply[5]) if reply[5] else None,
         results=results,
         previous_span=previous,
     )
 
 
 def _taken(item: Any) -> Taken:
-    entry = _text(item[0])
+    entry = text(item[0])
     if len(item) == 5 and isinstance(item[4], list):
-        job = Job(entry, _text(item[1]), _text(item[2]), _text(item[3]))
+        job = Job(entry, text(item[1]), text(item[2]), text(item[3]))
         fields = {b"r": item[1], b"j": item[2], b"t": item[3]}
         return Taken(entry, job, _started(item[4]), fields)
     flat = item[1:]

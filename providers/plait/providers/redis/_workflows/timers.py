@@ -1,4 +1,4 @@
-"""Time in Redis: promote due retries, expire run deadlines, reconcile stalled runs.
+"""Time in Redis: promote due retries and expire run deadlines.
 
 Each workflow this instance looks after has one loop that runs the tick script, then sleeps
 until the earliest due time in Redis (at most one second, so timers scheduled by other
@@ -8,18 +8,13 @@ instances are seen). A retry scheduled by this instance wakes the loop at once.
 from __future__ import annotations
 
 import logging
-import random
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from .._core.connection import Connection
 from .._core.errors import CONNECTION_ERRORS
-from .._core.keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
+from .._core.keys import WorkflowKeys
 from .scripts import RunScripts
 
 logger = logging.getLogger("plait.timers")
@@ -31,8 +26,8 @@ MAX_SLEEP = 1.0
 class Timers:
     """The timer loops of the workflows this instance looks after."""
 
-    def __init__(self, connection: Connection, prefix: str) -> None:
-        self._scripts = RunScripts(connection)
+    def __init__(self, scripts: RunScripts, prefix: str) -> None:
+        self._scripts = scripts
         self._prefix = prefix
         self._wake: dict[str, anyio.Event] = {}
         self._tg: TaskGroup | None = None
@@ -74,99 +69,3 @@ class Timers:
             if sleep > 0:
                 with anyio.move_on_after(sleep):
                     await wake.wait()
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReconcileStats:
-    """What one reconciler pass found.
-
-    Attributes:
-        scanned: live runs looked at.
-        stalled: runs whose state could not advance by itself.
-        reconciled: stalled runs repaired.
-        failed: runs the pass could not check or repair (errors are logged).
-        at: when the pass ended.
-    """
-
-    scanned: int = 0
-    stalled: int = 0
-    reconciled: int = 0
-    failed: int = 0
-    at: datetime = field(default_factory=lambda: datetime.now(tz=UTC))
-
-
-class Reconciler:
-    """Finds runs that cannot advance by themselves and repairs them, one Lua call per run.
-
-    Every instance runs a pass each ``interval``, behind a short Redis lock so that one instance
-    at a time does it. Runs younger than ``min_age`` are left alone: they are still moving.
-    """
-
-    def __init__(
-        self,
-        connection: Connection,
-        prefix: str,
-        *,
-        owner: str,
-        min_age: float,
-        retention: float,
-    ) -> None:
-        self._client: Any = connection.client
-        self._scripts = RunScripts(connection)
-        self._prefix = prefix
-        self._owner = owner
-        self._min_age_ms = int(min_age * 1000)
-        self._retention_ms = int(retention * 1000)
-        self.last: ReconcileStats | None = None
-
-    async def serve(self, interval: float) -> None:
-        """A locked pass every ``interval`` seconds until cancelled."""
-        while True:
-            await anyio.sleep(interval * (0.75 + random.random() / 2))
-            try:
-                locked = await self._client.set(
-                    reconcile_lock(self._prefix), self._owner, nx=True, px=int(interval * 900)
-                )
-                if locked:
-                    await self.run_pass()
-            except CONNECTION_ERRORS as error:
-                logger.warning("reconciler: Redis unreachable (%s)", error)
-
-    async def run_pass(self) -> ReconcileStats:
-        """One pass over every workflow's live runs; logs and returns its stats."""
-        scanned = stalled = reconciled = failed = 0
-        now_ms = int(time.time() * 1000)
-        async for raw in self._client.scan_iter(match=runs_pattern(self._prefix), count=500):
-            # The run index keeps ids a little longer than the runs themselves live.
-            await self._client.zremrangebyscore(
-                raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
-            )
-        async for raw in self._client.scan_iter(match=active_pattern(self._prefix), count=500):
-            key = raw.decode()
-            keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
-            runs = await self._client.zrangebyscore(
-                key, "-inf", now_ms - self._min_age_ms, start=0, num=5000
-            )
-            for run in runs:
-                scanned += 1
-                try:
-                    outcome, detail = await self._scripts.reconcile(keys, run.decode())
-                except Exception as error:  # one broken run must not stop the pass
-                    failed += 1
-                    logger.error("reconciler: run %s: %s", run.decode(), error)
-                    continue
-                if outcome == "repaired":
-                    stalled += 1
-                    reconciled += 1
-                    logger.warning("reconciler: run %s repaired (%s)", run.decode(), detail)
-        self.last = ReconcileStats(
-            scanned=scanned, stalled=stalled, reconciled=reconciled, failed=failed
-        )
-        logger.info(
-            "reconciler pass: scanned=%d stalled=%d reconciled=%d failed=%d",
-            scanned,
-            stalled,
-            reconciled,
-            failed,
-        )
-        return self.last

@@ -1,0 +1,283 @@
+"""Running one attempt of a job and recording its outcome.
+
+An attempt runs its handler inside one cancel scope bounded by the step timeout or the run
+deadline, which ``cancel_run`` can also cancel; then one transition records the outcome: a
+completion (which may take the workflow's next entries for this worker in the same Lua call),
+a retry, a failure for good, or a dead letter. A transition that cannot reach Redis is retried
+until it is recorded, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from plait.workflows import (
+    AttemptSupersededError,
+    RunStoppedError,
+    StepTimeoutError,
+    UnknownJobError,
+    WorkerLostError,
+    WorkflowError,
+)
+
+from .._core.connection import Connection
+from .._core.keys import WorkflowKeys
+from .._core.retry import call_forever
+from .._core.telemetry import Telemetry, record_failure, traceparent_of
+from .._core.tracing import current_meta
+from .codec import decode_record, encode_result, outcome_error
+from .handlers import Handlers, wire_error
+from .jobs import ERROR, compensates, display_name, is_step
+from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
+
+logger = logging.getLogger("plait.worker")
+
+FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
+
+T = TypeVar("T")
+
+
+class Attempts:
+    """Runs the attempts of one workflow's jobs on this instance (for its :class:`Worker`)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        scripts: RunScripts,
+        handlers: Handlers,
+        *,
+        keys: WorkflowKeys,
+        owner: str,
+        telemetry: Telemetry,
+        on_retry: Callable[[str], None],
+    ) -> None:
+        self._keys = keys
+        self._client: Any = connection.client
+        self._scripts = scripts
+        self._handlers = handlers
+        self._owner = owner
+        self._telemetry = telemetry
+        self._on_retry = on_retry
+        self.taking = True
+        """Whether a completion takes the workflow's next entry (False once the worker drains)."""
+        self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
+        self._run_stopped: set[str] = set()
+        """Entries whose attempt ``cancel_run`` cancelled (not their timeout or deadline)."""
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel the running attempts of ``run_id`` (not its compensation)."""
+        for entry, (name, scope) in list(self._scopes.get(run_id, {}).items()):
+            if not compensates(name):
+                self._run_stopped.add(entry)
+                scope.cancel()
+
+    async def process(
+        self, entry: str, job: Job, started: Started | Lost | Deferred | None
+    ) -> list[Taken]:
+        """Run one started job; returns the entries its completion took for this worker."""
+        if isinstance(started, Lost):
+            self._telemetry.steps_reclaimed.add(1, {"plait.workflow": self._keys.workflow})
+            lost = WorkerLostError(
+                f"instance {started.owner or '?'} stopped while running attempt "
+                f"{started.attempt} of {job.name!r}"
+            )
+            await self._record_failure(job, started.attempt, lost)
+        elif isinstance(started, Started):
+            return await self._attempt(job, started)
+        elif isinstance(started, Deferred):
+            self._on_retry(self._keys.workflow)
+        return []
+
+    async def reject(self, job: Job, fields: dict[str, str]) -> None:
+        """A job this consumer has no handler for: dead-letter it and fail its attempt."""
+        reason = f"no handler for job {job.name!r} of workflow {self._keys.workflow!r}"
+        await self.dead_letter(job.entry, reason, fields)
+        detached = Job("", job.run_id, job.name, job.token)
+        started = await transition(
+            lambda: self._scripts.start(self._keys, detached, self._owner), self._keys.workflow
+        )
+        if isinstance(started, Started | Lost):
+            await self._record_failure(detached, started.attempt, UnknownJobError(reason))
+
+    async def dead_letter(self, entry: str, reason: str, fields: dict[str, str]) -> None:
+        """Move ``entry`` (its ``fields`` as text) to the dead-letter stream with ``reason``."""
+        logger.error("%s: entry %s dead-lettered: %s", self._keys.jobs, entry, reason)
+        self._telemetry.dead_letters.add(1, {"plait.workflow": self._keys.workflow})
+        await transition(
+            lambda: self._scripts.dead_letter(
+                self._keys.jobs, self._keys.dead, entry, reason, fields
+            ),
+            self._keys.workflow,
+        )
+
+    async def _attempt(self, job: Job, started: Started) -> list[Taken]:
+        limit, by_deadline = self._limit(job, started)
+        # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
+        scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
+        self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
+        base: dict[str, str] = json.loads(started.meta)
+        meta = {**base, "run_id": job.run_id, "step": display_name(job.name)}
+        meta_token = current_meta.set(meta)
+        result: str | None = None
+        error: BaseException | None = None
+        began = time.perf_counter()
+        try:
+            with self._telemetry.consuming(
+                lambda: self._span_of(job, started), meta, previous=started.previous_span
+            ) as span:
+                with scope:
+                    try:
+                        result = await self._call(job, started, base)
+                    except Exception as raised:
+                        error = raised
+                if scope.cancelled_caught:
+                    error = await self._stopped(job, limit, by_deadline=by_deadline)
+                if error is not None:
+                    record_failure(span, error)
+                span_id = traceparent_of(span)
+        finally:
+            current_meta.reset(meta_token)
+            self._run_stopped.discard(job.entry)
+            attempts = self._scopes.get(job.run_id, {})
+            attempts.pop(job.entry, None)
+            if not attempts:
+                self._scopes.pop(job.run_id, None)
+        self._telemetry.step_duration.record(
+            time.perf_counter() - began,
+            {
+                "plait.workflow": self._keys.workflow,
+                "plait.step": meta["step"],
+                "plait.outcome": "failed" if error else "completed",
+            },
+        )
+        if error is not None:
+            await self._record_failure(job, started.attempt, error, span=span_id)
+            return []
+        if result is None:
+            return []
+        return await self._complete(job, started, result)
+
+    async def _complete(self, job: Job, started: Started, result: str) -> list[Taken]:
+        take = 1 if self.taking else 0
+        done = await transition(
+            lambda: self._scripts.complete(self._keys, job, result, owner=self._owner, take=take),
+            self._keys.workflow,
+        )
+        status, taken = done if done is not None else (None, [])
+        if status is None:
+            self._telemetry.fencing_rejections.add(1, {"plait.workflow": self._keys.workflow})
+            logger.warning(
+                "run %s: late completion of %s attempt %d rejected (superseded)",
+                job.run_id,
+                job.name,
+                started.attempt,
+            )
+        else:
+            self._count_end(status)
+        return taken
+
+    def _span_of(self, job: Job, started: Started) -> tuple[str, dict[str, Any]]:
+        """The name and attributes of an attempt's CONSUMER span."""
+        step = display_name(job.name)
+        return f"process {self._keys.workflow} {step}", {
+            "messaging.operation.name": "process",
+            "messaging.destination.name": self._keys.workflow,
+            "messaging.message.id": f"{job.run_id}:{job.name}",
+            "plait.run_id": job.run_id,
+            "plait.step": step,
+            "plait.attempt": started.attempt,
+        }
+
+    def _count_end(self, status: str) -> None:
+        if status in FINAL_STATUS.values() or status == "COMPLETED":
+            self._telemetry.runs_finished.add(
+                1, {"plait.workflow": self._keys.workflow, "plait.status": status}
+            )
+
+    def _limit(self, job: Job, started: Started) -> tuple[float, bool]:
+        """Seconds the attempt may run (step timeout or run deadline), and whether the
+        deadline is the bound."""
+        limit = self._handlers.timeout(job.name)
+        if started.deadline_ms and is_step(job.name):
+            remaining = started.deadline_ms / 1000 - time.time()
+            if limit is None or remaining < limit:
+                return max(remaining, 0.0), True
+        return (math.inf if limit is None else limit), False
+
+    async def _call(self, job: Job, started: Started, meta: dict[str, str]) -> str:
+        """The handler call with its context (``meta`` is the run's meta, decoded)."""
+
+        async def save(value: Any) -> None:
+            text = encode_result(value)
+            saved = await self._scripts.progress(self._keys, job, text)
+            if not saved:
+                raise AttemptSupersededError(f"attempt of {job.name!r} in {job.run_id} superseded")
+
+        context = self._handlers.context(job, started, save, meta)
+        run_error = await self._run_error(job.run_id) if job.name == ERROR else None
+        return await self._handlers.call(job.name, context, run_error)
+
+    async def _stopped(self, job: Job, limit: float, *, by_deadline: bool) -> Exception:
+        """Why an attempt's scope was cancelled: its run stopped, the deadline, or its timeout."""
+        if job.entry in self._run_stopped:  # cancel_run, not the clock
+            return RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
+        if by_deadline:
+            # Let the deadline compensate the run first, so this failure joins it.
+            await transition(lambda: self._scripts.tick(self._keys), self._keys.workflow)
+            return RunStoppedError(f"run {job.run_id} passed its deadline")
+        return StepTimeoutError(f"{job.name!r} timed out after {limit:g}s")
+
+    async def _run_error(self, run_id: str) -> WorkflowError:
+        record = decode_record(await self._client.hgetall(self._keys.run(run_id)))
+        record["status"] = FINAL_STATUS.get(record.get("reason", ""), "FAILED")
+        return outcome_error(run_id, record)
+
+    async def _record_failure(
+        self, job: Job, attempt: int, error: BaseException, *, span: str | None = None
+    ) -> None:
+        delay = self._handlers.retry_delay_ms(job.name, attempt, error)
+        if isinstance(error, RunStoppedError):
+            delay = -1
+        logger.warning(
+            "run %s: %s attempt %d failed (%s: %s)%s",
+            job.run_id,
+            job.name,
+            attempt,
+            type(error).__name__,
+            error,
+            "; retrying" if delay >= 0 else "",
+        )
+        outcome = await transition(
+            lambda: self._scripts.fail(
+                self._keys,
+                job,
+                error=wire_error(job.name, attempt, error, span=span),
+                retry_delay_ms=delay,
+            ),
+            self._keys.workflow,
+        )
+        if outcome is None:
+            return
+        if outcome[0] == "retry":
+            self._telemetry.steps_retried.add(1, {"plait.workflow": self._keys.workflow})
+            self._on_retry(self._keys.workflow)
+        elif outcome[0] == "stale":
+            self._telemetry.fencing_rejections.add(1, {"plait.workflow": self._keys.workflow})
+        else:
+            self._count_end(outcome[1])
+
+
+async def transition(operation: Callable[[], Awaitable[T]], workflow: str) -> T | None:
+    """A transition that must be recorded: retried through outages until it is."""
+    return await call_forever(operation, what=workflow, stopping=_never)
+
+
+def _never() -> bool:
+    return False
