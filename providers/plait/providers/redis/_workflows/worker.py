@@ -32,6 +32,7 @@ from .._core.wire import lenient_text
 from .attempt import Attempts, transition
 from .handlers import Handlers
 from .lease import Leases
+from .options import WorkflowProviderOptions
 from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
 
 logger = logging.getLogger("plait.worker")
@@ -51,16 +52,14 @@ class Worker:
         scripts: RunScripts,
         handlers: Handlers,
         *,
-        prefix: str,
-        owner: str,
-        concurrency: int,
-        stall_timeout: float,
+        options: WorkflowProviderOptions,
         caps: str,
         leases: Leases,
         telemetry: Telemetry,
         on_retry: Callable[[str], None],
     ) -> None:
-        self.keys = WorkflowKeys(prefix, handlers.definition.name)
+        owner = options.provider_id or ""
+        self.keys = WorkflowKeys(options.prefix, handlers.definition.name)
         self._connection = connection
         self._client: Any = connection.client
         self._scripts = scripts
@@ -76,9 +75,9 @@ class Worker:
         )
         self._process = self._attempts.process  # bound once: spawned for every job
         self._owner = owner
-        self.concurrency = concurrency
+        self.concurrency = options.concurrency
         """Most jobs of this workflow running at once here (changes apply as jobs finish)."""
-        self._stall = stall_timeout
+        self._stall = options.stall_timeout.total_seconds()
         self._caps = caps
         self._leases = leases
         self.depth = 0
