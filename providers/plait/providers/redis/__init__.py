@@ -1,7 +1,61 @@
 """The Redis engine of plait: workflow and event providers on Redis or the embedded ``memory://``.
 
-Connect with a URL (``redis://``, ``rediss://``, ``unix://`` or ``memory://``) or inject an existing
-``redis.asyncio.Redis``; the providers run the same Lua scripts on both.
+Connect with a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or
+``memory://``) or inject an existing ``redis.asyncio.Redis``; the providers run the same Lua
+scripts on both.
+
+General layout
+--------------
+
+The two engines have the same shape (provider, options, caller side, worker, one job, scripts,
+codec) and never import each other; both stand on ``_core``::
+
+    _core/          what both engines stand on
+      connection.py   Connection, connect(url), wrap(client)
+      memory.py       the memory:// registry of embedded servers, in-process wake-ups
+      direct.py       transition scripts sent straight on connections of their own
+      errors.py       redis-py errors translated at one boundary (translated, ErrorKinds)
+      retry.py        call_until (callers: until connect_timeout), call_forever (workers)
+      wire.py         bytes to text, default provider ids
+      keys.py         the whole key schema, one hash tag per workflow / event
+      lua.py          loading lua/*.lua with their shared library
+      calls.py        calling a user handler (async, or sync in a worker thread)
+      supervisor.py   a provider's background work from start() to stop()
+      notify.py       pub/sub notifications (run ends, cancellations, replies)
+      tracing.py      trace and correlation ids carried in meta
+      telemetry.py    OpenTelemetry spans and metrics
+    _workflows/     the workflow engine
+      provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
+      options.py      WorkflowProviderOptions
+      runs.py         the caller side: status, result, cancel, describe, watch
+      worker.py       intake: read, reclaim, start in batches, hold and release entries
+      attempt.py      running one attempt and recording its outcome
+      handlers.py     a consumer's handlers: contexts, policies, calls, results
+      jobs.py         job names: steps, rollbacks, on_complete, on_error
+      lease.py        lease renewal from a thread
+      timers.py       retries due and deadlines passed
+      reconciler.py   repairing runs that cannot advance by themselves
+      scripts.py      RunScripts: typed calls of lua/run_*.lua
+      codec.py        runs as stored: JSON, plans, records, errors
+    _events/        the event engine
+      provider.py     RedisEventProvider: on, emit, request, cancel, trim, health
+      options.py      EventProviderOptions
+      publisher.py    the caller side: emit and request
+      worker.py       intake: readers, timers, leases, reclaim
+      delivery.py     running one delivery and recording its outcome
+      scripts.py      EventScripts: typed calls of lua/event_*.lua
+      codec.py        events as stored: entries, replies
+    _ops/           operating a deployment
+      health.py       the health report
+      heartbeat.py    per-instance heartbeats
+      asgi.py         health_app
+      dead_letters.py listing, replaying and purging dead letters
+      catalog.py      the workflows and events that exist under a prefix
+    _cli/           the plait command (python -m plait.providers.redis)
+      main.py         arguments and the worker command
+      commands.py     runs, events, dead-letters, reconcile, health
+      output.py       tables, times, JSON
+    lua/            one script per transition, run_lib.lua / event_lib.lua shared by them
 """
 
 import logging
