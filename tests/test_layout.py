@@ -46,22 +46,30 @@ def test_the_event_engine_never_imports_the_workflow_engine() -> None:
     assert leaks == set()
 
 
-def _documented_modules() -> set[str]:
-    """``_core/keys.py`` and the like, from the map in the package docstring."""
-    found, folder = set(), ""
-    for line in (plait.providers.redis.__doc__ or "").splitlines():
-        if match := re.match(r"^    (_[a-z]+)/ ", line):
+def _documented_modules(text: str, indent: str) -> set[str]:
+    """``_core/keys.py`` and the like, from a module map indented by ``indent``."""
+    found: set[str] = set()
+    folder = ""
+    for line in text.splitlines():
+        if match := re.match(rf"^{indent}(_[a-z]+)/ ", line):
             folder = match.group(1)
-        elif match := re.match(r"^      ([a-z_]+\.py) ", line):
+        elif match := re.match(rf"^{indent}  ([a-z_]+\.py) ", line):
             found.add(f"{folder}/{match.group(1)}")
     return found
 
 
-def test_the_module_map_in_the_package_docstring_names_every_module() -> None:
-    documented = set(_documented_modules())
-    actual = {
+def _modules() -> set[str]:
+    return {
         str(path.relative_to(REDIS))
         for path in REDIS.rglob("*.py")
         if path.parent != REDIS and path.name != "__init__.py"
     }
-    assert documented == actual
+
+
+def test_the_module_map_in_the_package_docstring_names_every_module() -> None:
+    assert _documented_modules(plait.providers.redis.__doc__ or "", "    ") == _modules()
+
+
+def test_the_module_map_in_the_readme_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert _documented_modules(readme, "") == _modules()
