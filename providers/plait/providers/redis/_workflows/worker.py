@@ -35,8 +35,8 @@ from plait.workflows import (
 
 from .._core.connection import CONNECTION_ERRORS, Connection, call_forever
 from .._core.keys import GROUP, WorkflowKeys
-from .._core.telemetry import Telemetry, record_failure, traceparent_of
-from .._core.tracing import current_meta
+from .._core.telemetry import Telemetry, record_failure
+from .._core.tracing import current_meta, traceparent_of
 from .codec import ERROR, ROLLBACK, decode_record, display_name, encode_result, outcome_error
 from .handlers import Handlers, wire_error
 from .lease import Leases
