@@ -201,6 +201,34 @@ async def test_an_event_emitted_in_a_step_continues_the_runs_trace(
     assert {s.context.trace_id for s in (step, publish, handled)} == {int(run_trace, 16)}
 
 
+async def test_a_run_started_in_an_untraced_step_joins_the_steps_trace(
+    open_provider: OpenProvider, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    tracer_provider, exporter = spans
+    parent = Workflow("untraced-parent", input=Order).step("start-child")
+    child = Workflow("traced-child", input=Order)
+    traced = await open_provider(tracer_provider=tracer_provider)
+    parents: WorkflowConsumer[Order, Any] = WorkflowConsumer(parent)
+
+    @parents.step("start-child")
+    async def start_child(ctx: StepContext[Order]) -> str:
+        handle = await traced.execute(child, ctx.input)
+        return handle.run_id
+
+    untraced = await open_provider(parents)  # no SDK: its steps make no spans
+    handle = await untraced.execute(parent, Order(order_id="o"))
+    await handle.result(timeout=10)
+
+    _, trace_id, span_id, _ = (await handle.describe()).meta["traceparent"].split("-")
+    [producer] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    assert producer.name == "execute traced-child"
+    assert producer.context is not None and producer.parent is not None
+    assert (f"{producer.context.trace_id:032x}", f"{producer.parent.span_id:016x}") == (
+        trace_id,
+        span_id,
+    )
+
+
 async def test_ids_propagate_without_an_sdk(
     url: str, prefix: str, open_provider: OpenProvider
 ) -> None:

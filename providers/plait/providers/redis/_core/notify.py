@@ -7,11 +7,12 @@ re-reads the state it waits for, so a notification lost during an outage delays,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 from .connection import Connection
 from .errors import CONNECTION_ERRORS
@@ -28,8 +29,8 @@ class Notifications:
         self._connection = connection
         self._pubsub: Any = None
         self._callbacks: dict[str, list[Callback]] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
-        self._ready = asyncio.Event()
+        self._confirmed: dict[str, anyio.Event] = {}
+        self._ready = anyio.Event()
 
     async def listen(self, channel: str, callback: Callback, *, timeout: float = 2.0) -> None:
         """Call ``callback(message)`` for every message on ``channel`` from now on.
@@ -40,15 +41,15 @@ class Notifications:
         new = channel not in self._callbacks
         self._callbacks.setdefault(channel, []).append(callback)
         if new:
-            self._confirmed[channel] = asyncio.Event()
+            self._confirmed[channel] = anyio.Event()
             self._ready.set()
             if self._pubsub is not None:
                 # on failure, the session resubscribes every channel when it reconnects
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await self._pubsub.subscribe(channel)
-        try:
-            await asyncio.wait_for(self._confirmed[channel].wait(), timeout)
-        except TimeoutError:
+        with anyio.move_on_after(timeout) as waiting:
+            await self._confirmed[channel].wait()
+        if waiting.cancelled_caught:
             logger.debug("subscription to %s not confirmed yet", channel)
 
     def forget(self, channel: str, callback: Callback) -> None:
@@ -66,10 +67,15 @@ class Notifications:
                 await self._session()
             except CONNECTION_ERRORS as error:
                 logger.warning("pub/sub connection lost (%s); reconnecting", error)
-                for event in self._confirmed.values():
-                    event.clear()
-                await asyncio.sleep(delay)
+                self._unconfirm()
+                await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _unconfirm(self) -> None:
+        """Mark every subscription unconfirmed until the next session confirms it again."""
+        for channel, event in self._confirmed.items():
+            if event.is_set():  # anyio events are not cleared: replaced (waiters keep theirs)
+                self._confirmed[channel] = anyio.Event()
 
     async def _session(self) -> None:
         pubsub: Any = self._connection.client.pubsub()

@@ -1,26 +1,38 @@
-"""The lifetime of a provider's background work: from ``start()`` to ``stop()``.
+"""The lifetime of a provider's background work: ``serve()``, or ``start()`` to ``stop()``.
 
-Both providers run their readers, timers and notification loop inside one task group owned by
-a dedicated task, so ``start()`` and ``stop()`` may be called from different tasks (a fixture
-and a test, a lifespan hook) and nothing is left running after ``stop()``.
+Both providers run their readers, timers and notification loop as one piece of *work* (see
+:class:`Work`) inside a task group. :meth:`Supervisor.serve` runs it in the caller's task group;
+:meth:`Supervisor.start` runs the same ``serve`` in a task of its own, so ``start()`` and
+``stop()`` may be called from different tasks (a fixture and a test, a lifespan hook). Either
+way, once the work has started, cancelling its caller does not cancel it: it is asked to stop
+(the ``stopping`` event) and drains running steps and handlers first; nothing is left running
+after ``serve()`` or ``stop()`` returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
 
 from .connection import Connection
 from .errors import ErrorKinds, translated
 from .retry import call_until
 
-#: ``serve(ready, stopping)``: sets ``ready`` once started, returns after ``stopping`` is set.
-Serve = Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+
+class Work(Protocol):
+    """A provider's background work: calls ``task_status.started()`` once it takes work, then
+    runs until ``stopping`` is set, drains, and returns."""
+
+    async def __call__(
+        self, stopping: anyio.Event, *, task_status: TaskStatus[None] = ...
+    ) -> None: ...
 
 
 class Supervisor:
-    """Starts and stops the background task of one provider on one connection."""
+    """Starts and stops the background work of one provider on one connection."""
 
     def __init__(
         self, connection: Connection, *, connect_timeout: float, kinds: ErrorKinds
@@ -28,51 +40,134 @@ class Supervisor:
         self._connection = connection
         self._timeout = connect_timeout
         self._kinds = kinds
+        self._stopping: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+        self._answered = False
         self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     @property
     def running(self) -> bool:
-        """Whether :meth:`start` succeeded and :meth:`stop` was not called since."""
-        return self._task is not None
+        """Whether Redis answered and the work was not asked to stop since (it may be starting)."""
+        return self._answered and self._stopping is not None and not self._stopping.is_set()
 
-    async def start(self, serve: Serve) -> None:
-        """Check that Redis answers, then run ``serve`` until it is ready.
+    async def serve(
+        self, work: Work, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Check that Redis answers, run ``work`` until cancelled or :meth:`stop`, then drain it.
+
+        ``task_status.started()`` is called once ``work`` started. From then on, cancelling
+        this call sets ``stopping`` instead of cancelling ``work``, waits for it to drain, and
+        re-raises the cancellation. The connection is released when this returns.
 
         Raises:
             ProviderUnavailableError: (``kinds.unavailable``) Redis did not answer within
-                ``connect_timeout`` (the connection is closed).
-            RedisCommandError: (``kinds.command``) Redis refused a command before ``serve``
-                was ready.
-            Exception: whatever else ``serve`` raised before it was ready.
+                ``connect_timeout``.
+            RedisCommandError: (``kinds.command``) Redis refused a command while starting.
+            RuntimeError: the work is running already.
+            Exception: whatever ``work`` raised.
         """
-        if self._task is not None:
-            return
+        if self._stopping is not None:
+            raise RuntimeError("the provider is running already")
+        stopping = self._stopping = anyio.Event()
+        stopped = self._stopped = anyio.Event()
+        failure: Exception | None = None
         try:
             await call_until(
                 self._connection.client.ping, timeout=self._timeout, what="start", kinds=self._kinds
             )
-        except BaseException:
-            await self._connection.aclose()
-            raise
-        self._stopping = asyncio.Event()
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(serve(ready, self._stopping))
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self._task.done():
-            task, self._task = self._task, None
+            self._answered = True
+            async with anyio.create_task_group() as tg:
+                try:
+                    if not stopping.is_set():  # else stop() came while Redis was checked
+                        await tg.start(_shielded_once_started, work, stopping)
+                        task_status.started()
+                        await stopping.wait()
+                except Exception as error:  # while starting: raised as is, not grouped
+                    failure = error
+                finally:
+                    stopping.set()
+        finally:
+            self._stopping = self._stopped = None
+            self._answered = False
+            stopped.set()
+            with anyio.CancelScope(shield=True):
+                await self._connection.aclose()
+        if failure is not None:
             with translated(self._kinds, "start"):
-                task.result()
+                raise failure
+
+    async def start(self, work: Work) -> None:
+        """Run :meth:`serve` in a task of its own and return once ``work`` started.
+
+        This is the one task plait creates outside a task group (``asyncio.create_task``),
+        on purpose: it outlives the caller, so ``start()`` and ``stop()`` may be called from
+        different tasks; :meth:`stop` ends and awaits it. Does nothing when running already.
+
+        Raises:
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout`` (the
+                connection is closed).
+            Exception: whatever ``work`` raised before it started.
+        """
+        if self._task is not None or self.running:
+            return
+        started = anyio.Event()
+        task = self._task = asyncio.create_task(self._own(work, started))
+        await started.wait()
+        if task.done():
+            if self._task is task:
+                self._task = None
+            task.result()
+
+    async def _own(self, work: Work, started: anyio.Event) -> None:
+        try:
+            await self.serve(work, task_status=_Signal(started))
+        finally:
+            started.set()  # also when serve() failed: start() then raises its error
 
     async def stop(self) -> None:
-        """Ask ``serve`` to return, wait for it, and release the connection (idempotent)."""
+        """Ask the work to stop, wait until it drained, and release the connection (idempotent).
+
+        Also ends a :meth:`serve` running in another task group (which then returns).
+        """
         task, self._task = self._task, None
+        stopping, stopped = self._stopping, self._stopped
         try:
+            if stopping is not None:
+                stopping.set()
             if task is not None:
-                self._stopping.set()
                 with translated(self._kinds, "stop"):
                     await task
+            elif stopped is not None:
+                await stopped.wait()
         finally:
             await self._connection.aclose()
+
+
+async def _shielded_once_started(
+    work: Work, stopping: anyio.Event, *, task_status: TaskStatus[None]
+) -> None:
+    """Run ``work``: cancellable while it starts, shielded from its caller once it started."""
+    with anyio.CancelScope() as scope:
+        await work(stopping, task_status=_Shielding(scope, task_status))
+
+
+class _Shielding:
+    """A task status that shields ``scope`` at the moment its work reports started."""
+
+    def __init__(self, scope: anyio.CancelScope, status: TaskStatus[None]) -> None:
+        self._scope = scope
+        self._status = status
+
+    def started(self, value: Any = None) -> None:
+        self._scope.shield = True
+        self._status.started(value)
+
+
+class _Signal:
+    """A task status that sets ``event``: :meth:`Supervisor.start` runs ``serve`` bare."""
+
+    def __init__(self, event: anyio.Event) -> None:
+        self._event = event
+
+    def started(self, value: Any = None) -> None:
+        self._event.set()

@@ -1,37 +1,36 @@
-"""OpenTelemetry spans and metrics of the providers, on injected or global providers.
+"""OpenTelemetry spans and metrics of both providers, on injected or global providers.
 
 ``execute`` and ``emit`` make PRODUCER spans; each step attempt, rollback, hook and event
-handler runs in a CONSUMER span whose parent is read from the job's ``traceparent``, so a trace
-crosses processes. A retry is a new span linked to the attempt before it. Attributes follow the
-OpenTelemetry messaging conventions (system ``redis``). The library never sets a global
-provider; without an SDK every call here is a cheap no-op and ids still travel in the meta.
+delivery runs in a CONSUMER span whose parent is read from the job's ``traceparent`` (see
+:mod:`.tracing`), so a trace crosses processes. A retried step is a new span linked to the
+attempt before it. Attributes follow the OpenTelemetry messaging conventions (system
+``redis``). The library never sets a global provider; without an SDK no span is made and only
+the ids travel in the meta.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+from .tracing import parent_context, producer_context
 
 try:
     VERSION = metadata.version("plait")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     VERSION = "0"
 
+#: What the span helpers give when no SDK records spans: nothing is made, nothing is current.
+_NO_SPAN: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
 
-def parent_context(meta: Mapping[str, str]) -> Context:
-    """The trace context carried by a job's meta (``traceparent``, ``tracestate``)."""
-    carrier = {key: meta[key] for key in ("traceparent", "tracestate") if meta.get(key)}
-    return _PROPAGATOR.extract(carrier)
+#: Describes a CONSUMER span: its name and attributes (called only when spans are recorded).
+Describe = Callable[[], tuple[str, Mapping[str, Any]]]
 
 
 def span_link(traceparent: str | None) -> list[Link]:
@@ -43,14 +42,6 @@ def span_link(traceparent: str | None) -> list[Link]:
     return [Link(span_context)] if span_context.is_valid else []
 
 
-def traceparent_of(span: Span) -> str | None:
-    """The W3C traceparent of ``span``, or None for a non-recording, invalid span."""
-    context = span.get_span_context()
-    if not context.is_valid:
-        return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
 class Telemetry:
     """Spans and instruments of one provider.
 
@@ -60,11 +51,12 @@ class Telemetry:
     """
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
-        tracers = tracer_provider or trace.get_tracer_provider()
+        self._tracer_provider = tracer_provider
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self.tracing = False
+        """Whether spans are made (an SDK is configured); read once per job, nothing more."""
+        self.find_tracer()
         meters = meter_provider or metrics.get_meter_provider()
-        self.tracer = tracers.get_tracer("plait", VERSION)
-        # Spans cost CPU even when nothing records them: without an SDK only ids travel.
-        self.tracing = not isinstance(tracers, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
         meter = meters.get_meter("plait", VERSION)
         self.runs_started = meter.create_counter(
             "plait.runs.started", unit="{run}", description="Runs created by execute()"
@@ -109,6 +101,17 @@ class Telemetry:
             description="Jobs waiting or running per workflow stream (lag + pending)",
         )
 
+    def find_tracer(self) -> None:
+        """Take the tracer of the injected tracer provider, else of the global one as it is now.
+
+        The providers call it when they start, so a provider built before the application set
+        up OpenTelemetry traces all the same. Spans cost CPU even when nothing records them:
+        without an SDK (the API's proxy or no-op provider), none is made.
+        """
+        tracers = self._tracer_provider or trace.get_tracer_provider()
+        self.tracer = tracers.get_tracer("plait", VERSION)
+        self.tracing = not isinstance(tracers, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
     def watch_depth(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
         """Report ``source()`` (workflow, depth) pairs through the queue depth gauge."""
         self._depth_sources.append(source)
@@ -118,33 +121,41 @@ class Telemetry:
             for workflow, depth in source():
                 yield Observation(depth, {"plait.workflow": workflow})
 
-    @contextmanager
-    def producing(self, operation: str, destination: str) -> Iterator[Span]:
-        """A PRODUCER span, current while the message is written (its id set by the caller)."""
+    def producing(
+        self, name: str, *, operation: str, destination: str, message_id: str
+    ) -> AbstractContextManager[Span]:
+        """A PRODUCER span, current while a run or event is written.
+
+        Its parent is the active span, else the trace of the step or handler running here (see
+        :func:`.tracing.producer_context`); an exception leaving it is recorded on it.
+
+        Args:
+            name: the span's name (``execute <workflow>``, ``<event> publish``).
+            operation: ``messaging.operation.name`` (``execute``, ``publish``).
+            destination: ``messaging.destination.name``, the workflow or event name.
+            message_id: ``messaging.message.id``, the run or event id.
+        """
         if not self.tracing:
-            yield trace.INVALID_SPAN
-            return
-        with self.tracer.start_as_current_span(
-            f"{operation} {destination}",
+            return _NO_SPAN
+        return self.tracer.start_as_current_span(
+            name,
+            context=producer_context(),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "redis",
                 "messaging.operation.type": "send",
                 "messaging.operation.name": operation,
                 "messaging.destination.name": destination,
+                "messaging.message.id": message_id,
             },
-        ) as span:
-            yield span
+        )
 
-    @contextmanager
     def consuming(
-        self,
-        describe: Callable[[], tuple[str, Mapping[str, Any]]],
-        meta: Mapping[str, str],
-        *,
-        previous: str | None = None,
-    ) -> Iterator[Span]:
+        self, describe: Describe, meta: Mapping[str, str], *, previous: str | None = None
+    ) -> AbstractContextManager[Span]:
         """A CONSUMER span parented to the job's producer, current while the handler runs.
+
+        The caller records a failure on it with :func:`record_failure`.
 
         Args:
             describe: gives the span's name and its messaging and plait attributes (called
@@ -153,8 +164,7 @@ class Telemetry:
             previous: the traceparent of the attempt this one retries, linked.
         """
         if not self.tracing:
-            yield trace.INVALID_SPAN
-            return
+            return _NO_SPAN
         name, attributes = describe()
         span = self.tracer.start_span(
             name,
@@ -164,8 +174,7 @@ class Telemetry:
             | dict(attributes),
             links=span_link(previous),
         )
-        with trace.use_span(span, end_on_exit=True, record_exception=False):
-            yield span
+        return trace.use_span(span, end_on_exit=True, record_exception=False)
 
 
 def record_failure(span: Span, error: BaseException) -> None:

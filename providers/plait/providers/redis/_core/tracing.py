@@ -1,8 +1,9 @@
-"""Trace and correlation ids carried by every run, step job and event.
+"""Trace context: the W3C and correlation ids every run, step job and event carries in its meta.
 
-Each run and event carries ``traceparent`` (W3C) and ``correlation_id`` in its meta. Inside a
-step or handler, :data:`current_meta` holds the meta of the job being run, so runs started and
-events emitted from there continue its trace and correlation.
+Each run and event carries ``traceparent`` (W3C) and ``correlation_id`` in its meta, whether or
+not an OpenTelemetry SDK records spans. Inside a step or handler, :data:`current_meta` holds the
+meta of the job being run, so runs started and events emitted from there continue its trace and
+correlation. The spans made from these ids are in :mod:`.telemetry`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 current_meta: ContextVar[Mapping[str, str] | None] = ContextVar("plait_meta", default=None)
 """The meta of the step or handler running in this context, if any."""
@@ -22,12 +28,31 @@ def new_traceparent() -> str:
     return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
 
 
-def _active_traceparent() -> str | None:
-    context = trace.get_current_span().get_span_context()
+def traceparent_of(span: Span) -> str | None:
+    """The W3C traceparent of ``span``, or None for a non-recording, invalid span."""
+    context = span.get_span_context()
     if not context.is_valid:
         return None
-    flags = int(context.trace_flags)
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def parent_context(meta: Mapping[str, str]) -> Context:
+    """The trace context carried by a job's meta (``traceparent``, ``tracestate``)."""
+    carrier = {key: meta[key] for key in ("traceparent", "tracestate") if meta.get(key)}
+    return _PROPAGATOR.extract(carrier)
+
+
+def producer_context() -> Context | None:
+    """The context a new run or event is produced in.
+
+    The active span when there is one (None: the current context), else the trace of the step
+    or handler running here, so a run or event started in a job that no span records still
+    joins that job's trace.
+    """
+    if trace.get_current_span().get_span_context().is_valid:
+        return None
+    parent = current_meta.get() or {}
+    return parent_context(parent) if parent.get("traceparent") else None
 
 
 def outgoing_meta(user_meta: Mapping[str, str] | None, *, correlation_id: str) -> dict[str, str]:
@@ -40,7 +65,10 @@ def outgoing_meta(user_meta: Mapping[str, str] | None, *, correlation_id: str) -
     parent = current_meta.get() or {}
     meta = {str(k): str(v) for k, v in (user_meta or {}).items()}
     meta["traceparent"] = (
-        _active_traceparent() or parent.get("traceparent") or meta.get("traceparent") or ""
+        traceparent_of(trace.get_current_span())
+        or parent.get("traceparent")
+        or meta.get("traceparent")
+        or ""
     ) or new_traceparent()
     meta["correlation_id"] = (
         meta.get("correlation_id") or parent.get("correlation_id") or correlation_id

@@ -8,14 +8,11 @@ dropped; a delivery whose write could not be made stays pending and is reclaimed
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from plait.events import Event, EventContext, EventHandler, EventHandlerError
 from plait.workflows import InvalidResultError, RetryPolicy
@@ -23,7 +20,7 @@ from plait.workflows import InvalidResultError, RetryPolicy
 from .._core.calls import invoke
 from .._core.keys import EventKeys
 from .._core.retry import call_forever
-from .._core.telemetry import Telemetry
+from .._core.telemetry import Telemetry, record_failure
 from .._core.tracing import current_meta
 from .codec import (
     Decoded,
@@ -60,6 +57,7 @@ class DeliveryRunner:
     def __init__(
         self,
         scripts: EventScripts,
+        telemetry: Telemetry,
         *,
         consumer: str,
         retry: RetryPolicy,
@@ -71,8 +69,7 @@ class DeliveryRunner:
         self._retry = retry
         self._emit = emit
         self._retried = retried
-        self.tracer: trace.Tracer | None = None
-        self.telemetry: Telemetry | None = None
+        self._telemetry = telemetry
         self.stopping = False
 
     async def run(self, sub: Subscription, delivery: Delivery) -> None:
@@ -100,17 +97,23 @@ class DeliveryRunner:
             meta=decoded.meta,
             emit=self._emit,
         )
+        value: Any = None
+        failure: Exception | None = None
         token = current_meta.set({**decoded.meta, "event_id": decoded.event_id})
         try:
-            with self._span(sub, context):
-                value = await _call(sub.handlers, context)
-                if value is not None:
-                    value = check_result(sub.event, value)
-        except Exception as error:
-            await self._failed(sub, delivery, decoded, error)
-            return
+            with self._telemetry.consuming(lambda: _span_of(sub, context), decoded.meta) as span:
+                try:
+                    value = await _call(sub.handlers, context)
+                    if value is not None:
+                        value = check_result(sub.event, value)
+                except Exception as raised:
+                    record_failure(span, raised)
+                    failure = raised
         finally:
             current_meta.reset(token)
+        if failure is not None:
+            await self._failed(sub, delivery, decoded, failure)
+            return
         reply = None
         answers = value is not None or sub.event.result is None
         if decoded.reply_channel and decoded.request_id and answers:
@@ -120,12 +123,10 @@ class DeliveryRunner:
         self._count(sub, "handled")
 
     def _count(self, sub: Subscription, outcome: str) -> None:
-        if self.telemetry is None:
-            return
         labels = {"plait.event": sub.event.name, "plait.group": sub.group}
-        self.telemetry.events_handled.add(1, {**labels, "plait.outcome": outcome})
+        self._telemetry.events_handled.add(1, {**labels, "plait.outcome": outcome})
         if outcome == "dead_lettered":
-            self.telemetry.dead_letters.add(1, labels)
+            self._telemetry.dead_letters.add(1, labels)
 
     async def _failed(
         self, sub: Subscription, delivery: Delivery, decoded: Decoded, error: Exception
@@ -164,28 +165,19 @@ class DeliveryRunner:
             channel = decoded.reply_channel
             await self._write(lambda: self._scripts.publish(channel, message), "reply")
 
-    def _span(self, sub: Subscription, context: EventContext[Any]) -> AbstractContextManager[Any]:
-        tracer = self.tracer
-        if tracer is None:
-            return nullcontext()
-        parent = TraceContextTextMapPropagator().extract(
-            {"traceparent": context.meta.get("traceparent", "")}
-        )
-        return tracer.start_as_current_span(
-            f"{sub.event.name} process",
-            context=parent,
-            kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "redis",
-                "messaging.destination.name": sub.event.name,
-                "messaging.consumer.group.name": sub.group,
-                "messaging.message.id": context.event_id,
-                "plait.attempt": context.attempt,
-            },
-        )
-
     async def _write(self, operation: Callable[[], Awaitable[T]], what: str) -> T | None:
         return await call_forever(operation, what=what, stopping=lambda: self.stopping)
+
+
+def _span_of(sub: Subscription, context: EventContext[Any]) -> tuple[str, Mapping[str, Any]]:
+    """The name and attributes of a delivery's CONSUMER span."""
+    return f"{sub.event.name} process", {
+        "messaging.operation.name": "process",
+        "messaging.destination.name": sub.event.name,
+        "messaging.consumer.group.name": sub.group,
+        "messaging.message.id": context.event_id,
+        "plait.attempt": context.attempt,
+    }
 
 
 async def _call(handlers: list[EventHandler], context: EventContext[Any]) -> Any:

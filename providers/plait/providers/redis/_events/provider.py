@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -12,6 +11,7 @@ from typing import Any, Self, TypeVar, Unpack, overload
 
 import anyio
 import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
@@ -34,7 +34,7 @@ from .._core.wire import default_provider_id
 from .._ops.health import Health, check_health
 from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
-from .publisher import Publisher, tracer_of, validated
+from .publisher import Publisher, validated
 from .scripts import EventScripts
 from .worker import EventWorker, WorkerOptions
 
@@ -92,6 +92,7 @@ class RedisEventProvider:
         self._publisher = Publisher(
             self._scripts,
             self._notifications,
+            self._telemetry,
             prefix=opts.prefix,
             provider_id=self.provider_id,
             retention=opts.retention,
@@ -152,7 +153,9 @@ class RedisEventProvider:
             retention=self.options.retention.total_seconds(),
             shutdown_timeout=self.options.shutdown_timeout.total_seconds(),
         )
-        return EventWorker(self._connection, self._scripts, options=options, emit=self.emit)
+        return EventWorker(
+            self._connection, self._scripts, self._telemetry, options=options, emit=self.emit
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -171,46 +174,66 @@ class RedisEventProvider:
     async def start(self) -> None:
         """Check Redis, start the readers and timers, and create the groups of registered handlers.
 
+        The provider runs in a task of its own until :meth:`stop`; callers that own a task
+        group can use :meth:`serve` instead.
+
         Raises:
             EventProviderUnavailableError: Redis did not answer within ``connect_timeout``.
             EventCommandError: Redis refused a command.
         """
-        if self._supervisor.running:
-            return
-        timeout = self.options.connect_timeout.total_seconds()
-        tracer = tracer_of(self.options.tracer_provider)
-        self._publisher.tracer = tracer
-        self._worker.set_tracer(tracer)
-        self._worker.set_telemetry(self._telemetry)
-        await self._supervisor.start(self._serve)
-        try:
-            with anyio.fail_after(timeout):
-                await self._worker.ready()
-        except TimeoutError:
-            await self.stop()
-            raise EventProviderUnavailableError(
-                "start: consumer groups not created in time"
-            ) from None
+        await self._supervisor.start(self._work)
 
     async def stop(self) -> None:
         """Stop taking events, wait up to ``shutdown_timeout`` for running handlers, release Redis.
 
         Handlers still running after the timeout are left to be reclaimed by other instances;
         pending :meth:`request` calls raise :class:`~plait.events.EventProviderClosedError`.
+        Also ends a running :meth:`serve`.
         """
-        self._publisher.fail_waiting(EventProviderClosedError("the event provider was stopped"))
         await self._supervisor.stop()
 
-    async def _serve(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the provider inside the caller's task group until the surrounding scope is cancelled.
+
+        ``await tg.start(events.serve)`` returns once the provider is started (the groups of
+        registered handlers exist), as :meth:`start` does; cancelling the scope then stops it
+        as :meth:`stop` does (running handlers get up to ``shutdown_timeout`` to finish,
+        shielded from the cancellation), and this returns once it is stopped::
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(events.serve)
+                ...  # emit, handle
+                tg.cancel_scope.cancel()
+
+        Raises:
+            EventProviderUnavailableError: Redis did not answer, or the groups were not created,
+                within ``connect_timeout`` (raised by ``tg.start``).
+        """
+        await self._supervisor.serve(self._work, task_status=task_status)
+
+    async def _work(
+        self, stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._telemetry.find_tracer()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._notifications.run)
             tg.start_soon(self._heartbeat.serve)
             async with anyio.create_task_group() as work:
                 await work.start(self._worker.serve)
-                ready.set()
-                await stopping.wait()
+                with anyio.move_on_after(self.options.connect_timeout.total_seconds()) as waiting:
+                    await self._worker.ready()
+                try:
+                    if not waiting.cancelled_caught:
+                        task_status.started()
+                        await stopping.wait()
+                finally:
+                    self._publisher.fail_waiting(
+                        EventProviderClosedError("the event provider was stopped")
+                    )
                 self._worker.stop()
             tg.cancel_scope.cancel()
+        if waiting.cancelled_caught:
+            raise EventProviderUnavailableError("start: consumer groups not created in time")
 
     def _published(self, keys: EventKeys, delayed: bool) -> None:
         self._telemetry.events_emitted.add(1, {"plait.event": keys.event})

@@ -7,16 +7,13 @@ first group to answer (result or failure) completes it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import anyio
-from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, ValidationError
 
 from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
@@ -26,9 +23,39 @@ from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
 from .._core.retry import call_until
+from .._core.telemetry import Telemetry
 from .._core.tracing import current_meta, outgoing_meta
 from .codec import encode_json, new_event_id
 from .scripts import EventScripts
+
+
+@dataclass(eq=False)
+class Reply:
+    """The first answer to one request: a reply message, or the error that ends the wait."""
+
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+    message: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+    def give(self, message: dict[str, Any]) -> None:
+        """Answer with ``message``, unless answered already."""
+        if not self.arrived.is_set():
+            self.message = message
+            self.arrived.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Make the request raise ``error``, unless answered already."""
+        if not self.arrived.is_set():
+            self.error = error
+            self.arrived.set()
+
+    async def wait(self) -> dict[str, Any]:
+        """The reply message, once it arrived."""
+        await self.arrived.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.message is not None
+        return self.message
 
 
 class Publisher:
@@ -38,6 +65,7 @@ class Publisher:
         self,
         scripts: EventScripts,
         notifications: Notifications,
+        telemetry: Telemetry,
         *,
         prefix: str,
         provider_id: str,
@@ -47,14 +75,14 @@ class Publisher:
     ) -> None:
         self._scripts = scripts
         self._notifications = notifications
+        self._telemetry = telemetry
         self._prefix = prefix
         self._provider_id = provider_id
         self._retention_ms = max(int(retention.total_seconds() * 1000), 1)
         self._timeout = connect_timeout.total_seconds()
         self._published = published
         self._reply_channels: set[str] = set()
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.tracer: trace.Tracer | None = None
+        self._waiting: dict[str, Reply] = {}
 
     async def request(
         self,
@@ -68,8 +96,7 @@ class Publisher:
         keys = EventKeys(self._prefix, event.name)
         channel = keys.reply_channel(self._provider_id)
         event_id = new_event_id()
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[event_id] = future
+        waiting = self._waiting[event_id] = Reply()
         try:
             with anyio.fail_after(timeout):
                 if channel not in self._reply_channels:
@@ -78,7 +105,7 @@ class Publisher:
                     self._reply_channels.add(channel)
                 reply = f"{channel}|{event_id}"
                 await self.publish(event, model, None, meta=meta, event_id=event_id, reply=reply)
-                message = await future
+                message = await waiting.wait()
         except TimeoutError:
             raise EventTimeoutError(event.name, event_id, timedelta(seconds=timeout)) from None
         finally:
@@ -99,9 +126,8 @@ class Publisher:
 
     def fail_waiting(self, error: BaseException) -> None:
         """Make every pending request raise ``error``."""
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(error)
+        for waiting in self._waiting.values():
+            waiting.fail(error)
 
     async def publish(
         self,
@@ -122,7 +148,12 @@ class Publisher:
             raise InvalidEventError(event.name, "idempotency_key must be a non-empty string")
         keys = EventKeys(self._prefix, event.name)
         event_id = event_id or new_event_id()
-        with self._producer_span(event, event_id):
+        with self._telemetry.producing(
+            f"{event.name} publish",
+            operation="publish",
+            destination=event.name,
+            message_id=event_id,
+        ):
             out_meta = outgoing_meta(checked_meta(event, meta), correlation_id=event_id)
             parent = current_meta.get() or {}
             if "event_id" in parent and "run_id" not in parent:
@@ -145,33 +176,14 @@ class Publisher:
         self._published(keys, bool(wait_ms and created))
         return owner
 
-    def _producer_span(self, event: Event[Any, Any], event_id: str) -> AbstractContextManager[Any]:
-        if self.tracer is None:
-            return nullcontext()
-        parent = None
-        if not trace.get_current_span().get_span_context().is_valid:
-            traceparent = (current_meta.get() or {}).get("traceparent", "")
-            if traceparent:
-                parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
-        return self.tracer.start_as_current_span(
-            f"{event.name} publish",
-            context=parent,
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "redis",
-                "messaging.destination.name": event.name,
-                "messaging.message.id": event_id,
-            },
-        )
-
     def _on_reply(self, text: str) -> None:
         try:
             message = json.loads(text)
-            future = self._waiting.get(str(message["request"]))
+            waiting = self._waiting.get(str(message["request"]))
         except (ValueError, KeyError, TypeError):
             return
-        if future is not None and not future.done():
-            future.set_result(message)
+        if waiting is not None:
+            waiting.give(message)
 
 
 def validated(event: Event[Any, Any], data: Any) -> BaseModel:
@@ -197,12 +209,3 @@ def checked_meta(event: Event[Any, Any], meta: Mapping[str, str] | None) -> dict
     ):
         raise InvalidEventError(event.name, "meta must be a mapping of strings to strings")
     return dict(meta)
-
-
-def tracer_of(tracer_provider: Any) -> trace.Tracer | None:
-    # Spans cost CPU even when nothing records them: without an SDK, only ids are propagated.
-    provider = tracer_provider or trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return None
-    tracer: trace.Tracer = provider.get_tracer("plait")
-    return tracer

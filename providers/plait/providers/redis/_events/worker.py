@@ -9,17 +9,14 @@ their lease; entries of a stalled consumer are reclaimed after ``stall_timeout``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
-from opentelemetry import trace
+from anyio.abc import TaskGroup, TaskStatus
 from redis import exceptions as redis_errors
 
 from plait.events import Event, EventHandler
@@ -63,6 +60,7 @@ class EventWorker:
         self,
         connection: Connection,
         scripts: EventScripts,
+        telemetry: Telemetry,
         *,
         options: WorkerOptions,
         emit: Callable[..., Awaitable[str]],
@@ -72,6 +70,7 @@ class EventWorker:
         self._options = options
         self._runner = DeliveryRunner(
             scripts,
+            telemetry,
             consumer=options.consumer,
             retry=options.retry,
             emit=emit,
@@ -81,20 +80,12 @@ class EventWorker:
         self.streams: dict[str, EventKeys] = {}
         self._limiter = anyio.CapacityLimiter(options.concurrency)
         self._in_flight = 0
-        self._slot_freed = asyncio.Event()
-        self._timer_wake = asyncio.Event()
+        self._slot_freed = anyio.Event()
+        self._timer_wake = anyio.Event()
         self._timer_starved = False
         self._loops: TaskGroup | None = None
         self._deliveries: TaskGroup | None = None
-        self._stop = asyncio.Event()
-
-    def set_tracer(self, tracer: trace.Tracer | None) -> None:
-        """Make a CONSUMER span per delivery with ``tracer`` (None: no spans)."""
-        self._runner.tracer = tracer
-
-    def set_telemetry(self, telemetry: Telemetry) -> None:
-        """Count deliveries, retries and dead letters through ``telemetry``."""
-        self._runner.telemetry = telemetry
+        self._stop = anyio.Event()
 
     def wake_timer(self) -> None:
         """Make the timer look at delayed events and retries now (a new due time is near)."""
@@ -124,9 +115,9 @@ class EventWorker:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Read, run and time deliveries until :meth:`stop`; then drain running ones."""
-        self._stop.clear()
+        self._stop = anyio.Event()
         self._runner.stopping = False
         async with anyio.create_task_group() as deliveries:
             self._deliveries = deliveries
@@ -142,8 +133,7 @@ class EventWorker:
                 loops.cancel_scope.cancel()
             with anyio.move_on_after(self._options.shutdown_timeout, shield=True):
                 while self._in_flight:
-                    self._slot_freed.clear()
-                    await self._slot_freed.wait()
+                    await self._any_slot_freed()
             if self._in_flight:
                 logger.warning("%d deliveries left to be reclaimed", self._in_flight)
             self._runner.stopping = True
@@ -159,47 +149,55 @@ class EventWorker:
     async def _read(self, sub: Subscription) -> None:
         await self._write(lambda: self._scripts.create_group(sub.keys, sub.group))
         sub.ready.set()
-        consumer = self._options.consumer
-        wakeups = self._connection.wakeups
         delay = 0.05
-        async with _listening(self._connection, sub.keys.stream) as kicked:
-            while True:
-                await self._wait_for_slot()
-                kicked.clear()
-                try:
-                    found = await self._scripts.read(
-                        sub.keys,
-                        sub.group,
-                        consumer,
-                        count=self._free(),
-                        block_ms=None if wakeups is not None else BLOCK_MS,
-                    )
-                except CONNECTION_ERRORS as error:
-                    logger.warning("reader of %s: Redis unreachable (%s)", sub.keys.stream, error)
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                except redis_errors.ResponseError as error:
-                    if "NOGROUP" not in str(error):
-                        raise
-                    logger.warning(
-                        "group %s of %s vanished; recreating", sub.group, sub.keys.stream
-                    )
-                    await self._write(lambda: self._scripts.create_group(sub.keys, sub.group, "0"))
-                    continue
-                delay = 0.05
-                self._spawn(sub, found)
-                if not found and wakeups is not None:
-                    with anyio.move_on_after(POLL):
-                        await kicked.wait()
+        while True:
+            await self._wait_for_slot()
+            try:
+                found = await self._read_new(sub)
+            except CONNECTION_ERRORS as error:
+                logger.warning("reader of %s: Redis unreachable (%s)", sub.keys.stream, error)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except redis_errors.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                logger.warning("group %s of %s vanished; recreating", sub.group, sub.keys.stream)
+                await self._write(lambda: self._scripts.create_group(sub.keys, sub.group, "0"))
+                continue
+            delay = 0.05
+            self._spawn(sub, found)
+
+    async def _read_new(self, sub: Subscription) -> list[Delivery]:
+        """New entries of ``sub``'s stream; waits a while for some when there are none."""
+        consumer, count = self._options.consumer, self._free()
+        wakeups = self._connection.wakeups
+        if wakeups is None:
+            return await self._scripts.read(
+                sub.keys, sub.group, consumer, count=count, block_ms=BLOCK_MS
+            )
+        # listening before the read: an emit between the read and the wait still wakes it
+        async with wakeups.listening(sub.keys.stream) as kicked:
+            found = await self._scripts.read(
+                sub.keys, sub.group, consumer, count=count, block_ms=None
+            )
+            if not found:
+                with anyio.move_on_after(POLL):
+                    await kicked.wait()
+            return found
 
     def _free(self) -> int:
         return max(0, self._options.concurrency - self._in_flight)
 
     async def _wait_for_slot(self) -> None:
         while self._in_flight >= self._options.concurrency:
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
+            await self._any_slot_freed()
+
+    async def _any_slot_freed(self) -> None:
+        """Wait until the next delivery ends (several readers may wait: each wakes)."""
+        if self._slot_freed.is_set():  # anyio events are not cleared: replaced once set
+            self._slot_freed = anyio.Event()
+        await self._slot_freed.wait()
 
     def _spawn(self, sub: Subscription, found: list[Delivery]) -> None:
         assert self._deliveries is not None
@@ -235,7 +233,7 @@ class EventWorker:
         trim_every = min(max(self._options.retention / 10, 1.0), 60.0)
         trim_at = time.monotonic() + trim_every
         while True:
-            self._timer_wake.clear()
+            self._timer_wake = anyio.Event()
             wait = POLL
             for keys in list(self.streams.values()):
                 wait = min(wait, await self._promote(keys))
@@ -317,12 +315,3 @@ class EventWorker:
                         self._spawn(sub, found)
                 except BACKGROUND_ERRORS as error:
                     logger.warning("lease of %s failed: %s", sub.keys.stream, error)
-
-
-@asynccontextmanager
-async def _listening(connection: Connection, key: str) -> AsyncIterator[asyncio.Event]:
-    if connection.wakeups is None:
-        yield asyncio.Event()
-        return
-    async with connection.wakeups.listening(key) as event:
-        yield event

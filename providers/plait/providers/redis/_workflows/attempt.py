@@ -30,8 +30,8 @@ from plait.workflows import (
 from .._core.connection import Connection
 from .._core.keys import WorkflowKeys
 from .._core.retry import call_forever
-from .._core.telemetry import Telemetry, record_failure, traceparent_of
-from .._core.tracing import current_meta
+from .._core.telemetry import Telemetry, record_failure
+from .._core.tracing import current_meta, traceparent_of
 from .codec import decode_record, encode_result, outcome_error
 from .handlers import Handlers, wire_error
 from .jobs import ERROR, compensates, display_name, is_step

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -12,6 +11,7 @@ from typing import Any, Self, TypeVar, Unpack
 
 import anyio
 import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
 from pydantic import BaseModel, ValidationError
 from redis.asyncio.cluster import RedisCluster
 
@@ -170,30 +170,53 @@ class RedisWorkflowProvider:
     async def start(self) -> None:
         """Check Redis, then start the workers of registered consumers and the timers.
 
+        The provider runs in a task of its own until :meth:`stop`; callers that own a task
+        group can use :meth:`serve` instead.
+
         Raises:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        await self._supervisor.start(self._serve)
-        self._runs.open()
+        await self._supervisor.start(self._work)
 
     async def stop(self) -> None:
         """Stop taking steps, wait up to ``shutdown_timeout`` for running ones, release Redis.
 
         Steps still running after the timeout are left to be reclaimed by other instances;
         pending ``result()`` and ``watch()`` calls on this instance raise
-        :class:`~plait.workflows.ProviderClosedError`.
+        :class:`~plait.workflows.ProviderClosedError`. Also ends a running :meth:`serve`.
         """
-        self._runs.close()
         await self._supervisor.stop()
 
-    async def _serve(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the provider inside the caller's task group until the surrounding scope is cancelled.
+
+        ``await tg.start(workflows.serve)`` returns once the provider is started, as
+        :meth:`start` does; cancelling the scope then stops it as :meth:`stop` does (running
+        steps get up to ``shutdown_timeout`` to finish, shielded from the cancellation), and
+        this returns once it is stopped::
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(workflows.serve)
+                ...  # execute, serve requests
+                tg.cancel_scope.cancel()
+
+        Raises:
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout`` (raised
+                by ``tg.start``).
+        """
+        await self._supervisor.serve(self._work, task_status=task_status)
+
+    async def _work(
+        self, stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._telemetry.find_tracer()
         self._leases.start()
         try:
-            await self._supervise(ready, stopping)
+            await self._supervise(stopping, task_status)
         finally:
             await anyio.to_thread.run_sync(self._leases.stop)
 
-    async def _supervise(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
+    async def _supervise(self, stopping: anyio.Event, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._notifications.run)
@@ -202,8 +225,12 @@ class RedisWorkflowProvider:
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
-            ready.set()
-            await stopping.wait()
+            self._runs.open()
+            task_status.started()
+            try:
+                await stopping.wait()
+            finally:
+                self._runs.close()
             with anyio.CancelScope(shield=True):
                 await self._drain()
             tg.cancel_scope.cancel()
@@ -302,8 +329,9 @@ class RedisWorkflowProvider:
         deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
         self._definitions.setdefault(name, definition)
-        with self._telemetry.producing("execute", name) as span:
-            span.set_attribute("messaging.message.id", run_id)
+        with self._telemetry.producing(
+            f"execute {name}", operation="execute", destination=name, message_id=run_id
+        ):
             outcome, found = await call_until(
                 lambda: self._scripts.execute(
                     keys,
