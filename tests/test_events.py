@@ -317,6 +317,31 @@ async def test_a_delayed_event_is_delivered_after_its_delay(url: str, prefix: st
     assert 0.29 <= handled[0] - emitted < 2.0
 
 
+async def test_an_idempotency_key_outlives_the_delay_of_its_delayed_event(
+    url: str, prefix: str, store: Any
+) -> None:
+    handled: list[tuple[str, str]] = []
+    async with provider(url, prefix, "billing", retention=timedelta(milliseconds=200)) as events:
+
+        @events.on(order_placed)
+        async def bill(ctx: EventContext[OrderPlaced]) -> None:
+            handled.append((ctx.event_id, ctx.data.order_id))
+
+        await events.ready()
+        delay = timedelta(milliseconds=600)
+        emitted = time.monotonic()
+        first = await events.emit(order_placed, {"order_id": "1"}, idempotency_key="k", delay=delay)
+        await anyio.sleep(max(0.0, emitted + 0.4 - time.monotonic()))  # past the retention
+        second = await events.emit(
+            order_placed, {"order_id": "2"}, idempotency_key="k", delay=delay
+        )
+        await wait_until(lambda: bool(handled))
+        waiting = await store.zcard(EventKeys(prefix, order_placed.name).delayed)
+    assert second == first
+    assert handled == [(first, "1")]
+    assert waiting == 0  # nothing left to deliver
+
+
 async def test_a_cancelled_delayed_event_is_never_delivered(
     url: str, prefix: str, store: Any
 ) -> None:

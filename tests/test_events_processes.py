@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import redis as sync_redis
+import redis.asyncio as aioredis
+from faults import Proxy
 from pydantic import BaseModel
 
-from plait.events import Event
+from plait.events import Event, EventContext
 from plait.providers.redis import RedisEventProvider
 from plait.workflows import ProviderUnavailableError
 
@@ -236,3 +239,55 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             if condition():
                 return
             await anyio.sleep(0.02)
+
+
+echo = Event("outage.echo", data=Ping, result=Ping)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_request_is_answered_although_the_requesters_connections_dropped_meanwhile(
+    tmp_path: Path, prefix: str
+) -> None:
+    port = free_port()
+    server = start_redis(tmp_path, port)
+    url = f"redis://127.0.0.1:{port}/0"
+    answering, answer = anyio.Event(), anyio.Event()
+    replies: list[Ping] = []
+    try:
+        async with (
+            Proxy(port) as proxy,
+            RedisEventProvider.from_url(url, group="echo", prefix=prefix) as responder,
+            RedisEventProvider.from_url(proxy.url, group="api", prefix=prefix) as requester,
+        ):
+
+            @responder.on(echo)
+            async def reply(ctx: EventContext[Ping]) -> Ping:
+                answering.set()
+                await answer.wait()
+                return Ping(n=ctx.data.n * 2)
+
+            await responder.ready()
+            watcher = aioredis.Redis(port=port)
+            observer: Any = watcher.pubsub(ignore_subscribe_messages=True)
+            await observer.psubscribe(f"{prefix}:ev:{{outage.echo}}:reply:*")
+
+            async def ask() -> None:
+                replies.append(await requester.request(echo, Ping(n=21), timeout=15))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask)
+                await answering.wait()
+                proxy.down()  # the requester's pub/sub connection drops while the handler runs
+                answer.set()
+                # the reply is published while the requester cannot be subscribed
+                with anyio.fail_after(10):
+                    while await observer.get_message(timeout=1.0) is None:
+                        pass
+                await observer.aclose()
+                await watcher.aclose()
+                proxy.up()
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    assert replies == [Ping(n=42)]

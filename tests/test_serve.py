@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from conftest import eventually
 from pydantic import BaseModel
 
 from plait.events import Event, EventContext
@@ -187,3 +188,38 @@ async def test_cancelling_a_serve_that_is_still_starting_ends_it_at_once(
             await anyio.sleep(0.3)  # serve() is retrying the unreachable Redis
             tg.cancel_scope.cancel()
     assert other_tasks() == before
+
+
+async def _use(provider: Any) -> None:
+    """A call that needs a started provider."""
+    if isinstance(provider, RedisEventProvider):
+        await provider.emit(job_done, Job())
+    else:
+        await provider.execute(served, Job())
+
+
+@pytest.mark.parametrize("open_", [workflows, events], ids=["workflows", "events"])
+async def test_concurrent_starts_start_once_and_stop_leaves_nothing_running(
+    open_: Any, url: str, prefix: str
+) -> None:
+    provider, observer = open_(url, prefix), open_(url, prefix)
+    before = other_tasks()
+
+    async def start_and_use() -> None:
+        await provider.start()
+        await _use(provider)  # each start() returns once the provider is started
+
+    with anyio.fail_after(30):
+        await asyncio.gather(start_and_use(), start_and_use())
+        assert provider.provider_id in {i.provider_id for i in (await observer.health()).instances}
+        await provider.stop()
+
+        async def forgotten() -> bool:
+            health = await observer.health()
+            return provider.provider_id not in {i.provider_id for i in health.instances}
+
+        await eventually(forgotten, timeout=5, what="the stopped provider's heartbeat is gone")
+    assert other_tasks() == before
+    with pytest.raises(ProviderClosedError):
+        await _use(provider)
+    await observer.stop()

@@ -327,3 +327,30 @@ async def test_a_run_executed_here_and_run_by_a_worker_process_is_one_trace(
         assert span["context"]["trace_id"] == f"0x{producer.context.trace_id:032x}"
         assert span["parent_id"] == f"0x{producer.context.span_id:016x}"
         assert span["kind"] == "SpanKind.CONSUMER"
+
+
+async def test_a_run_started_in_an_event_handler_records_the_event_as_its_cause(
+    url: str, prefix: str, open_provider: OpenProvider
+) -> None:
+    flow = Workflow("fulfil", input=Order)
+    workflows = await open_provider()
+    started: dict[str, str] = {}
+    async with RedisEventProvider.from_url(url, group="shop", prefix=prefix) as shop:
+
+        @shop.on(shipped)
+        async def fulfil(ctx: EventContext[Shipped]) -> None:
+            handle = await workflows.execute(flow, Order(order_id=ctx.data.order_id))
+            started[ctx.event_id] = handle.run_id
+
+        await shop.ready()
+        # a run_id in the event's own meta is the emitter's business, not the cause
+        event_id = await shop.emit(shipped, Shipped(order_id="o-8"), meta={"run_id": "other.1"})
+
+        async def handled() -> bool:
+            return event_id in started
+
+        await eventually(handled, what="the handler started its run")
+
+    meta = (await (await workflows.get_handle(started[event_id])).describe()).meta
+    assert meta["causation_id"] == event_id
+    assert meta["correlation_id"] == event_id

@@ -51,13 +51,19 @@ event never shares keys with a workflow of the same name)::
     <prefix>:ev:{<event>}:delayed           zset     "k:<idempotency key>" | "i:<event id>" ->
                                                      due ms
     <prefix>:ev:{<event>}:delayed:data      hash     member of ``delayed`` -> JSON [id, data,
-                                                     meta, reply] of the entry to add
+                                                     meta, reply, retention ms] of the entry to
+                                                     add
     <prefix>:ev:{<event>}:idem:<key>        string   the event id owning the idempotency key
-                                                     (expires: retention)
+                                                     (expires: retention; a delayed event's
+                                                     once it is moved to the stream)
     <prefix>:ev:{<event>}:retry:<group>     zset     stream entry id -> due ms (pending in the
                                                      group, waiting for its retry backoff)
     <prefix>:ev:{<event>}:attempts:<group>  hash     stream entry id -> attempts failed or lost
                                                      so far
+    <prefix>:ev:{<event>}:answer:<request>  string   the reply to a request (the message also
+                                                     published on its reply channel), kept for
+                                                     a requester that was reconnecting
+                                                     (expires: the request's timeout + 1 s)
     <prefix>:ev:{<event>}:reply:<provider>  channel  replies to that provider's requests
 
 Event scripts receive the stream as KEYS[1] and ``base`` (``<prefix>:ev:{<event>}:``) as
@@ -219,6 +225,10 @@ class EventKeys:
         """Hash of the attempts of ``group``'s entries that failed or were lost."""
         return f"{self.base}attempts:{group}"
 
+    def answer(self, request_id: str) -> str:
+        """The reply to request ``request_id``, kept until the requester may have read it."""
+        return f"{self.base}answer:{request_id}"
+
     def reply_channel(self, provider_id: str) -> str:
         """Pub/sub channel of the replies to ``provider_id``'s requests."""
         return f"{self.base}reply:{provider_id}"
@@ -285,6 +295,7 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:ev:{<event>}:idem:<key>", "string"),
     KeyPattern("<prefix>:ev:{<event>}:retry:<group>", "zset"),
     KeyPattern("<prefix>:ev:{<event>}:attempts:<group>", "hash"),
+    KeyPattern("<prefix>:ev:{<event>}:answer:<request>", "string"),
     KeyPattern("<prefix>:ev:{<event>}:reply:<provider>", "channel"),
     KeyPattern("<prefix>:instances", "zset"),
     KeyPattern("<prefix>:reconcile:lock", "string"),

@@ -2,7 +2,8 @@
 
 One pub/sub connection per provider, subscribed lazily to the channels someone listens on,
 re-subscribed after a reconnect. Notifications only wake waiters early: every waiter also
-re-reads the state it waits for, so a notification lost during an outage delays, never loses.
+re-reads the state it waits for (when told that its channel is subscribed again, or on a slow
+poll), so a notification lost during an outage delays, never loses.
 """
 
 from __future__ import annotations
@@ -29,17 +30,29 @@ class Notifications:
         self._connection = connection
         self._pubsub: Any = None
         self._callbacks: dict[str, list[Callback]] = {}
+        self._subscribed: dict[str, list[Callable[[], None]]] = {}
         self._confirmed: dict[str, anyio.Event] = {}
         self._ready = anyio.Event()
 
-    async def listen(self, channel: str, callback: Callback, *, timeout: float = 2.0) -> None:
+    async def listen(
+        self,
+        channel: str,
+        callback: Callback,
+        *,
+        subscribed: Callable[[], None] | None = None,
+        timeout: float = 2.0,
+    ) -> None:
         """Call ``callback(message)`` for every message on ``channel`` from now on.
 
         Waits up to ``timeout`` seconds for the subscription to be confirmed; a caller that
-        must not miss a message re-reads its state after this returns.
+        must not miss a message re-reads its state after this returns, and whenever
+        ``subscribed()`` is called: each time the channel is subscribed again (after a
+        reconnect, when messages may have been missed).
         """
         new = channel not in self._callbacks
         self._callbacks.setdefault(channel, []).append(callback)
+        if subscribed is not None:
+            self._subscribed.setdefault(channel, []).append(subscribed)
         if new:
             self._confirmed[channel] = anyio.Event()
             self._ready.set()
@@ -95,6 +108,11 @@ class Notifications:
             event = self._confirmed.get(channel)
             if event is not None:
                 event.set()
+            for subscribed in list(self._subscribed.get(channel, ())):
+                try:
+                    subscribed()
+                except Exception:
+                    logger.exception("subscription callback failed for %s", channel)
             return
         if message["type"] != "message":
             return

@@ -44,6 +44,7 @@ class Supervisor:
         self._stopped: anyio.Event | None = None
         self._answered = False
         self._task: asyncio.Task[None] | None = None
+        self._starting = anyio.Lock()
 
     @property
     def running(self) -> bool:
@@ -101,22 +102,25 @@ class Supervisor:
 
         This is the one task plait creates outside a task group (``asyncio.create_task``),
         on purpose: it outlives the caller, so ``start()`` and ``stop()`` may be called from
-        different tasks; :meth:`stop` ends and awaits it. Does nothing when running already.
+        different tasks; :meth:`stop` ends and awaits it. Concurrent calls start the work once:
+        each returns once it started (a call made while another one starts waits for it, and
+        tries again if that one failed). Does nothing when running already.
 
         Raises:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout`` (the
                 connection is closed).
             Exception: whatever ``work`` raised before it started.
         """
-        if self._task is not None or self.running:
-            return
-        started = anyio.Event()
-        task = self._task = asyncio.create_task(self._own(work, started))
-        await started.wait()
-        if task.done():
-            if self._task is task:
-                self._task = None
-            task.result()
+        async with self._starting:
+            if self._task is not None or self.running:
+                return
+            started = anyio.Event()
+            task = self._task = asyncio.create_task(self._own(work, started))
+            await started.wait()
+            if task.done():
+                if self._task is task:
+                    self._task = None
+                task.result()
 
     async def _own(self, work: Work, started: anyio.Event) -> None:
         try:

@@ -60,7 +60,8 @@ def outgoing_meta(user_meta: Mapping[str, str] | None, *, correlation_id: str) -
 
     The trace continues the active OpenTelemetry span, else the running step's trace, else
     starts a new one; the correlation id is the caller's, else the running step's, else
-    ``correlation_id``.
+    ``correlation_id``. The causation id (unless the caller gives one) is what runs here:
+    inside a step the run id, inside an event handler the event id.
     """
     parent = current_meta.get() or {}
     meta = {str(k): str(v) for k, v in (user_meta or {}).items()}
@@ -73,6 +74,18 @@ def outgoing_meta(user_meta: Mapping[str, str] | None, *, correlation_id: str) -
     meta["correlation_id"] = (
         meta.get("correlation_id") or parent.get("correlation_id") or correlation_id
     )
-    if "run_id" in parent:
-        meta.setdefault("causation_id", parent["run_id"])
+    cause = parent.get("run_id") or parent.get("event_id")
+    if cause:
+        meta.setdefault("causation_id", cause)
     return meta
+
+
+def handler_meta(meta: Mapping[str, str], event_id: str) -> dict[str, str]:
+    """What :data:`current_meta` holds while a handler of event ``event_id`` runs.
+
+    The event's meta and its id, without a ``run_id`` the emitter may have put in its meta:
+    that must not pass for a running step (see :func:`outgoing_meta`).
+    """
+    running = {**meta, "event_id": event_id}
+    running.pop("run_id", None)
+    return running

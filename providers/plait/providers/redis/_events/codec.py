@@ -1,8 +1,10 @@
 """How events are written to and read from Redis: ids, stream entries, replies, errors.
 
 A stream entry holds ``id`` (the event id), ``data`` (JSON), ``meta`` (a JSON object of
-strings) and, for requests, ``reply`` (``"<channel>|<request id>"``). An entry that does not
-decode is a :class:`MalformedEntryError`: it is dead-lettered with the reason, never retried.
+strings) and, for requests, ``reply`` (``"<channel>|<request id>|<lifetime ms>"``: where to
+publish the reply, and how long to keep it for a requester that was reconnecting). An entry
+that does not decode is a :class:`MalformedEntryError`: it is dead-lettered with the reason,
+never retried.
 """
 
 from __future__ import annotations
@@ -41,14 +43,44 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """Where the reply to a request goes."""
+
+    channel: str
+    request_id: str
+    lifetime_ms: int
+    """How long the reply is kept for the requester to read (0: published only)."""
+
+    def address(self) -> str:
+        """The ``reply`` field of the request's stream entry."""
+        return f"{self.channel}|{self.request_id}|{self.lifetime_ms}"
+
+    @classmethod
+    def parse(cls, address: str) -> ReplyTo:
+        """The reply address of a stream entry (also the older ``"<channel>|<request id>"``).
+
+        Raises:
+            MalformedEntryError: the address is not one.
+        """
+        head, _, last = address.rpartition("|")
+        if last.isdigit() and len(last) <= 12:  # a lifetime (a request id has 28 characters)
+            channel, _, request_id = head.rpartition("|")
+            lifetime_ms = int(last)
+        else:
+            channel, request_id, lifetime_ms = head, last, 0
+        if not channel or not request_id:
+            raise MalformedEntryError(f"invalid reply address {address!r}")
+        return cls(channel, request_id, lifetime_ms)
+
+
+@dataclass(frozen=True, slots=True)
 class Decoded:
     """A stream entry decoded for its event."""
 
     event_id: str
     data: BaseModel
     meta: dict[str, str]
-    reply_channel: str | None
-    request_id: str | None
+    reply_to: ReplyTo | None
 
 
 def new_event_id() -> str:
@@ -98,13 +130,9 @@ def decode_entry(event: Event[Any, Any], fields: Mapping[str, str]) -> Decoded:
         data = event.data.model_validate(raw_data)
     except ValidationError as error:
         raise MalformedEntryError(f"data does not match {event.data.__name__}: {error}") from error
-    channel, request_id = None, None
     reply = fields.get("reply")
-    if reply:
-        channel, _, request_id = reply.rpartition("|")
-        if not channel or not request_id:
-            raise MalformedEntryError(f"invalid reply address {reply!r}")
-    return Decoded(fields["id"], data, meta, channel, request_id)
+    reply_to = ReplyTo.parse(reply) if reply else None
+    return Decoded(fields["id"], data, meta, reply_to)
 
 
 def check_result(event: Event[Any, Any], value: Any) -> Any:

@@ -1,8 +1,9 @@
 """Running one delivery: decode, call the group's handlers, record the outcome in Redis.
 
-The outcome is one write: an acknowledgement (with the request's reply), a scheduled retry in
-the group's retry zset, or a dead letter. Writes are retried while Redis is unreachable, never
-dropped; a delivery whose write could not be made stays pending and is reclaimed later.
+The outcome is one write: an acknowledgement (with the request's reply, kept and published),
+a scheduled retry in the group's retry zset, or a dead letter. Writes are retried while Redis
+is unreachable, never dropped; a delivery whose write could not be made stays pending and is
+reclaimed later.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .._core.calls import invoke
 from .._core.keys import EventKeys
 from .._core.retry import call_forever
 from .._core.telemetry import Telemetry, record_failure
-from .._core.tracing import current_meta
+from .._core.tracing import current_meta, handler_meta
 from .codec import (
     Decoded,
     Delivery,
@@ -99,7 +100,7 @@ class DeliveryRunner:
         )
         value: Any = None
         failure: Exception | None = None
-        token = current_meta.set({**decoded.meta, "event_id": decoded.event_id})
+        token = current_meta.set(handler_meta(decoded.meta, decoded.event_id))
         try:
             with self._telemetry.consuming(lambda: _span_of(sub, context), decoded.meta) as span:
                 try:
@@ -114,12 +115,14 @@ class DeliveryRunner:
         if failure is not None:
             await self._failed(sub, delivery, decoded, failure)
             return
-        reply = None
-        answers = value is not None or sub.event.result is None
-        if decoded.reply_channel and decoded.request_id and answers:
-            message = reply_message(decoded.request_id, group, result=value)
-            reply = (decoded.reply_channel, message)
-        await self._write(lambda: self._scripts.ack(keys, group, delivery, reply), "ack")
+        reply_to = decoded.reply_to
+        if reply_to is not None and (value is not None or sub.event.result is None):
+            message = reply_message(reply_to.request_id, group, result=value)
+            await self._write(
+                lambda: self._scripts.answer(keys, group, delivery, reply_to, message), "ack"
+            )
+        else:
+            await self._write(lambda: self._scripts.ack(keys, group, delivery), "ack")
         self._count(sub, "handled")
 
     def _count(self, sub: Subscription, outcome: str) -> None:
@@ -160,10 +163,10 @@ class DeliveryRunner:
             "dead-letter",
         )
         self._count(sub, "dead_lettered")
-        if decoded.reply_channel and decoded.request_id:
-            message = failure_message(decoded.request_id, group, error=wire)
-            channel = decoded.reply_channel
-            await self._write(lambda: self._scripts.publish(channel, message), "reply")
+        reply_to = decoded.reply_to
+        if reply_to is not None:
+            message = failure_message(reply_to.request_id, group, error=wire)
+            await self._write(lambda: self._scripts.reply(keys, reply_to, message), "reply")
 
     async def _write(self, operation: Callable[[], Awaitable[T]], what: str) -> T | None:
         return await call_forever(operation, what=what, stopping=lambda: self.stopping)

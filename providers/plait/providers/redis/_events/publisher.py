@@ -2,7 +2,10 @@
 
 An emit is one atomic script call (idempotency key, then XADD or the delayed zset). A request
 listens on its provider's reply channel for the event, then emits with a reply address; the
-first group to answer (result or failure) completes it.
+first group to answer (result or failure) completes it. The answering group also keeps its
+reply in a key of the request (for the request's timeout + :data:`REPLY_MARGIN`), which the
+requester reads whenever its reply channel is subscribed again and every :data:`REPLY_POLL`:
+a reply published while the requester's pub/sub connection was down still reaches it.
 """
 
 from __future__ import annotations
@@ -19,39 +22,63 @@ from pydantic import BaseModel, ValidationError
 from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
 from plait.workflows import InvalidResultError
 
-from .._core.errors import EVENT_KINDS, translated
+from .._core.errors import CONNECTION_ERRORS, EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
 from .._core.retry import call_until
 from .._core.telemetry import Telemetry
-from .._core.tracing import current_meta, outgoing_meta
-from .codec import encode_json, new_event_id
+from .._core.tracing import outgoing_meta
+from .codec import ReplyTo, encode_json, new_event_id
 from .scripts import EventScripts
+
+REPLY_POLL = 1.0
+"""Seconds between two reads of a pending request's kept reply (besides those on resubscribe)."""
+REPLY_MARGIN = 1.0
+"""Seconds a kept reply outlives the request's timeout (counted from the reply)."""
+LONGEST_KEPT_REPLY = 10**8
+"""Seconds a reply is kept at most, whatever the timeout (about three years)."""
 
 
 @dataclass(eq=False)
 class Reply:
     """The first answer to one request: a reply message, or the error that ends the wait."""
 
-    arrived: anyio.Event = field(default_factory=anyio.Event)
+    channel: str
+    """The reply channel the request listens on."""
     message: dict[str, Any] | None = None
     error: BaseException | None = None
+    _wake: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def answered(self) -> bool:
+        """Whether a reply or an error ended the wait."""
+        return self.message is not None or self.error is not None
 
     def give(self, message: dict[str, Any]) -> None:
         """Answer with ``message``, unless answered already."""
-        if not self.arrived.is_set():
+        if not self.answered:
             self.message = message
-            self.arrived.set()
+            self._wake.set()
 
     def fail(self, error: BaseException) -> None:
         """Make the request raise ``error``, unless answered already."""
-        if not self.arrived.is_set():
+        if not self.answered:
             self.error = error
-            self.arrived.set()
+            self._wake.set()
 
-    async def wait(self) -> dict[str, Any]:
-        """The reply message, once it arrived."""
-        await self.arrived.wait()
+    def recheck(self) -> None:
+        """Make the waiter read the kept reply now (a reply may have been missed)."""
+        self._wake.set()
+
+    async def woken(self, timeout: float) -> None:
+        """Wait until answered, told to recheck, or ``timeout`` seconds passed."""
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+        if self._wake.is_set():  # anyio events are not cleared: replaced once set
+            self._wake = anyio.Event()
+
+    def outcome(self) -> dict[str, Any]:
+        """The reply message (raises the error that ended the wait instead)."""
         if self.error is not None:
             raise self.error
         assert self.message is not None
@@ -96,16 +123,19 @@ class Publisher:
         keys = EventKeys(self._prefix, event.name)
         channel = keys.reply_channel(self._provider_id)
         event_id = new_event_id()
-        waiting = self._waiting[event_id] = Reply()
+        waiting = self._waiting[event_id] = Reply(channel)
+        lifetime_ms = int(min(max(timeout, 0.0) + REPLY_MARGIN, LONGEST_KEPT_REPLY) * 1000)
+        reply = ReplyTo(channel, event_id, lifetime_ms).address()
         try:
             with anyio.fail_after(timeout):
                 if channel not in self._reply_channels:
                     with translated(EVENT_KINDS, f"request {event.name}"):
-                        await self._notifications.listen(channel, self._on_reply)
+                        await self._notifications.listen(
+                            channel, self._on_reply, subscribed=lambda: self._recheck(channel)
+                        )
                     self._reply_channels.add(channel)
-                reply = f"{channel}|{event_id}"
                 await self.publish(event, model, None, meta=meta, event_id=event_id, reply=reply)
-                message = await waiting.wait()
+                message = await self._reply_of(keys, event_id, waiting)
         except TimeoutError:
             raise EventTimeoutError(event.name, event_id, timedelta(seconds=timeout)) from None
         finally:
@@ -123,6 +153,26 @@ class Publisher:
                 cause_type=InvalidResultError.wire_name,
                 cause_message=f"the reply does not validate: {error}",
             ) from error
+
+    async def _reply_of(self, keys: EventKeys, request_id: str, waiting: Reply) -> dict[str, Any]:
+        """The reply to ``request_id``: published to us, or kept by the group that answered."""
+        while not waiting.answered:
+            await waiting.woken(REPLY_POLL)
+            if waiting.answered:
+                break
+            with translated(EVENT_KINDS, f"request {keys.event}"):
+                try:
+                    kept = await self._scripts.kept_reply(keys, request_id)
+                except CONNECTION_ERRORS:
+                    continue  # read again once the channel is subscribed again, or on the poll
+            if kept is not None:
+                self._on_reply(kept)
+        return waiting.outcome()
+
+    def _recheck(self, channel: str) -> None:
+        for waiting in self._waiting.values():
+            if waiting.channel == channel:
+                waiting.recheck()
 
     def fail_waiting(self, error: BaseException) -> None:
         """Make every pending request raise ``error``."""
@@ -155,9 +205,6 @@ class Publisher:
             message_id=event_id,
         ):
             out_meta = outgoing_meta(checked_meta(event, meta), correlation_id=event_id)
-            parent = current_meta.get() or {}
-            if "event_id" in parent and "run_id" not in parent:
-                out_meta.setdefault("causation_id", parent["event_id"])
             created, owner = await call_until(
                 lambda: self._scripts.emit(
                     keys,

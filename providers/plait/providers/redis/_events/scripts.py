@@ -1,7 +1,8 @@
 """Typed calls of the event scripts (``lua/event_*.lua``) and the plain stream commands.
 
 Every state change of a delivery is one atomic Lua call; reads and acknowledgements are plain
-commands (an acknowledgement is one pipeline round trip; a request's reply one more).
+commands (an acknowledgement is one pipeline round trip). Answering a request is one Lua call
+that acknowledges, keeps the reply and publishes it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .._core.connection import Connection
 from .._core.keys import EventKeys
 from .._core.lua import register
 from .._core.wire import text
-from .codec import MALFORMED, Delivery, MalformedEntryError, flat_fields
+from .codec import MALFORMED, Delivery, MalformedEntryError, ReplyTo, flat_fields
 
 LIBRARY = "event_lib"
 DEAD_LETTER_CAP = 10_000
@@ -51,6 +52,7 @@ class EventScripts:
         self._reclaim = register(client, "event_reclaim", LIBRARY)
         self._renew = register(client, "event_renew", LIBRARY)
         self._trim = register(client, "event_trim", LIBRARY)
+        self._reply = register(client, "event_reply", LIBRARY)
 
     async def emit(
         self,
@@ -185,19 +187,32 @@ class EventScripts:
                 out.append(Delivery(text(entry_id), 1, _fields(fields)))
         return out
 
-    async def ack(
-        self, keys: EventKeys, group: str, delivery: Delivery, reply: tuple[str, str] | None
-    ) -> None:
-        """Acknowledge a handled delivery (one round trip), then publish its request reply."""
+    async def ack(self, keys: EventKeys, group: str, delivery: Delivery) -> None:
+        """Acknowledge a handled delivery (one round trip)."""
         pipe = self._client.pipeline(transaction=False)
         pipe.xack(keys.stream, group, delivery.entry)
         if delivery.attempt > 1:
             pipe.hdel(keys.attempts(group), delivery.entry)
         await pipe.execute()
-        if reply is not None:
-            # Not pipelined: Redis Cluster pipelines refuse PUBLISH.
-            await self._client.publish(*reply)
 
-    async def publish(self, channel: str, message: str) -> None:
-        """Publish a request reply."""
-        await self._client.publish(channel, message)
+    async def answer(
+        self, keys: EventKeys, group: str, delivery: Delivery, reply_to: ReplyTo, message: str
+    ) -> None:
+        """Acknowledge a handled request, keep its reply and publish it (one atomic call)."""
+        await self._call_reply(keys, group, delivery.entry, reply_to, message)
+
+    async def reply(self, keys: EventKeys, reply_to: ReplyTo, message: str) -> None:
+        """Keep and publish the reply to a request whose delivery was dead-lettered."""
+        await self._call_reply(keys, "", "", reply_to, message)
+
+    async def _call_reply(
+        self, keys: EventKeys, group: str, entry: str, reply_to: ReplyTo, message: str
+    ) -> None:
+        args: list[str | int] = [keys.base, group, entry, reply_to.request_id]
+        args += [reply_to.lifetime_ms, reply_to.channel, message]
+        await self._connection.run(self._reply, keys=[keys.stream], args=args)
+
+    async def kept_reply(self, keys: EventKeys, request_id: str) -> str | None:
+        """The reply kept for request ``request_id``, if one was written."""
+        raw = await self._client.get(keys.answer(request_id))
+        return None if raw is None else text(raw)

@@ -1,9 +1,10 @@
 -- event_lib.lua: functions shared by the event_*.lua scripts (prepended to each).
 --
 -- A stream entry holds: id (the event id), data (JSON), meta (JSON object), and reply
--- ("<channel>|<request id>") for requests. Per group, an entry waiting for a retry stays
--- pending in the group and sits in retry:<group> (entry id -> due ms); attempts:<group>
--- counts the attempts of an entry that failed or were lost (absent: none yet).
+-- ("<channel>|<request id>|<lifetime ms of the kept reply>") for requests. Per group, an entry
+-- waiting for a retry stays pending in the group and sits in retry:<group> (entry id -> due
+-- ms); attempts:<group> counts the attempts of an entry that failed or were lost (absent: none
+-- yet).
 --
 -- Each script gets the event's stream as KEYS[1] and, when it needs more keys of the slot,
 -- base (<prefix>:ev:{<event>}:) as ARGV[1] (the key schema: _core/keys.py). A script names its

@@ -28,5 +28,8 @@ for _, member in ipairs(due) do
   end
   redis.call('ZREM', zset, member)
   redis.call('HDEL', data, member)
+  if type(f) == 'table' and f[5] and string.sub(member, 1, 2) == 'k:' then
+    redis.call('PEXPIRE', base .. 'idem:' .. string.sub(member, 3), f[5])
+  end
 end
 return {#due, next_due(zset), now}
