@@ -22,13 +22,14 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from apps.definitions import chain, crunch, hold
+from apps.definitions import chain, crunch, hold, stuck
 from conftest import REDIS_URL, Spawn, eventually, ready
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import (
     ProviderUnavailableError,
     RetryPolicy,
+    WorkflowCancelledError,
     WorkflowConsumer,
     WorkflowHandle,
     WorkflowStatus,
@@ -155,6 +156,34 @@ async def test_a_step_blocking_its_event_loop_briefly_is_not_reclaimed(
     assert info.steps["crunch"].error is None
     stored = await client.hget(f"{prefix}:{{crunch}}:run:{handle.run_id}:results", "crunch")
     assert stored == b'"busy"'
+
+
+async def test_a_killed_worker_holding_a_stopped_step_does_not_hold_compensation_back(
+    spawn: Spawn, client: Any, prefix: str, tmp_path: Path
+) -> None:
+    victim = spawn("a")
+    await ready(tmp_path, "a")
+    async with RedisWorkflowProvider.from_url(REDIS_URL, prefix=prefix) as caller:
+        handle = await caller.execute(stuck, {"n": 1})
+
+        async def hanging() -> bool:
+            steps = (await handle.describe()).steps
+            return (steps["done"].state, steps["hang"].state) == ("completed", "running")
+
+        await eventually(hanging, what="done completed, hang running on a")
+        assert await handle.cancel() is True
+        victim.kill()  # its thread never returns: only the reclaim settles the attempt
+        spawn("b")
+
+        with pytest.raises(WorkflowCancelledError):
+            await handle.result(timeout=30)
+        info = await handle.describe()
+
+    ran = await client.hgetall(f"{prefix}:test:ran")
+    assert ran[f"{handle.run_id}:undone".encode()] == b"1"
+    error = info.steps["hang"].error
+    assert error is not None and error.cause_type == "plait.WorkerLost"
+    assert (info.steps["hang"].state, info.steps["hang"].attempts) == ("cancelled", 1)
 
 
 CALLER = """

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import redis.asyncio as aioredis
-from apps.definitions import Job, booking, capped, chain, crunch, hold
+from apps.definitions import Job, booking, capped, chain, crunch, hold, stuck
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -116,6 +116,25 @@ async def capped_work(ctx: StepContext[Job]) -> None:
     await client.decr(f"{PREFIX}:test:running")
 
 
+stucks: WorkflowConsumer[Job, Any] = WorkflowConsumer(stuck)
+
+
+@stucks.step("done")
+async def done(ctx: StepContext[Job]) -> str:
+    await count(ctx, "done")
+    return "D-1"
+
+
+@stucks.rollback("done")
+async def undone(ctx: StepContext[Job]) -> None:
+    await count(ctx, "undone")
+
+
+@stucks.step("hang")
+def hang(ctx: StepContext[Job]) -> None:
+    time.sleep(3600)  # a sync step that never returns: its thread cannot be stopped
+
+
 def _tracer_provider() -> Any:
     """Export spans as JSON lines to ``PLAIT_TRACE_FILE`` when it is set."""
     path = os.environ.get("PLAIT_TRACE_FILE")
@@ -140,5 +159,5 @@ provider = RedisWorkflowProvider.from_url(
     retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
     tracer_provider=_tracer_provider(),
 )
-for consumer in (chains, holds, bookings, crunches, cappeds):
+for consumer in (chains, holds, bookings, crunches, cappeds, stucks):
     provider.register(consumer)

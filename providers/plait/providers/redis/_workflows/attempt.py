@@ -1,7 +1,8 @@
 """Running one attempt of a job and recording its outcome.
 
 An attempt runs its handler inside one cancel scope bounded by the step timeout or the run
-deadline, which ``cancel_run`` can also cancel; then one transition records the outcome: a
+deadline, which ``cancel_run`` can also cancel (a sync handler's thread, which cannot be
+stopped, is then waited for when its run stopped); then one transition records the outcome: a
 completion (which may take the workflow's next entries for this worker in the same Lua call),
 a retry, a failure for good, or a dead letter. A transition that cannot reach Redis is retried
 until it is recorded, never dropped.
@@ -27,6 +28,7 @@ from plait.workflows import (
     WorkflowError,
 )
 
+from .._core.calls import Straggler
 from .._core.connection import Connection
 from .._core.keys import WorkflowKeys
 from .._core.retry import call_forever
@@ -121,6 +123,7 @@ class Attempts:
         limit, by_deadline = self._limit(job, started)
         # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
+        thread = Straggler()
         self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
         base: dict[str, str] = json.loads(started.meta)
         meta = {**base, "run_id": job.run_id, "step": display_name(job.name)}
@@ -134,11 +137,13 @@ class Attempts:
             ) as span:
                 with scope:
                     try:
-                        result = await self._call(job, started, base)
+                        result = await self._call(job, started, base, thread)
                     except Exception as raised:
                         error = raised
                 if scope.cancelled_caught:
                     error = await self._stopped(job, limit, by_deadline=by_deadline)
+                    if isinstance(error, RunStoppedError) and thread.left:
+                        result, error = await self._outlived(job, thread, began)
                 if error is not None:
                     record_failure(span, error)
                 span_id = traceparent_of(span)
@@ -211,8 +216,11 @@ class Attempts:
                 return max(remaining, 0.0), True
         return (math.inf if limit is None else limit), False
 
-    async def _call(self, job: Job, started: Started, meta: dict[str, str]) -> str:
-        """The handler call with its context (``meta`` is the run's meta, decoded)."""
+    async def _call(
+        self, job: Job, started: Started, meta: dict[str, str], thread: Straggler
+    ) -> str:
+        """The handler call with its context (``meta`` is the run's meta, decoded); a sync
+        handler's thread is followed by ``thread``."""
 
         async def save(value: Any) -> None:
             text = encode_result(value)
@@ -222,7 +230,31 @@ class Attempts:
 
         context = self._handlers.context(job, started, save, meta)
         run_error = await self._run_error(job.run_id) if job.name == ERROR else None
-        return await self._handlers.call(job.name, context, run_error)
+        return await self._handlers.call(job.name, context, run_error, straggler=thread)
+
+    async def _outlived(
+        self, job: Job, thread: Straggler, began: float
+    ) -> tuple[str | None, Exception | None]:
+        """The outcome of a sync handler whose run stopped while its thread ran on.
+
+        Threads cannot be stopped, so the attempt waits for the thread (its entry stays held and
+        its lease renewed, so no other instance runs it again; the job stays ``cancelling``,
+        which holds the run's compensation back) and records what it really did: a completion
+        joins the compensation, its rollback first. The wait is bounded by the step's timeout
+        (then the thread is abandoned as timed out) and by shutdown (then the attempt is left
+        to be reclaimed).
+        """
+        timeout = self._handlers.timeout(job.name)
+        patience = math.inf if timeout is None else timeout - (time.perf_counter() - began)
+        logger.info(
+            "run %s: waiting for the thread of %s, which outlived its run", job.run_id, job.name
+        )
+        with anyio.move_on_after(patience):
+            try:
+                return await self._handlers.late_result(job.name, thread), None
+            except Exception as raised:
+                return None, raised
+        return None, StepTimeoutError(f"{job.name!r} timed out after {timeout:g}s")
 
     async def _stopped(self, job: Job, limit: float, *, by_deadline: bool) -> Exception:
         """Why an attempt's scope was cancelled: its run stopped, the deadline, or its timeout."""

@@ -26,9 +26,9 @@ from plait.workflows import (
     WorkflowStepError,
 )
 
-from .._core.calls import invoke
+from .._core.calls import Straggler, invoke
 from .codec import decode_result, encode_result
-from .jobs import COMPLETE, ERROR, error_step_name, rollback_of, step_of
+from .jobs import COMPLETE, ERROR, error_step_name, is_step, rollback_of, step_of
 from .scripts import Job, Started
 
 
@@ -112,25 +112,44 @@ class Handlers:
         )
 
     async def call(
-        self, job: str, context: WorkflowContext[Any], run_error: WorkflowError | None
+        self,
+        job: str,
+        context: WorkflowContext[Any],
+        run_error: WorkflowError | None,
+        *,
+        straggler: Straggler | None = None,
     ) -> str:
-        """Run the job's handler and return its result as JSON (``"null"`` for hooks)."""
+        """Run the job's handler and return its result as JSON (``"null"`` for hooks); a sync
+        handler's thread is followed by ``straggler`` (see :meth:`late_result`)."""
         if job == COMPLETE:
             handler: Callable[..., Any] | None = self.consumer.complete_handler
-            value = await invoke(handler, context) if handler else None
+            value = await invoke(handler, context, straggler=straggler) if handler else None
             return self._complete_result(value)
         if job == ERROR:
             handler = self.consumer.error_handler
             if handler is not None:
-                await invoke(handler, context, run_error)
+                await invoke(handler, context, run_error, straggler=straggler)
             return "null"
         step = rollback_of(job)
         if step is not None:
             handler = self.consumer.rollbacks.get(step)
             if handler is not None:
-                await invoke(handler, context)
+                await invoke(handler, context, straggler=straggler)
             return "null"
-        value = await invoke(self.consumer.steps[job], context)
+        value = await invoke(self.consumer.steps[job], context, straggler=straggler)
+        return self._step_result(job, value)
+
+    async def late_result(self, job: str, straggler: Straggler) -> str:
+        """What :meth:`call` returns, for a job whose caller left its sync handler's thread:
+        waits for the thread to end (raises what the handler raised)."""
+        value = await straggler.outcome()
+        if job == COMPLETE:
+            return self._complete_result(value)
+        if is_step(job):
+            return self._step_result(job, value)
+        return "null"  # on_error and rollbacks return nothing
+
+    def _step_result(self, job: str, value: Any) -> str:
         try:
             return encode_result(value)
         except TypeError as error:

@@ -166,10 +166,13 @@ local function advance(c, now)
   end
 end
 
--- Start the next rollback, or on_error, or finish the compensated run.
+-- Start the next rollback, or on_error, or finish the compensated run. Nothing starts while
+-- a step that was running when compensation began is still in flight (infl): it may yet
+-- complete, and its rollback must then run first (reverse completion order); settle() goes on.
 local function comp_next(c, now)
   local active = redis.call('HGET', c.r, 'rbact')
   if active and active ~= '' then return end
+  if tonumber(redis.call('HGET', c.r, 'infl') or '0') > 0 then return end
   local cp = caps(c)
   local queue = split(redis.call('HGET', c.r, 'comp'))
   while #queue > 0 do
@@ -181,7 +184,6 @@ local function comp_next(c, now)
     end
   end
   redis.call('HSET', c.r, 'comp', '')
-  if tonumber(redis.call('HGET', c.r, 'infl') or '0') > 0 then return end
   if redis.call('HEXISTS', c.r, '~error|at') == 0 and (not cp or cp.oe) then
     redis.call('HSET', c.r, 'rbact', '~error')
     enqueue(c, '~error')
@@ -190,7 +192,8 @@ local function comp_next(c, now)
   finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
 end
 
--- A step that was running when compensation began has settled.
+-- A step (or on_complete) that was running when compensation began has settled: completed
+-- (its rollback queued first) or stopped; when it was the last in flight, compensation starts.
 local function settle(c, now)
   redis.call('HINCRBY', c.r, 'infl', -1)
   comp_next(c, now)
