@@ -228,6 +228,11 @@ async def test_every_key_a_workflow_writes_is_documented(
         watched = [event.kind async for event in first.watch()]
         attached = await workflows.execute(saga, Item(n=1), idempotency_key="order-1")
 
+        async def locked_once() -> bool:  # the lock lives 180 ms: wait until a sample saw it
+            return reconcile_lock(prefix) in seen
+
+        await eventually(locked_once, what="the reconciler lock sampled")
+
     assert classify(seen, prefix) == documented(
         "<prefix>:{", "<prefix>:instances", "<prefix>:reconcile:lock"
     )
