@@ -1,0 +1,141 @@
+"""How late plait notices what time it is: reclaim behind many live steps, the reconciler
+behind many healthy runs, deadlines (on every job, on any live instance) and a skewed clock.
+
+Every figure is measured in Redis time (the run's ``deadline`` and ``finished`` fields, stream
+entry ids), the clock plait's promises are stated in.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from conftest import OpenProvider, eventually
+from pydantic import BaseModel
+
+from plait.providers.redis import RedisWorkflowProvider
+from plait.providers.redis._core.keys import GROUP, WorkflowKeys
+from plait.providers.redis._workflows.scripts import Job as Entry
+from plait.workflows import (
+    StepContext,
+    Workflow,
+    WorkflowConsumer,
+    WorkflowHandle,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Job(BaseModel):
+    n: int = 0
+
+
+def _client(provider: RedisWorkflowProvider) -> Any:
+    return provider._connection.client
+
+
+async def _redis_ms(provider: RedisWorkflowProvider) -> int:
+    seconds, micros = await _client(provider).time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def _fields(provider: RedisWorkflowProvider, key: str, *names: str) -> list[int]:
+    values = await _client(provider).hmget(key, *names)
+    return [int(value) for value in values]
+
+
+async def _running(handle: WorkflowHandle[Any], step: str) -> bool:
+    info = (await handle.describe()).steps.get(step)
+    return info is not None and info.state == "running"
+
+
+# -- reclaim -------------------------------------------------------------------------------
+
+LIVE = 12
+
+
+def crowded_consumer(flow: Workflow[Job, Any]) -> WorkflowConsumer[Job, Any]:
+    """Runs below ``LIVE`` hang until cancelled; the others complete at once."""
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+
+    @consumer.step("work")
+    async def work(ctx: StepContext[Job]) -> None:
+        if ctx.input.n < LIVE:
+            await anyio.sleep_forever()
+
+    return consumer
+
+
+async def test_a_dead_instances_step_behind_many_live_ones_is_reclaimed_in_time(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    flow = Workflow("crowded", input=Job).step("work")
+    stall = 1.0
+    keys = WorkflowKeys(prefix, flow.name)
+    live = await open_provider(
+        crowded_consumer(flow), concurrency=LIVE, stall_timeout=timedelta(seconds=stall)
+    )
+    held = [await live.execute(flow, Job(n=n)) for n in range(LIVE)]
+
+    async def all_running() -> bool:
+        return all([await _running(handle, "work") for handle in held])
+
+    await eventually(all_running, what="the live steps run")
+    # The live worker is full and reads nothing more: a dead instance takes the next entry,
+    # marks it running and never renews it. Its entry sorts behind the live ones.
+    orphan = await live.execute(flow, Job(n=LIVE))
+    client = _client(live)
+    reply = await client.xreadgroup(GROUP, "dead-instance", {keys.jobs: ">"}, count=1)
+    [(entry, fields)] = [item for _, items in reply for item in items]
+    job = Entry(entry.decode(), orphan.run_id, "work", fields[b"t"].decode())
+    await live._scripts.start(keys, job, "dead-instance")
+    taken_ms = await _redis_ms(live)
+    # Another live instance with one free slot: each XAUTOCLAIM call of it examines at most
+    # 10 pending entries, all of them the live worker's unless the walk goes on.
+    await open_provider(
+        crowded_consumer(flow), concurrency=1, stall_timeout=timedelta(seconds=stall)
+    )
+
+    assert await orphan.result(timeout=3 * stall) is None
+    step = (await orphan.describe()).steps["work"]
+    assert step.attempts == 2
+    assert step.error is not None and step.error.cause_type == "plait.WorkerLost"
+    (finished,) = await _fields(live, keys.run(orphan.run_id), "finished")
+    reclaimed_after = (finished - taken_ms) / 1000
+    print(f"reclaimed and completed {reclaimed_after:.3f}s after the dead instance took it")
+    assert 1.25 * stall <= reclaimed_after <= 2 * stall
+    for handle in held:  # the walk reclaimed none of the live steps
+        info = (await handle.describe()).steps["work"]
+        assert (info.state, info.attempts) == ("running", 1)
+    for handle in held:
+        await handle.cancel()
+
+
+# -- reconciler ----------------------------------------------------------------------------
+
+
+async def test_the_reconciler_reaches_a_stuck_run_behind_pages_of_healthy_ones(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    flow = Workflow("paged", input=Job).step("only")
+    keys = WorkflowKeys(prefix, flow.name)
+    caller = await open_provider(stall_timeout=timedelta(milliseconds=100))
+    reconciler: Any = caller._reconciler
+    reconciler._page, reconciler._pass_limit = 2, 4  # internal knobs: small pages, short passes
+    healthy = [await caller.execute(flow, Job(n=n)) for n in range(5)]  # queued, no consumer
+    await anyio.sleep(0.005)  # the stuck run is created in a later millisecond: it sorts last
+    stuck = await caller.execute(flow, Job(n=99))
+    client = _client(caller)
+    for entry, fields in await client.xrange(keys.jobs):
+        if fields[b"r"].decode() == stuck.run_id:
+            await client.xdel(keys.jobs, entry)  # its job is lost: only the reconciler can help
+    await anyio.sleep(0.15)  # the reconciler leaves runs younger than the stall timeout alone
+
+    passes = [await caller.reconcile() for _ in range(3)]
+
+    assert [stats.scanned for stats in passes] == [4, 2, 4]
+    assert [stats.reconciled for stats in passes] == [0, 1, 0]
+    queued = [fields[b"r"].decode() for _, fields in await client.xrange(keys.jobs)]
+    assert sorted(queued) == sorted(run.run_id for run in [*healthy, stuck])
