@@ -7,6 +7,7 @@ entry ids), the clock plait's promises are stated in.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,8 @@ from plait.workflows import (
     Workflow,
     WorkflowConsumer,
     WorkflowHandle,
+    WorkflowStatus,
+    WorkflowTimeoutError,
 )
 
 pytestmark = pytest.mark.anyio
@@ -139,3 +142,84 @@ async def test_the_reconciler_reaches_a_stuck_run_behind_pages_of_healthy_ones(
     assert [stats.reconciled for stats in passes] == [0, 1, 0]
     queued = [fields[b"r"].decode() for _, fields in await client.xrange(keys.jobs)]
     assert sorted(queued) == sorted(run.run_id for run in [*healthy, stuck])
+
+
+# -- a skewed clock ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def skew(backend: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``skew(seconds)`` sets this process's wall clock ahead of Redis's."""
+    if backend == "memory":
+        pytest.skip("memory:// runs on this process's own clock: it cannot be skewed from it")
+    real, real_ns = time.time, time.time_ns
+
+    def set_skew(seconds: float) -> None:
+        monkeypatch.setattr(time, "time", lambda: real() + seconds)
+        monkeypatch.setattr(time, "time_ns", lambda: real_ns() + int(seconds * 1e9))
+
+    return set_skew
+
+
+async def test_a_worker_clock_seconds_ahead_does_not_cut_a_step_short(
+    open_provider: OpenProvider, skew: Any
+) -> None:
+    flow = Workflow("skewed-ahead", input=Job).step("work")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+
+    @consumer.step("work")
+    async def work(ctx: StepContext[Job]) -> None:
+        await anyio.sleep(1.0)
+
+    skew(3.0)
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(flow, Job(), timeout=timedelta(seconds=3.5))
+
+    await handle.result(timeout=10)
+    assert await handle.status() is WorkflowStatus.COMPLETED
+    step = (await handle.describe()).steps["work"]
+    assert (step.state, step.attempts) == ("completed", 1)
+
+
+async def test_a_worker_clock_slightly_ahead_still_times_the_run_out(
+    open_provider: OpenProvider, skew: Any
+) -> None:
+    flow = Workflow("skewed-little", input=Job).step("hang")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+
+    @consumer.step("hang")
+    async def hang(ctx: StepContext[Job]) -> None:
+        await anyio.sleep_forever()
+
+    skew(0.010)
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=300))
+
+    with pytest.raises(WorkflowTimeoutError):
+        await handle.result(timeout=10)
+    assert await handle.status() is WorkflowStatus.TIMED_OUT
+
+
+async def test_a_redis_clock_stepped_back_mid_step_still_times_the_run_out(
+    open_provider: OpenProvider, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend != "memory":
+        pytest.skip("only the embedded server's clock can be stepped from here")
+    flow = Workflow("stepped-back", input=Job).step("hang")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+    running = anyio.Event()
+
+    @consumer.step("hang")
+    async def hang(ctx: StepContext[Job]) -> None:
+        running.set()
+        await anyio.sleep_forever()
+
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=200))
+    with anyio.fail_after(10):
+        await running.wait()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 0.1)  # the attempt's bound comes first
+
+    with pytest.raises(WorkflowTimeoutError):
+        await handle.result(timeout=10)

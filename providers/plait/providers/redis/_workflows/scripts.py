@@ -30,6 +30,10 @@ class Started:
     input: str
     meta: str
     deadline_ms: int | None
+    """The run's deadline, in Redis ms."""
+    started_ms: int
+    """Redis's clock when the attempt was marked running: ``deadline_ms - started_ms`` is how
+    long it may run, whatever this host's clock says."""
     progress: str | None
     results: dict[str, str]
     previous_span: str | None = None
@@ -221,7 +225,7 @@ def _started(reply: Any) -> Started | Lost | Deferred | None:
         return Deferred(int(reply[1]))
     if outcome != "run":
         return None
-    flat = reply[7:]
+    flat = reply[8:]
     previous = json.loads(reply[6]).get("span") if reply[6] else None
     results = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
     return Started(
@@ -229,6 +233,7 @@ def _started(reply: Any) -> Started | Lost | Deferred | None:
         input=text(reply[2]),
         meta=text(reply[3]),
         deadline_ms=int(reply[4]) if reply[4] else None,
+        started_ms=int(reply[7]),
         progress=text(reply[5]) if reply[5] else None,
         results=results,
         previous_span=previous,

@@ -270,7 +270,7 @@ local function start(c, job, tok, entry, owner)
     if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
     event(c, 'step.started', job, at, '')
     local v = redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
-    local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or ''}
+    local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now}
     local results = redis.call('HGETALL', c.res)
     for i = 1, #results do out[#out + 1] = results[i] end
     return out
