@@ -23,6 +23,7 @@ from plait.workflows import (
     StepContext,
     Workflow,
     WorkflowConsumer,
+    WorkflowContext,
     WorkflowHandle,
     WorkflowStatus,
     WorkflowTimeoutError,
@@ -142,6 +143,112 @@ async def test_the_reconciler_reaches_a_stuck_run_behind_pages_of_healthy_ones(
     assert [stats.reconciled for stats in passes] == [0, 1, 0]
     queued = [fields[b"r"].decode() for _, fields in await client.xrange(keys.jobs)]
     assert sorted(queued) == sorted(run.run_id for run in [*healthy, stuck])
+
+
+# -- deadlines -----------------------------------------------------------------------------
+
+
+async def test_a_deadline_stops_on_complete_and_compensates_the_run(
+    open_provider: OpenProvider,
+) -> None:
+    log: list[str] = []
+    flow = Workflow("late-complete", input=Job).step("book")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+    consumer.step("book")(lambda ctx: log.append("book"))
+    consumer.rollback("book")(lambda ctx: log.append("unbook"))
+
+    @consumer.on_complete
+    async def done(ctx: WorkflowContext[Job]) -> str:
+        log.append("on_complete")
+        await anyio.sleep(0.2)
+        log.append("on_complete finished")
+        return "done"
+
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=50))
+
+    with pytest.raises(WorkflowTimeoutError):
+        await handle.result(timeout=10)
+    assert log == ["book", "on_complete", "unbook"]
+    assert await handle.status() is WorkflowStatus.TIMED_OUT
+
+
+async def test_an_on_complete_that_returns_after_the_deadline_does_not_complete_the_run(
+    open_provider: OpenProvider,
+) -> None:
+    log: list[str] = []
+    flow = Workflow("blocking-complete", input=Job).step("book")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+    consumer.step("book")(lambda ctx: log.append("book"))
+    consumer.rollback("book")(lambda ctx: log.append("unbook"))
+
+    @consumer.on_complete
+    async def done(ctx: WorkflowContext[Job]) -> str:
+        time.sleep(0.2)  # noqa: ASYNC251 - blocks its event loop: no cancellation can reach it
+        log.append("on_complete finished")
+        return "done"
+
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=50))
+
+    with pytest.raises(WorkflowTimeoutError):
+        await handle.result(timeout=10)
+    assert log == ["book", "on_complete finished", "unbook"]
+
+
+async def test_a_last_step_that_returns_after_the_deadline_does_not_complete_the_run(
+    open_provider: OpenProvider,
+) -> None:
+    log: list[str] = []
+    flow = Workflow("blocking-step", input=Job).step("book")  # no on_complete
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+    consumer.rollback("book")(lambda ctx: log.append("unbook"))
+
+    @consumer.step("book")
+    async def book(ctx: StepContext[Job]) -> None:
+        time.sleep(0.2)  # noqa: ASYNC251 - blocks its event loop: no cancellation can reach it
+        log.append("book")
+
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=50))
+
+    with pytest.raises(WorkflowTimeoutError):
+        await handle.result(timeout=10)
+    assert log == ["book", "unbook"]
+
+
+@pytest.mark.parametrize("executor", ["the worker", "another instance"])
+async def test_a_deadline_fires_within_tens_of_ms_on_a_live_instance(
+    open_provider: OpenProvider, prefix: str, executor: str
+) -> None:
+    flow = Workflow("due", input=Job).step("hang")
+    keys = WorkflowKeys(prefix, flow.name)
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
+
+    @consumer.step("hang")
+    async def hang(ctx: StepContext[Job]) -> None:
+        await anyio.sleep_forever()
+
+    worker = await open_provider(consumer, concurrency=1)
+    blocker = await worker.execute(flow, Job(n=-1))  # no deadline; holds the only slot
+    await eventually(lambda: _running(blocker, "hang"), what="blocker runs")
+    timeout = timedelta(milliseconds=100)
+    late_ms: list[int] = []
+    for n in range(3):  # each run after the previous one ended: the timer just ticked
+        if executor == "the worker":
+            run_id = (await worker.execute(flow, Job(n=n), timeout=timeout)).run_id
+        else:  # the caller leaves at once: only the worker's timer can see the deadline
+            caller = await open_provider()
+            run_id = (await caller.execute(flow, Job(n=n), timeout=timeout)).run_id
+            await caller.stop()
+        handle = await worker.get_handle(run_id, flow)
+        with pytest.raises(WorkflowTimeoutError):
+            await handle.result(timeout=10)
+        deadline, finished = await _fields(worker, keys.run(run_id), "deadline", "finished")
+        late_ms.append(finished - deadline)
+    await blocker.cancel()
+    print(f"deadlines fired {late_ms} ms late (executed by {executor})")
+    assert all(0 <= late <= 150 for late in late_ms), late_ms
 
 
 # -- a skewed clock ------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class Notifications:
         self._callbacks: dict[str, list[Callback]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._ready = asyncio.Event()
+        # One SUBSCRIBE at a time: two at once on a fresh session would each open a connection
+        # (redis-py connects lazily) and the listener would read only the last one.
+        self._subscribing = asyncio.Lock()
 
     async def listen(self, channel: str, callback: Callback, *, timeout: float = 2.0) -> None:
         """Call ``callback(message)`` for every message on ``channel`` from now on.
@@ -45,7 +48,8 @@ class Notifications:
             if self._pubsub is not None:
                 # on failure, the session resubscribes every channel when it reconnects
                 with contextlib.suppress(*CONNECTION_ERRORS):
-                    await self._pubsub.subscribe(channel)
+                    async with self._subscribing:
+                        await self._pubsub.subscribe(channel)
         try:
             await asyncio.wait_for(self._confirmed[channel].wait(), timeout)
         except TimeoutError:
@@ -75,7 +79,8 @@ class Notifications:
         pubsub: Any = self._connection.client.pubsub()
         try:
             self._pubsub = pubsub
-            await pubsub.subscribe(*self._callbacks)
+            async with self._subscribing:
+                await pubsub.subscribe(*self._callbacks)
             async for message in pubsub.listen():
                 self._dispatch(message)
         finally:

@@ -34,7 +34,7 @@ from .._core.telemetry import Telemetry, record_failure, traceparent_of
 from .._core.tracing import current_meta
 from .codec import decode_record, encode_result, outcome_error
 from .handlers import Handlers, wire_error
-from .jobs import ERROR, compensates, display_name, is_step
+from .jobs import ERROR, compensates, display_name
 from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
 
 logger = logging.getLogger("plait.worker")
@@ -205,12 +205,13 @@ class Attempts:
         """Seconds the attempt may run (step timeout or run deadline), and the deadline when
         it is the bound.
 
-        What is left of the run's deadline is counted on Redis's clock, from the start call's
-        reading: this host's clock plays no part, and the reply's latency only makes the bound
-        later, never earlier.
+        The run's deadline bounds its steps and ``on_complete``, not its compensation
+        (rollbacks, ``on_error``), which runs because the run stopped. What is left of it is
+        counted on Redis's clock, from the start call's reading: this host's clock plays no
+        part, and the reply's latency only makes the bound later, never earlier.
         """
         limit = self._handlers.timeout(job.name)
-        if started.deadline_ms and is_step(job.name):
+        if started.deadline_ms and not compensates(job.name):
             remaining = (started.deadline_ms - started.started_ms) / 1000
             if limit is None or remaining < limit:
                 return max(remaining, 0.0), started.deadline_ms

@@ -97,8 +97,9 @@ class RunScripts:
         timeout_ms: int,
         retention_ms: int,
         limits_json: str = "",
-    ) -> tuple[str, str]:
-        """Create the run (or find the key's run); returns (outcome, run id)."""
+    ) -> tuple[str, str, bool]:
+        """Create the run (or find the key's run); returns (outcome, run id, whether the new
+        run's deadline is the workflow's earliest: every instance's timer was told)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
         reply = await self._connection.run(
             self._execute,
@@ -106,7 +107,7 @@ class RunScripts:
             args=[*args, timeout_ms, retention_ms, limits_json],
         )
         self._connection.kick(keys.jobs)
-        return text(reply[0]), text(reply[1])
+        return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
     async def start(
         self, keys: WorkflowKeys, job: Job, owner: str
