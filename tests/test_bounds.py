@@ -148,24 +148,40 @@ async def test_the_reconciler_reaches_a_stuck_run_behind_pages_of_healthy_ones(
 # -- deadlines -----------------------------------------------------------------------------
 
 
+DEADLINE = timedelta(milliseconds=250)
+"""Long enough for ``book`` to complete before it on a loaded machine (50 ms was not)."""
+
+
+def booking(name: str, log: list[str]) -> WorkflowConsumer[Job, Any]:
+    """``book`` (rollback ``unbook``) completes at once."""
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(Workflow(name, input=Job).step("book"))
+
+    @consumer.step("book")
+    async def book(ctx: StepContext[Job]) -> None:
+        log.append("book")
+
+    @consumer.rollback("book")
+    async def unbook(ctx: StepContext[Job]) -> None:
+        log.append("unbook")
+
+    return consumer
+
+
 async def test_a_deadline_stops_on_complete_and_compensates_the_run(
     open_provider: OpenProvider,
 ) -> None:
     log: list[str] = []
-    flow = Workflow("late-complete", input=Job).step("book")
-    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
-    consumer.step("book")(lambda ctx: log.append("book"))
-    consumer.rollback("book")(lambda ctx: log.append("unbook"))
+    consumer = booking("late-complete", log)
 
     @consumer.on_complete
     async def done(ctx: WorkflowContext[Job]) -> str:
         log.append("on_complete")
-        await anyio.sleep(0.2)
+        await anyio.sleep(1.0)
         log.append("on_complete finished")
         return "done"
 
     workflows = await open_provider(consumer)
-    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=50))
+    handle = await workflows.execute(consumer.definition, Job(), timeout=DEADLINE)
 
     with pytest.raises(WorkflowTimeoutError):
         await handle.result(timeout=10)
@@ -177,19 +193,16 @@ async def test_an_on_complete_that_returns_after_the_deadline_does_not_complete_
     open_provider: OpenProvider,
 ) -> None:
     log: list[str] = []
-    flow = Workflow("blocking-complete", input=Job).step("book")
-    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(flow)
-    consumer.step("book")(lambda ctx: log.append("book"))
-    consumer.rollback("book")(lambda ctx: log.append("unbook"))
+    consumer = booking("blocking-complete", log)
 
     @consumer.on_complete
     async def done(ctx: WorkflowContext[Job]) -> str:
-        time.sleep(0.2)  # noqa: ASYNC251 - blocks its event loop: no cancellation can reach it
+        time.sleep(0.5)  # noqa: ASYNC251 - blocks its event loop: no cancellation can reach it
         log.append("on_complete finished")
         return "done"
 
     workflows = await open_provider(consumer)
-    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=50))
+    handle = await workflows.execute(consumer.definition, Job(), timeout=DEADLINE)
 
     with pytest.raises(WorkflowTimeoutError):
         await handle.result(timeout=10)
@@ -206,11 +219,11 @@ async def test_a_last_step_that_returns_after_the_deadline_does_not_complete_the
 
     @consumer.step("book")
     async def book(ctx: StepContext[Job]) -> None:
-        time.sleep(0.2)  # noqa: ASYNC251 - blocks its event loop: no cancellation can reach it
+        time.sleep(0.5)  # noqa: ASYNC251 - blocks its event loop: no cancellation can reach it
         log.append("book")
 
     workflows = await open_provider(consumer)
-    handle = await workflows.execute(flow, Job(), timeout=timedelta(milliseconds=50))
+    handle = await workflows.execute(flow, Job(), timeout=DEADLINE)
 
     with pytest.raises(WorkflowTimeoutError):
         await handle.result(timeout=10)

@@ -193,9 +193,10 @@ class Worker:
         """Take over up to ``count`` entries idle past the stall timeout; returns how many.
 
         One XAUTOCLAIM call examines at most ``10 x count`` pending entries, most of them held
-        by live instances, so a pass walks the pending list with the cursor: from where the
-        last pass stopped, round to it again, or until ``count`` entries are taken or
-        :data:`_RECLAIM_CALLS` calls are made (the next pass goes on from there).
+        by live instances, so a pass walks the pending list with the cursor, one lap: from
+        where the last pass stopped, past the end and round to that point again. It stops
+        early once ``count`` entries are taken or after :data:`_RECLAIM_CALLS` calls; the next
+        pass goes on from there.
         """
         start = self._reclaim_from
         cursor, wrapped, taken = start, False, 0
