@@ -168,7 +168,7 @@ def booking(name: str, log: list[str]) -> WorkflowConsumer[Job, Any]:
 
 
 async def test_a_deadline_stops_on_complete_and_compensates_the_run(
-    open_provider: OpenProvider,
+    open_provider: OpenProvider, prefix: str
 ) -> None:
     log: list[str] = []
     consumer = booking("late-complete", log)
@@ -187,6 +187,9 @@ async def test_a_deadline_stops_on_complete_and_compensates_the_run(
         await handle.result(timeout=10)
     assert log == ["book", "on_complete", "unbook"]
     assert await handle.status() is WorkflowStatus.TIMED_OUT
+    run = WorkflowKeys(prefix, consumer.definition.name).run(handle.run_id)
+    deadline, finished = await _fields(workflows, run, "deadline", "finished")
+    assert 0 <= finished - deadline <= 150  # on_complete stopped at the deadline, unbook ran
 
 
 async def test_an_on_complete_that_returns_after_the_deadline_does_not_complete_the_run(
