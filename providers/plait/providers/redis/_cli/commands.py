@@ -379,6 +379,7 @@ async def reconcile(connection: Connection, args: argparse.Namespace) -> int:
         owner="plait-cli",
         min_age=args.min_age,
         retention=FOREVER,
+        pass_limit=None,
     )
     stats = await reconciler.run_pass()
     data = {

@@ -34,6 +34,8 @@ one attempt of a job::
                                                kind, j: job, a: attempt, d: data)
     <prefix>:{<wf>}:finished          channel  "run|STATUS" when a run ends
     <prefix>:{<wf>}:cancel            channel  run id when its running steps must stop
+    <prefix>:{<wf>}:deadline          channel  deadline ms of a run whose deadline became the
+                                               workflow's earliest (wakes every timer)
 
 A finished run's record, results, events and idempotency key expire ``retention`` after it
 ended. Lua scripts receive the run hash (or one key of the slot) as KEYS[1] and ``base``
@@ -164,6 +166,11 @@ class WorkflowKeys:
         """Pub/sub channel told a run id when the run's running steps must stop."""
         return self.base + "cancel"
 
+    @property
+    def deadline_channel(self) -> str:
+        """Pub/sub channel told a deadline ms when it became the workflow's earliest."""
+        return self.base + "deadline"
+
     def idempotency(self, key: str) -> str:
         """The run owning idempotency ``key`` (and its input hash)."""
         return f"{self.base}idem:{key}"
@@ -288,6 +295,7 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:run:<id>:events", "stream"),
     KeyPattern("<prefix>:{<wf>}:finished", "channel"),
     KeyPattern("<prefix>:{<wf>}:cancel", "channel"),
+    KeyPattern("<prefix>:{<wf>}:deadline", "channel"),
     KeyPattern("<prefix>:ev:{<event>}:stream", "stream"),
     KeyPattern("<prefix>:ev:{<event>}:dead", "stream"),
     KeyPattern("<prefix>:ev:{<event>}:delayed", "zset"),

@@ -33,6 +33,9 @@ class Notifications:
         self._subscribed: dict[str, list[Callable[[], None]]] = {}
         self._confirmed: dict[str, anyio.Event] = {}
         self._ready = anyio.Event()
+        # One SUBSCRIBE at a time: two at once on a fresh session would each open a connection
+        # (redis-py connects lazily) and the listener would read only the last one.
+        self._subscribing = anyio.Lock()
 
     async def listen(
         self,
@@ -59,7 +62,8 @@ class Notifications:
             if self._pubsub is not None:
                 # on failure, the session resubscribes every channel when it reconnects
                 with contextlib.suppress(*CONNECTION_ERRORS):
-                    await self._pubsub.subscribe(channel)
+                    async with self._subscribing:
+                        await self._pubsub.subscribe(channel)
         with anyio.move_on_after(timeout) as waiting:
             await self._confirmed[channel].wait()
         if waiting.cancelled_caught:
@@ -94,7 +98,8 @@ class Notifications:
         pubsub: Any = self._connection.client.pubsub()
         try:
             self._pubsub = pubsub
-            await pubsub.subscribe(*self._callbacks)
+            async with self._subscribing:
+                await pubsub.subscribe(*self._callbacks)
             async for message in pubsub.listen():
                 self._dispatch(message)
         finally:

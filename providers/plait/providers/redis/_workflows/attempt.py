@@ -36,7 +36,7 @@ from .._core.telemetry import Telemetry, record_failure
 from .._core.tracing import current_meta, traceparent_of
 from .codec import decode_record, encode_result, outcome_error
 from .handlers import Handlers, wire_error
-from .jobs import ERROR, compensates, display_name, is_step
+from .jobs import ERROR, compensates, display_name
 from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
 
 logger = logging.getLogger("plait.worker")
@@ -120,7 +120,7 @@ class Attempts:
         )
 
     async def _attempt(self, job: Job, started: Started) -> list[Taken]:
-        limit, by_deadline = self._limit(job, started)
+        limit, deadline_ms = self._limit(job, started)
         # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
         thread = Straggler()
@@ -141,7 +141,7 @@ class Attempts:
                     except Exception as raised:
                         error = raised
                 if scope.cancelled_caught:
-                    error = await self._stopped(job, limit, by_deadline=by_deadline)
+                    error = await self._stopped(job, limit, deadline_ms)
                     if isinstance(error, RunStoppedError) and thread.left:
                         result, error = await self._outlived(job, thread, began)
                 if error is not None:
@@ -206,15 +206,21 @@ class Attempts:
                 1, {"plait.workflow": self._keys.workflow, "plait.status": status}
             )
 
-    def _limit(self, job: Job, started: Started) -> tuple[float, bool]:
-        """Seconds the attempt may run (step timeout or run deadline), and whether the
-        deadline is the bound."""
+    def _limit(self, job: Job, started: Started) -> tuple[float, int | None]:
+        """Seconds the attempt may run (step timeout or run deadline), and the deadline when
+        it is the bound.
+
+        The run's deadline bounds its steps and ``on_complete``, not its compensation
+        (rollbacks, ``on_error``), which runs because the run stopped. What is left of it is
+        counted on Redis's clock, from the start call's reading: this host's clock plays no
+        part, and the reply's latency only makes the bound later, never earlier.
+        """
         limit = self._handlers.timeout(job.name)
-        if started.deadline_ms and is_step(job.name):
-            remaining = started.deadline_ms / 1000 - time.time()
+        if started.deadline_ms and not compensates(job.name):
+            remaining = (started.deadline_ms - started.started_ms) / 1000
             if limit is None or remaining < limit:
-                return max(remaining, 0.0), True
-        return (math.inf if limit is None else limit), False
+                return max(remaining, 0.0), started.deadline_ms
+        return (math.inf if limit is None else limit), None
 
     async def _call(
         self, job: Job, started: Started, meta: dict[str, str], thread: Straggler
@@ -256,15 +262,25 @@ class Attempts:
                 return None, raised
         return None, StepTimeoutError(f"{job.name!r} timed out after {timeout:g}s")
 
-    async def _stopped(self, job: Job, limit: float, *, by_deadline: bool) -> Exception:
-        """Why an attempt's scope was cancelled: its run stopped, the deadline, or its timeout."""
+    async def _stopped(self, job: Job, limit: float, deadline_ms: int | None) -> Exception:
+        """Why an attempt's scope was cancelled: its run stopped, the run's deadline (when
+        ``deadline_ms`` was the bound), or its timeout."""
         if job.entry in self._run_stopped:  # cancel_run, not the clock
             return RunStoppedError(f"run {job.run_id} stopped while {job.name!r} ran")
-        if by_deadline:
+        if deadline_ms is not None:
             # Let the deadline compensate the run first, so this failure joins it.
-            await transition(lambda: self._scripts.tick(self._keys), self._keys.workflow)
+            await self._expire(deadline_ms)
             return RunStoppedError(f"run {job.run_id} passed its deadline")
         return StepTimeoutError(f"{job.name!r} timed out after {limit:g}s")
+
+    async def _expire(self, deadline_ms: int) -> None:
+        """Tick until Redis's clock has passed ``deadline_ms``: the tick then compensates the
+        run (the bound is measured on Redis's clock, so this rarely takes a second tick)."""
+        while True:
+            ticked = await transition(lambda: self._scripts.tick(self._keys), self._keys.workflow)
+            if ticked is None or ticked[3] >= deadline_ms:
+                return
+            await anyio.sleep((deadline_ms - ticked[3]) / 1000)
 
     async def _run_error(self, run_id: str) -> WorkflowError:
         record = decode_record(await self._client.hgetall(self._keys.run(run_id)))

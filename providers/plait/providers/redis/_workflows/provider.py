@@ -105,7 +105,7 @@ class RedisWorkflowProvider:
             connect_timeout=opts.connect_timeout.total_seconds(),
         )
         self._runs.close()
-        self._timers = Timers(self._scripts, opts.prefix)
+        self._timers = Timers(self._scripts, opts.prefix, self._notifications)
         self._reconciler = Reconciler(
             self._connection,
             self._scripts,
@@ -332,7 +332,7 @@ class RedisWorkflowProvider:
         with self._telemetry.producing(
             f"execute {name}", operation="execute", destination=name, message_id=run_id
         ):
-            outcome, found = await call_until(
+            outcome, found, earliest = await call_until(
                 lambda: self._scripts.execute(
                     keys,
                     run_id,
@@ -355,6 +355,8 @@ class RedisWorkflowProvider:
             raise IdempotencyConflictError(idempotency_key or "", found)
         if deadline:
             self._timers.watch(name)
+        if earliest:  # the timer may be asleep until a later time: it must see this deadline
+            self._timers.wake(name)
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
         )

@@ -4,13 +4,16 @@ An entry lost from a stream, a retry missing from the delayed set, a finished gr
 compensation step that did not advance, a deadline no timer will see: each is repaired by one
 Lua call per run (``run_reconcile.lua``), which also forgets runs that already ended. Every
 instance runs a pass now and then, behind a short Redis lock so one instance at a time does it.
+
+A pass reads each workflow's live runs oldest first, a page at a time, and looks at no more
+than ``pass_limit`` of them: the next pass of this instance goes on where it stopped, and
+starts from the oldest again once it has reached the newest, so no run is left behind.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +27,11 @@ from .scripts import RunScripts
 
 # The reconciler has always logged as "plait.timers"; logging configs may name it.
 logger = logging.getLogger("plait.timers")
+
+PAGE = 500
+"""Live runs read per call."""
+PASS_LIMIT = 5000
+"""Most live runs of one workflow one pass looks at (None in :class:`Reconciler`: all)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +58,8 @@ class Reconciler:
 
     Every instance runs a pass each ``interval``, behind a short Redis lock so that one instance
     at a time does it. Runs younger than ``min_age`` are left alone: they are still moving.
+    A pass reads ``page`` runs per call and looks at up to ``pass_limit`` runs of each workflow
+    (None: all of them).
     """
 
     def __init__(
@@ -61,6 +71,8 @@ class Reconciler:
         owner: str,
         min_age: float,
         retention: float,
+        page: int = PAGE,
+        pass_limit: int | None = PASS_LIMIT,
     ) -> None:
         self._client: Any = connection.client
         self._scripts = scripts
@@ -68,6 +80,10 @@ class Reconciler:
         self._owner = owner
         self._min_age_ms = int(min_age * 1000)
         self._retention_ms = int(retention * 1000)
+        self._page = page
+        self._pass_limit = pass_limit
+        self._cursors: dict[str, _Cursor] = {}
+        """Per active set, where the previous pass stopped (absent: at the oldest run)."""
         self.last: ReconcileStats | None = None
 
     async def serve(self, interval: float) -> None:
@@ -84,40 +100,100 @@ class Reconciler:
                 logger.warning("reconciler: Redis unreachable (%s)", error)
 
     async def run_pass(self) -> ReconcileStats:
-        """One pass over every workflow's live runs; logs and returns its stats."""
-        scanned = stalled = reconciled = failed = 0
-        now_ms = int(time.time() * 1000)
+        """One pass over every workflow's live runs (up to ``pass_limit`` runs of each, from
+        where the last pass stopped); logs and returns its stats."""
+        tally = _Tally()
+        seconds, micros = await self._client.time()  # scores are Redis ms: compare with its clock
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
         async for raw in self._client.scan_iter(match=runs_pattern(self._prefix), count=500):
             # The run index keeps ids a little longer than the runs themselves live.
             await self._client.zremrangebyscore(
                 raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
             )
         async for raw in self._client.scan_iter(match=active_pattern(self._prefix), count=500):
-            key = raw.decode()
-            keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
-            runs = await self._client.zrangebyscore(
-                key, "-inf", now_ms - self._min_age_ms, start=0, num=5000
-            )
-            for run in runs:
-                scanned += 1
-                try:
-                    outcome, detail = await self._scripts.reconcile(keys, run.decode())
-                except Exception as error:  # one broken run must not stop the pass
-                    failed += 1
-                    logger.error("reconciler: run %s: %s", run.decode(), error)
-                    continue
-                if outcome == "repaired":
-                    stalled += 1
-                    reconciled += 1
-                    logger.warning("reconciler: run %s repaired (%s)", run.decode(), detail)
+            await self._walk(raw.decode(), now_ms - self._min_age_ms, tally)
         self.last = ReconcileStats(
-            scanned=scanned, stalled=stalled, reconciled=reconciled, failed=failed
+            scanned=tally.scanned,
+            stalled=tally.reconciled,
+            reconciled=tally.reconciled,
+            failed=tally.failed,
         )
         logger.info(
             "reconciler pass: scanned=%d stalled=%d reconciled=%d failed=%d",
-            scanned,
-            stalled,
-            reconciled,
-            failed,
+            self.last.scanned,
+            self.last.stalled,
+            self.last.reconciled,
+            self.last.failed,
         )
         return self.last
+
+    async def _walk(self, key: str, newest_ms: int, tally: _Tally) -> None:
+        """Reconcile the runs of active set ``key`` created up to ``newest_ms``, oldest first,
+        from where the last pass stopped, until the newest run or ``pass_limit`` runs.
+
+        A page is read by score from the cursor's, plus the runs of that score already seen,
+        which are skipped: runs leaving the set meanwhile never make the walk miss others.
+        """
+        keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
+        cursor = self._cursors.pop(key, None)
+        budget = self._pass_limit
+        while budget is None or budget > 0:
+            size = self._page if budget is None else min(self._page, budget)
+            low, seen = (cursor.score, cursor.seen) if cursor else ("-inf", 0)
+            rows = await self._client.zrangebyscore(
+                key, low, newest_ms, start=0, num=seen + size, withscores=True
+            )
+            fresh = [
+                (score, run) for run, score in rows if cursor is None or cursor.precedes(score, run)
+            ]
+            for _, run in fresh:
+                await self._reconcile(keys, run.decode(), tally)
+            if len(rows) < seen + size or not fresh:
+                return  # the newest run is reached: the next pass starts from the oldest
+            if budget is not None:
+                budget -= len(fresh)
+            cursor = _Cursor.after(cursor, fresh)
+        if cursor is not None:
+            self._cursors[key] = cursor
+
+    async def _reconcile(self, keys: WorkflowKeys, run_id: str, tally: _Tally) -> None:
+        tally.scanned += 1
+        try:
+            outcome, detail = await self._scripts.reconcile(keys, run_id)
+        except Exception as error:  # one broken run must not stop the pass
+            tally.failed += 1
+            logger.error("reconciler: run %s: %s", run_id, error)
+            return
+        if outcome == "repaired":
+            tally.reconciled += 1
+            logger.warning("reconciler: run %s repaired (%s)", run_id, detail)
+
+
+@dataclass
+class _Tally:
+    scanned: int = 0
+    reconciled: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """Where a walk of an active set stopped: the last run looked at and its score, and how
+    many runs of that score it has looked at (all sorting up to it)."""
+
+    score: float
+    run: bytes
+    seen: int
+
+    def precedes(self, score: float, run: bytes) -> bool:
+        """Whether the run sorts after this cursor (Redis orders equal scores by member)."""
+        return (score, run) > (self.score, self.run)
+
+    @staticmethod
+    def after(cursor: _Cursor | None, page: list[tuple[float, bytes]]) -> _Cursor:
+        """The cursor past ``page`` (runs after ``cursor``, in order)."""
+        score, run = page[-1]
+        seen = sum(1 for other, _ in page if other == score)
+        if cursor is not None and cursor.score == score:
+            seen += cursor.seen
+        return _Cursor(score, run, seen)

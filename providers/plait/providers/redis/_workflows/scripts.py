@@ -30,6 +30,10 @@ class Started:
     input: str
     meta: str
     deadline_ms: int | None
+    """The run's deadline, in Redis ms."""
+    started_ms: int
+    """Redis's clock when the attempt was marked running: ``deadline_ms - started_ms`` is how
+    long it may run, whatever this host's clock says."""
     progress: str | None
     results: dict[str, str]
     previous_span: str | None = None
@@ -93,8 +97,9 @@ class RunScripts:
         timeout_ms: int,
         retention_ms: int,
         limits_json: str = "",
-    ) -> tuple[str, str]:
-        """Create the run (or find the key's run); returns (outcome, run id)."""
+    ) -> tuple[str, str, bool]:
+        """Create the run (or find the key's run); returns (outcome, run id, whether the new
+        run's deadline is the workflow's earliest: every instance's timer was told)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
         reply = await self._connection.run(
             self._execute,
@@ -102,7 +107,7 @@ class RunScripts:
             args=[*args, timeout_ms, retention_ms, limits_json],
         )
         self._connection.kick(keys.jobs)
-        return text(reply[0]), text(reply[1])
+        return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
     async def start(
         self, keys: WorkflowKeys, job: Job, owner: str
@@ -221,7 +226,7 @@ def _started(reply: Any) -> Started | Lost | Deferred | None:
         return Deferred(int(reply[1]))
     if outcome != "run":
         return None
-    flat = reply[7:]
+    flat = reply[8:]
     previous = json.loads(reply[6]).get("span") if reply[6] else None
     results = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
     return Started(
@@ -229,6 +234,7 @@ def _started(reply: Any) -> Started | Lost | Deferred | None:
         input=text(reply[2]),
         meta=text(reply[3]),
         deadline_ms=int(reply[4]) if reply[4] else None,
+        started_ms=int(reply[7]),
         progress=text(reply[5]) if reply[5] else None,
         results=results,
         previous_span=previous,

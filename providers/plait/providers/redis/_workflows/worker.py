@@ -42,6 +42,11 @@ _Runner = Callable[..., Awaitable[list[Taken]]]
 """Runs one held entry: ``runner(entry, *args)``; returns the entries it took for the worker."""
 _Work = tuple[_Runner, str, tuple[Any, ...]]
 
+_READ_WAIT = 1.0
+"""Longest wait of an idle read for new entries (shorter when a reclaim pass is due sooner)."""
+_RECLAIM_CALLS = 100
+"""Most XAUTOCLAIM calls of one reclaim pass (each examines up to 10 x free slots entries)."""
+
 
 class Worker:
     """Runs the jobs of one workflow on this instance, ``concurrency`` at a time."""
@@ -88,6 +93,8 @@ class Worker:
         self._intake: anyio.CancelScope | None = None
         self._stopping = False
         self._tg: TaskGroup | None = None
+        self._reclaim_from = "0-0"
+        """Where the next reclaim pass starts walking the pending list (XAUTOCLAIM cursor)."""
 
     @property
     def running(self) -> int:
@@ -129,27 +136,29 @@ class Worker:
         if self._stopping:
             return
         with self._intake:
-            last_reclaim = 0.0
+            next_reclaim = 0.0
             while True:
                 free = self.concurrency - len(self._held)
                 if free <= 0:
                     self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
                     continue
-                if time.monotonic() - last_reclaim >= self._stall / 2:
-                    last_reclaim = time.monotonic()
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + self._stall / 2
                     await self._measure_depth()
                     free -= await self._reclaim(free)
                     if free <= 0:
                         continue
-                await self._take(await self._read(free))
+                # An idle read waits no longer than the next reclaim pass is due.
+                wait = min(max(next_reclaim - time.monotonic(), 0.01), _READ_WAIT)
+                await self._take(await self._read(free, wait))
 
-    async def _read(self, count: int) -> list[tuple[bytes, Any]]:
+    async def _read(self, count: int, wait: float) -> list[tuple[bytes, Any]]:
         streams: dict[Any, Any] = {self.keys.jobs: ">"}
         try:
             if self._connection.wakeups is None:
                 reply = await self._client.xreadgroup(
-                    GROUP, self._owner, streams, count=count, block=1000
+                    GROUP, self._owner, streams, count=count, block=int(wait * 1000)
                 )
                 return _entries(reply)
             async with self._connection.wakeups.listening(self.keys.jobs) as kicked:
@@ -157,7 +166,7 @@ class Worker:
                     await self._client.xreadgroup(GROUP, self._owner, streams, count=count)
                 )
                 if not entries:
-                    with anyio.move_on_after(1.0):
+                    with anyio.move_on_after(wait):
                         await kicked.wait()
                 return entries
         except redis_errors.ResponseError as error:
@@ -180,23 +189,40 @@ class Worker:
                 self.depth = int(group.get("pending") or 0) + int(group.get("lag") or 0)
 
     async def _reclaim(self, count: int) -> int:
-        """Take over entries idle past the stall timeout; returns how many were taken."""
-        try:
-            reply = await self._client.xautoclaim(
-                self.keys.jobs,
-                GROUP,
-                self._owner,
-                min_idle_time=int(self._stall * 1250),
-                start_id="0-0",
-                count=count,
-            )
-        except CONNECTION_ERRORS:
-            return 0
-        except redis_errors.ResponseError:
-            return 0
-        taken = [(e, f) for e, f in reply[1] if f and lenient_text(e) not in self._held]
-        await self._take(taken)
-        return len(taken)
+        """Take over up to ``count`` entries idle past the stall timeout; returns how many.
+
+        One XAUTOCLAIM call examines at most ``10 x count`` pending entries, most of them held
+        by live instances, so a pass walks the pending list with the cursor, one lap: from
+        where the last pass stopped, past the end and round to that point again. It stops
+        early once ``count`` entries are taken or after :data:`_RECLAIM_CALLS` calls; the next
+        pass goes on from there.
+        """
+        start = self._reclaim_from
+        cursor, wrapped, taken = start, False, 0
+        for _ in range(_RECLAIM_CALLS):
+            try:
+                reply = await self._client.xautoclaim(
+                    self.keys.jobs,
+                    GROUP,
+                    self._owner,
+                    min_idle_time=int(self._stall * 1250),
+                    start_id=cursor,
+                    count=count - taken,
+                )
+            except BACKGROUND_ERRORS:
+                break
+            cursor = lenient_text(reply[0])
+            found = [(e, f) for e, f in reply[1] if f and lenient_text(e) not in self._held]
+            await self._take(found)
+            taken += len(found)
+            if cursor == "0-0":
+                if wrapped or start == "0-0":
+                    break
+                wrapped = True
+            if taken >= count or (wrapped and _stream_id(cursor) >= _stream_id(start)):
+                break
+        self._reclaim_from = cursor
+        return taken
 
     async def _take(self, entries: list[tuple[bytes, Any]]) -> None:
         """Hold the entries, mark their attempts running in one call, run each in a task."""
@@ -304,6 +330,12 @@ def _entries(reply: Any) -> list[tuple[bytes, Any]]:
     if isinstance(reply, dict):  # RESP3
         return [entry for items in reply.values() for entry in items[0]]
     return [entry for _, items in reply for entry in items]
+
+
+def _stream_id(entry: str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a sortable pair."""
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _parse(entry: str, fields: dict[bytes, bytes]) -> Job | str:

@@ -40,6 +40,8 @@ local function record()
   elseif job == '~complete' then
     if st == 'cancelling' then
       settle(c, now)
+    elseif late(c, now) then  -- on_complete ended after the deadline: the run timed out
+      compensate(c, 'timeout', '', now)
     else
       redis.call('HSET', c.r, 'result', result)
       finalize(c, 'COMPLETED', now)

@@ -4,7 +4,8 @@
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
--- returns {'created', run} | {'exists', run} | {'conflict', run owning the key}
+-- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
+--          else 0} | {'exists', run} | {'conflict', run owning the key}
 local base = ARGV[1]
 local run_id = ARGV[2]
 local ikey = ARGV[3]
@@ -28,17 +29,14 @@ if ikey ~= '' then
     redis.call('SET', key, c.run .. '|' .. ihash)
   end
 end
-if redis.call('EXISTS', c.r) == 1 then return {'created', c.run} end
+if redis.call('EXISTS', c.r) == 1 then return {'created', c.run, 0} end
 local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
   'lim', limits)
-if timeout > 0 then
-  redis.call('HSET', c.r, 'deadline', now + timeout)
-  redis.call('ZADD', c.base .. 'deadlines', now + timeout, c.run)
-end
+local earliest = timeout > 0 and set_deadline(c, now + timeout)
 redis.call('ZADD', c.base .. 'active', now, c.run)
 redis.call('ZADD', c.base .. 'runs', now, c.run)
 event(c, 'run.started', '', '', '')
 advance(c, now)
-return {'created', c.run}
+return {'created', c.run, earliest and 1 or 0}

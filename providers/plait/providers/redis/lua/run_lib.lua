@@ -116,6 +116,25 @@ local function enqueue(c, job)
   return tok
 end
 
+-- Give the run a deadline. When it is now the workflow's earliest, every instance's timer
+-- (asleep until the earliest time it knew of) is told on the 'deadline' channel; returns
+-- whether it was told. Runs with the same timeout never need this while others are live.
+local function set_deadline(c, at)
+  local deadlines = c.base .. 'deadlines'
+  local first = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')[2]
+  redis.call('HSET', c.r, 'deadline', at)
+  redis.call('ZADD', deadlines, at, c.run)
+  if first and tonumber(first) <= at then return false end
+  redis.call('PUBLISH', c.base .. 'deadline', at)
+  return true
+end
+
+-- Whether the run has passed its deadline (a run completing now would be late).
+local function late(c, now)
+  local deadline = tonumber(redis.call('HGET', c.r, 'deadline') or '0')
+  return deadline > 0 and now >= deadline
+end
+
 local function finalize(c, status, now)
   redis.call('HSET', c.r, 'status', status, 'finished', now)
   redis.call('ZREM', c.base .. 'deadlines', c.run)
@@ -145,25 +164,6 @@ local function start_group(c, gi)
   end
   redis.call('HSET', c.r, 'gi', gi, 'pend', pend)
   return true, pend
-end
-
--- The current group is done: start the next one, or complete the run.
-local function advance(c, now)
-  local gi = tonumber(redis.call('HGET', c.r, 'gi') or '0')
-  while true do
-    gi = gi + 1
-    local exists, pend = start_group(c, gi)
-    if not exists then break end
-    if pend > 0 then return end
-  end
-  redis.call('HSET', c.r, 'gi', gi)
-  local cp = caps(c)
-  if cp and not cp.oc then
-    redis.call('HSET', c.r, 'result', 'null')
-    finalize(c, 'COMPLETED', now)
-  else
-    enqueue(c, '~complete')
-  end
 end
 
 -- Start the next rollback, or on_error, or finish the compensated run. Nothing starts while
@@ -233,6 +233,30 @@ local function compensate(c, reason, err, now)
   return true
 end
 
+-- The current group is done: start the next one, or complete the run (unless it is past its
+-- deadline: then it times out instead).
+local function advance(c, now)
+  local gi = tonumber(redis.call('HGET', c.r, 'gi') or '0')
+  while true do
+    gi = gi + 1
+    local exists, pend = start_group(c, gi)
+    if not exists then break end
+    if pend > 0 then return end
+  end
+  redis.call('HSET', c.r, 'gi', gi)
+  if late(c, now) then
+    compensate(c, 'timeout', '', now)
+    return
+  end
+  local cp = caps(c)
+  if cp and not cp.oc then
+    redis.call('HSET', c.r, 'result', 'null')
+    finalize(c, 'COMPLETED', now)
+  else
+    enqueue(c, '~complete')
+  end
+end
+
 -- A worker took a job's stream entry: mark the attempt running (see run_start.lua for replies).
 local function start(c, job, tok, entry, owner)
   local st, status = check(c, job, tok)
@@ -273,7 +297,7 @@ local function start(c, job, tok, entry, owner)
     if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
     event(c, 'step.started', job, at, '')
     local v = redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
-    local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or ''}
+    local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now}
     local results = redis.call('HGETALL', c.res)
     for i = 1, #results do out[#out + 1] = results[i] end
     return out

@@ -49,10 +49,7 @@ local ikey = redis.call('HGET', c.r, 'ikey')
 if ikey and ikey ~= '' then redis.call('PERSIST', c.base .. 'idem:' .. ikey) end
 redis.call('ZADD', c.base .. 'active', now, c.run)
 local timeout = tonumber(redis.call('HGET', c.r, 'tmo') or '0')
-if timeout > 0 then
-  redis.call('HSET', c.r, 'deadline', now + timeout)
-  redis.call('ZADD', c.base .. 'deadlines', now + timeout, c.run)
-end
+if timeout > 0 then set_deadline(c, now + timeout) end
 event(c, 'run.resumed', '', '', status)
 advance(c, now)
 return {'resumed', redis.call('HGET', c.r, 'status')}

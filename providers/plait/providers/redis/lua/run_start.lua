@@ -2,7 +2,7 @@
 -- KEYS[1] run hash
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id  ARGV[6] owner
 -- returns {'run', attempt, input, meta, deadline ms or '', progress or '', last error or '',
---          step, result, ...}
+--          Redis now ms (the deadline's clock), step, result, ...}
 --       | {'lost', attempt, previous owner}  (entry reclaimed from an attempt that was running)
 --       | {'stale'}  (superseded token or unknown run; the entry is acknowledged)
 --       | {'wait', due ms}  (a global limit put the job aside; the entry is acknowledged)
