@@ -33,7 +33,7 @@ from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
 from .._ops.health import Health, Heartbeat, check_health
 from .options import EventProviderKeywords, EventProviderOptions
-from .publisher import Publisher, tracer_of, validated
+from .publisher import Publisher, request_seconds, tracer_of, validated
 from .scripts import EventScripts
 from .worker import EventWorker, WorkerOptions
 
@@ -331,11 +331,12 @@ class RedisEventProvider:
         Raises:
             EventTimeoutError: no group replied within ``timeout``.
             EventHandlerError: the first group to answer reported a handler failure.
-            InvalidEventError: ``data`` does not validate (nothing is written).
+            InvalidEventError: ``data`` does not validate, or ``timeout`` is not positive
+                (nothing is written).
         """
         model = validated(event, data)
+        seconds = request_seconds(event, timeout)
         self._check_open()
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         result: ResultT = await self._publisher.request(event, model, timeout=seconds, meta=meta)
         return result
 
