@@ -323,6 +323,10 @@ async def test_a_malformed_entry_is_dead_lettered_and_work_goes_on(
     handle = await workflows.execute(diamond, Order(order_id="o"))
     await handle.result(timeout=10)
 
+    async def both_dead() -> bool:  # the run may finish before the second is dead-lettered
+        return int(await client.xlen(f"{prefix}:{{diamond}}:dead")) >= 2
+
+    await eventually(both_dead, what="both malformed entries dead-lettered")
     dead = await client.xrange(f"{prefix}:{{diamond}}:dead")
     reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
     assert reasons == [
