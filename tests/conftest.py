@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from plait.providers.redis import RedisWorkflowProvider
+from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.workflows import RetryPolicy, WorkflowConsumer
 
 REDIS_URL = os.environ.get("PLAIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -218,7 +218,9 @@ async def eventually(
         await asyncio.sleep(0.01)
 
 
-async def keys_under(provider: RedisWorkflowProvider, prefix: str) -> list[bytes]:
+async def keys_under(
+    provider: RedisWorkflowProvider | RedisEventProvider, prefix: str
+) -> list[bytes]:
     """Every key of the provider's Redis under ``prefix``."""
     client: Any = provider._connection.client
     return [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]

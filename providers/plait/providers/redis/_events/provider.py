@@ -34,7 +34,7 @@ from .._core.wire import default_provider_id
 from .._ops.health import Health, check_health
 from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
-from .publisher import Publisher, validated
+from .publisher import Publisher, request_seconds, validated
 from .scripts import EventScripts
 from .worker import EventWorker, WorkerOptions
 
@@ -355,11 +355,12 @@ class RedisEventProvider:
         Raises:
             EventTimeoutError: no group replied within ``timeout``.
             EventHandlerError: the first group to answer reported a handler failure.
-            InvalidEventError: ``data`` does not validate (nothing is written).
+            InvalidEventError: ``data`` does not validate, or ``timeout`` is not positive
+                (nothing is written).
         """
         model = validated(event, data)
+        seconds = request_seconds(event, timeout)
         self._check_open()
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         result: ResultT = await self._publisher.request(event, model, timeout=seconds, meta=meta)
         return result
 

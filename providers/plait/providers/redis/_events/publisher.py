@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
 from plait.workflows import InvalidResultError
 
+from .._core import payload
 from .._core.errors import CONNECTION_ERRORS, EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
@@ -120,6 +121,8 @@ class Publisher:
         meta: Mapping[str, str] | None,
     ) -> Any:
         """Emit ``event`` with a reply address and return the first group's validated reply."""
+        data = stored_data(event, model)
+        user_meta = checked_meta(event, meta)
         keys = EventKeys(self._prefix, event.name)
         channel = keys.reply_channel(self._provider_id)
         event_id = new_event_id()
@@ -134,7 +137,7 @@ class Publisher:
                             channel, self._on_reply, subscribed=lambda: self._recheck(channel)
                         )
                     self._reply_channels.add(channel)
-                await self.publish(event, model, None, meta=meta, event_id=event_id, reply=reply)
+                await self._write(event, data, None, meta=user_meta, event_id=event_id, reply=reply)
                 message = await self._reply_of(keys, event_id, waiting)
         except TimeoutError:
             raise EventTimeoutError(event.name, event_id, timedelta(seconds=timeout)) from None
@@ -187,15 +190,26 @@ class Publisher:
         *,
         delay: timedelta | None = None,
         meta: Mapping[str, str] | None = None,
-        event_id: str | None = None,
-        reply: str = "",
     ) -> str:
         """Validate the options, add meta, and write the event (or find its key's owner)."""
         wait_ms = delay_ms(event, delay)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise InvalidEventError(event.name, "idempotency_key must be a non-empty string")
+        if idempotency_key is not None:
+            check_key(event, idempotency_key)
+        data = stored_data(event, model)
+        user_meta = checked_meta(event, meta)
+        return await self._write(event, data, idempotency_key, wait_ms=wait_ms, meta=user_meta)
+
+    async def _write(
+        self,
+        event: Event[Any, Any],
+        data: str,
+        idempotency_key: str | None,
+        *,
+        meta: dict[str, str],
+        wait_ms: int = 0,
+        event_id: str | None = None,
+        reply: str = "",
+    ) -> str:
         keys = EventKeys(self._prefix, event.name)
         event_id = event_id or new_event_id()
         with self._telemetry.producing(
@@ -204,7 +218,7 @@ class Publisher:
             destination=event.name,
             message_id=event_id,
         ):
-            out_meta = outgoing_meta(checked_meta(event, meta), correlation_id=event_id)
+            out_meta = outgoing_meta(meta, correlation_id=event_id)
             created, owner = await call_until(
                 lambda: self._scripts.emit(
                     keys,
@@ -212,7 +226,7 @@ class Publisher:
                     idempotency_key=idempotency_key or "",
                     retention_ms=self._retention_ms,
                     delay_ms=wait_ms,
-                    data=encode_json(model),
+                    data=data,
                     meta=json.dumps(out_meta),
                     reply=reply,
                 ),
@@ -248,11 +262,39 @@ def delay_ms(event: Event[Any, Any], delay: timedelta | None) -> int:
     return int(delay.total_seconds() * 1000)
 
 
+def request_seconds(event: Event[Any, Any], timeout: object) -> float:
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        seconds = 0.0
+    if not seconds > 0:
+        raise InvalidEventError(event.name, f"timeout must be a positive timedelta: {timeout!r}")
+    return seconds
+
+
+def check_key(event: Event[Any, Any], key: object) -> None:
+    if key == "":
+        raise InvalidEventError(event.name, "idempotency_key must be a non-empty string")
+    try:
+        payload.check_key(key)
+    except payload.UnstorableError as error:
+        raise InvalidEventError(event.name, str(error)) from None
+
+
+def stored_data(event: Event[Any, Any], model: BaseModel) -> str:
+    """The event's data as stored JSON, checked to be readable back by its consumers."""
+    try:
+        return payload.stored_json(lambda: encode_json(model), "the data")
+    except payload.UnstorableError as error:
+        raise InvalidEventError(event.name, str(error)) from None
+
+
 def checked_meta(event: Event[Any, Any], meta: Mapping[str, str] | None) -> dict[str, str]:
     if meta is None:
         return {}
-    if not isinstance(meta, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-    ):
-        raise InvalidEventError(event.name, "meta must be a mapping of strings to strings")
-    return dict(meta)
+    try:
+        return payload.check_meta(meta)
+    except payload.UnstorableError as error:
+        raise InvalidEventError(event.name, str(error)) from None

@@ -31,6 +31,7 @@ from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
 from .._core.keys import workflow_of
 from .._core.notify import Notifications
+from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
@@ -58,6 +59,12 @@ def _seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _is_positive_duration(value: object) -> bool:
+    if isinstance(value, timedelta):
+        return value > timedelta(0)
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 class RedisWorkflowProvider:
@@ -318,13 +325,16 @@ class RedisWorkflowProvider:
         name = definition.name
         try:
             model = definition.input.model_validate(data)
-        except ValidationError as error:
+            canonical = stored_json(
+                lambda: canonical_json(model.model_dump(mode="json")), "the input"
+            )
+            user_meta = None if meta is None else check_meta(meta)
+            if idempotency_key is not None:
+                check_key(idempotency_key)
+        except (ValidationError, UnstorableError) as error:
             raise InvalidInputError(name, str(error)) from None
-        if meta is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-        ):
-            raise InvalidInputError(name, "meta must map strings to strings")
-        canonical = canonical_json(model.model_dump(mode="json"))
+        if timeout is not None and not _is_positive_duration(timeout):
+            raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
         run_id = new_run_id(name)
         deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
@@ -339,7 +349,7 @@ class RedisWorkflowProvider:
                     idempotency_key=idempotency_key or "",
                     input_hash=input_hash(canonical),
                     input_json=canonical,
-                    meta_json=canonical_json(outgoing_meta(meta, correlation_id=run_id)),
+                    meta_json=canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
                     plan_json=plan_of(definition),
                     timeout_ms=int(deadline * 1000) if deadline else 0,
                     retention_ms=int(self.options.retention.total_seconds() * 1000),
