@@ -17,6 +17,7 @@ codec) and never import each other; both stand on ``_core``::
       errors.py       redis-py errors translated at one boundary (translated, ErrorKinds)
       retry.py        call_until (callers: until connect_timeout), call_forever (workers)
       wire.py         bytes to text, default provider ids
+      payload.py      what can be stored: JSON depth, valid Unicode, meta
       keys.py         the whole key schema, one hash tag per workflow / event
       lua.py          loading lua/*.lua with their shared library
       calls.py        calling a user handler (async, or sync in a worker thread)
