@@ -126,12 +126,13 @@ class Worker:
     # -- intake ------------------------------------------------------------------------------
 
     async def _take_loop(self) -> None:
-        self._intake = anyio.CancelScope()
-        if self._stopping:
-            return
-        with self._intake:
-            last_reclaim = 0.0
-            while True:
+        last_reclaim = 0.0
+        while not self._stopping:
+            # A drain cancels the waiting and reading, never a start call already made: the
+            # attempts it marked running are run, not left to be reclaimed as lost.
+            entries: list[tuple[bytes, Any]] = []
+            self._intake = anyio.CancelScope()
+            with self._intake:
                 free = self.concurrency - len(self._held)
                 if free <= 0:
                     self._slot_freed = anyio.Event()
@@ -140,10 +141,10 @@ class Worker:
                 if time.monotonic() - last_reclaim >= self._stall / 2:
                     last_reclaim = time.monotonic()
                     await self._measure_depth()
-                    free -= await self._reclaim(free)
-                    if free <= 0:
-                        continue
-                await self._take(await self._read(free))
+                    entries = await self._reclaim(free)
+                else:
+                    entries = await self._read(free)
+            await self._take(entries)
 
     async def _read(self, count: int) -> list[tuple[bytes, Any]]:
         streams: dict[Any, Any] = {self.keys.jobs: ">"}
@@ -180,8 +181,8 @@ class Worker:
             if lenient_text(group.get("name")) == GROUP:
                 self.depth = int(group.get("pending") or 0) + int(group.get("lag") or 0)
 
-    async def _reclaim(self, count: int) -> int:
-        """Take over entries idle past the stall timeout; returns how many were taken."""
+    async def _reclaim(self, count: int) -> list[tuple[bytes, Any]]:
+        """Entries idle past the stall timeout, taken over (not those this worker holds)."""
         try:
             reply = await self._client.xautoclaim(
                 self.keys.jobs,
@@ -192,12 +193,10 @@ class Worker:
                 count=count,
             )
         except CONNECTION_ERRORS:
-            return 0
+            return []
         except redis_errors.ResponseError:
-            return 0
-        taken = [(e, f) for e, f in reply[1] if f and lenient_text(e) not in self._held]
-        await self._take(taken)
-        return len(taken)
+            return []
+        return [(e, f) for e, f in reply[1] if f and lenient_text(e) not in self._held]
 
     async def _take(self, entries: list[tuple[bytes, Any]]) -> None:
         """Hold the entries, mark their attempts running in one call, run each in a task."""
@@ -214,17 +213,18 @@ class Worker:
                 batch.append(job)
         if not batch:
             return
+        # Made again, with the same call id, until Redis answers (however slowly): the script
+        # may have marked the attempts running already, and gives the same reply to a resend.
+        # Only the stop, once shutdown_timeout has passed, abandons it.
+        call = self._scripts.call_id()
         replies: list[Started | Lost | Deferred | None] | None = None
         try:
-            # A drain cancels the intake: let the start call finish (bounded) so the entries
-            # it took are run, not left held until the stop gives up on them.
-            with anyio.move_on_after(self._stall / 2, shield=True):
-                replies = await transition(
-                    lambda: self._scripts.start_many(self.keys, batch, self._owner),
-                    self.keys.workflow,
-                )
+            replies = await transition(
+                lambda: self._scripts.start_many(self.keys, batch, self._owner, call=call),
+                self.keys.workflow,
+            )
         finally:
-            if replies is None:  # Redis unreachable meanwhile: leave them to be reclaimed
+            if replies is None:  # cancelled by the stop: leave them to be reclaimed
                 for job in batch:
                     self._release(job.entry)
         if replies is None:
