@@ -95,7 +95,7 @@ async def test_a_dead_instances_step_behind_many_live_ones_is_reclaimed_in_time(
     reply = await client.xreadgroup(GROUP, "dead-instance", {keys.jobs: ">"}, count=1)
     [(entry, fields)] = [item for _, items in reply for item in items]
     job = Entry(entry.decode(), orphan.run_id, "work", fields[b"t"].decode())
-    await live._scripts.start(keys, job, "dead-instance")
+    await live._scripts.start(keys, job, "dead-instance", call=live._scripts.call_id())
     taken_ms = await _redis_ms(live)
     # Another live instance with one free slot: each XAUTOCLAIM call of it examines at most
     # 10 pending entries, all of them the live worker's unless the walk goes on.

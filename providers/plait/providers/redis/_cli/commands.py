@@ -225,7 +225,8 @@ async def runs_retry(connection: Connection, args: argparse.Namespace) -> int:
     """``runs retry``: resume a FAILED or TIMED_OUT run as a new attempt of the same run."""
     run_id: str = args.run_id
     keys = WorkflowKeys(args.prefix, workflow_of(run_id))
-    outcome, status = await RunScripts(connection).retry(keys, run_id)
+    scripts = RunScripts(connection)
+    outcome, status = await scripts.retry(keys, run_id, call=scripts.call_id())
     if outcome == "unknown" or not keys.workflow:
         raise CommandError(f"run {run_id} not found")
     if outcome == "invalid":
@@ -239,7 +240,8 @@ async def runs_cancel(connection: Connection, args: argparse.Namespace) -> int:
     """``runs cancel``: cancel a live run (completed steps are rolled back)."""
     run_id: str = args.run_id
     keys = WorkflowKeys(args.prefix, workflow_of(run_id))
-    outcome, status = await RunScripts(connection).cancel(keys, run_id)
+    scripts = RunScripts(connection)
+    outcome, status = await scripts.cancel(keys, run_id, call=scripts.call_id())
     if outcome < 0 or not keys.workflow:
         raise CommandError(f"run {run_id} not found")
     done = outcome == 1

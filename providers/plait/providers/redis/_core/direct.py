@@ -42,8 +42,9 @@ class ScriptCalls:
         """Run ``script``; reloads it when the server lost it (``NOSCRIPT`` after a restart).
 
         An idle connection that fails is dropped and the call made again on another one: the
-        script may have run before the connection broke, which every transition script
-        tolerates (a repeated call finds its token superseded or its run already created).
+        script may have run before the connection broke. The run transitions carry a call id
+        and answer a repeat with the outcome they recorded (``_workflows/scripts.py``);
+        ``run_execute`` finds its run already created.
         """
         async with self._slots:
             return await self._call(script, keys, args)

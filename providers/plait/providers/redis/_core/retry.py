@@ -1,7 +1,9 @@
 """Riding out Redis outages: :func:`call_until` for callers, :func:`call_forever` for workers.
 
 Only connection errors are retried (:data:`~.errors.CONNECTION_ERRORS`); an error reply is
-not going to change by asking again.
+not going to change by asking again. A connection error does not say whether Redis ran the
+call: an operation retried here must be safe to repeat (a run transition is, given the same
+call id on every attempt: ``RunScripts.call_id``).
 """
 
 from __future__ import annotations

@@ -102,8 +102,10 @@ class Attempts:
         reason = f"no handler for job {job.name!r} of workflow {self._keys.workflow!r}"
         await self.dead_letter(job.entry, reason, fields)
         detached = Job("", job.run_id, job.name, job.token)
+        call = self._scripts.call_id()
         started = await transition(
-            lambda: self._scripts.start(self._keys, detached, self._owner), self._keys.workflow
+            lambda: self._scripts.start(self._keys, detached, self._owner, call=call),
+            self._keys.workflow,
         )
         if isinstance(started, Started | Lost):
             await self._record_failure(detached, started.attempt, UnknownJobError(reason))
@@ -171,8 +173,11 @@ class Attempts:
 
     async def _complete(self, job: Job, started: Started, result: str) -> list[Taken]:
         take = 1 if self.taking else 0
+        call = self._scripts.call_id()
         done = await transition(
-            lambda: self._scripts.complete(self._keys, job, result, owner=self._owner, take=take),
+            lambda: self._scripts.complete(
+                self._keys, job, result, call=call, owner=self._owner, take=take
+            ),
             self._keys.workflow,
         )
         status, taken = done if done is not None else (None, [])
@@ -230,7 +235,11 @@ class Attempts:
 
         async def save(value: Any) -> None:
             text = encode_result(value)
-            saved = await self._scripts.progress(self._keys, job, text)
+            call = self._scripts.call_id()
+            saved = await transition(
+                lambda: self._scripts.progress(self._keys, job, text, call=call),
+                self._keys.workflow,
+            )
             if not saved:
                 raise AttemptSupersededError(f"attempt of {job.name!r} in {job.run_id} superseded")
 
@@ -302,10 +311,12 @@ class Attempts:
             error,
             "; retrying" if delay >= 0 else "",
         )
+        call = self._scripts.call_id()
         outcome = await transition(
             lambda: self._scripts.fail(
                 self._keys,
                 job,
+                call=call,
                 error=wire_error(job.name, attempt, error, span=span),
                 retry_delay_ms=delay,
             ),

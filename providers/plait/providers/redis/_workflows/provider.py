@@ -398,8 +398,9 @@ class RedisWorkflowProvider:
         """
         self._check_started()
         name = workflow_of(run_id)
+        call = self._scripts.call_id()
         outcome, status = await call_until(
-            lambda: self._scripts.retry(self._runs.keys(name), run_id),
+            lambda: self._scripts.retry(self._runs.keys(name), run_id, call=call),
             timeout=self.options.connect_timeout.total_seconds(),
             what=f"retry {run_id}",
             kinds=WORKFLOW_KINDS,

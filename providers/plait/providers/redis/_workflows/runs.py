@@ -126,8 +126,9 @@ class Runs:
     async def cancel_run(self, workflow: str, run_id: str) -> bool:
         """Cancel the run; False when it had already ended."""
         self._check_open()
+        call = self._scripts.call_id()
         outcome, _ = await call_until(
-            lambda: self._scripts.cancel(self.keys(workflow), run_id),
+            lambda: self._scripts.cancel(self.keys(workflow), run_id, call=call),
             timeout=self._timeout,
             what=f"cancel run {run_id}",
             kinds=WORKFLOW_KINDS,

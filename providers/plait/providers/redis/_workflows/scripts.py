@@ -1,8 +1,17 @@
-"""Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition."""
+"""Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition.
+
+Each transition names itself with a call id (:meth:`RunScripts.call_id`), made once per
+transition and passed unchanged to every resend of it: a call whose reply was lost (Redis ran
+it, the connection broke before the reply came back) is made again, and the script answers the
+repeat with the outcome it recorded rather than finding its own write (an attempt "lost" to
+itself, a completion "stale").
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +81,9 @@ class RunScripts:
     def __init__(self, connection: Connection) -> None:
         client = connection.client
         self._connection = connection
+        # Unique across processes and restarts, even of instances that share a provider id.
+        self._calls = f"{os.urandom(6).hex()}:"
+        self._count = itertools.count(1).__next__
         self._execute = register(client, "run_execute", "run_lib")
         self._start = register(client, "run_start", "run_lib")
         self._start_many = register(client, "run_start_many", "run_lib")
@@ -83,6 +95,10 @@ class RunScripts:
         self._retry = register(client, "run_retry", "run_lib")
         self._reconcile = register(client, "run_reconcile", "run_lib")
         self._dead_letter = register(client, "run_dead_letter")
+
+    def call_id(self) -> str:
+        """A new call id: make one per transition, before its retry loop, and resend with it."""
+        return f"{self._calls}{self._count()}"
 
     async def execute(
         self,
@@ -110,49 +126,59 @@ class RunScripts:
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
     async def start(
-        self, keys: WorkflowKeys, job: Job, owner: str
+        self, keys: WorkflowKeys, job: Job, owner: str, *, call: str
     ) -> Started | Lost | Deferred | None:
         """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
         reply = await self._connection.run(
             self._start,
             keys=[keys.run(job.run_id)],
-            args=[keys.base, job.run_id, job.name, job.token, job.entry, owner],
+            args=[keys.base, job.run_id, job.name, job.token, job.entry, owner, call],
         )
         return _started(reply)
 
     async def start_many(
-        self, keys: WorkflowKeys, jobs: list[Job], owner: str
+        self, keys: WorkflowKeys, jobs: list[Job], owner: str, *, call: str
     ) -> list[Started | Lost | Deferred | None]:
         """:meth:`start` for a batch of entries (those of one read), in one call."""
-        args: list[Any] = [keys.base, owner]
+        args: list[Any] = [keys.base, owner, call]
         for job in jobs:
             args += [job.run_id, job.name, job.token, job.entry]
         replies = await self._connection.run(self._start_many, keys=[keys.jobs], args=args)
         return [_started(reply) for reply in replies]
 
     async def complete(
-        self, keys: WorkflowKeys, job: Job, result: str, *, owner: str = "", take: int = 0
+        self,
+        keys: WorkflowKeys,
+        job: Job,
+        result: str,
+        *,
+        call: str,
+        owner: str = "",
+        take: int = 0,
     ) -> tuple[str | None, list[Taken]]:
         """Record success, then take and start up to ``take`` new entries for ``owner``.
 
-        Returns the run's status (None when the token was superseded: nothing recorded) and
-        the entries taken.
+        Returns the run's status (None when the token was superseded: nothing recorded, nothing
+        taken) and the entries taken.
         """
-        reply = await self._connection.run(
-            self._complete,
-            keys=[keys.run(job.run_id)],
-            args=[keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take],
-        )
+        args = [keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take, call]
+        reply = await self._connection.run(self._complete, keys=[keys.run(job.run_id)], args=args)
         self._connection.kick(keys.jobs)
         status = text(reply[1]) if text(reply[0]) == "ok" else None
         return status, [_taken(item) for item in reply[2]]
 
     async def fail(
-        self, keys: WorkflowKeys, job: Job, *, error: dict[str, Any], retry_delay_ms: int
+        self,
+        keys: WorkflowKeys,
+        job: Job,
+        *,
+        call: str,
+        error: dict[str, Any],
+        retry_delay_ms: int,
     ) -> tuple[str, str]:
         """Record a failed attempt: ("retry", due ms), ("failed", run status) or ("stale", "")."""
         args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
-        args += [json.dumps(error), retry_delay_ms]
+        args += [json.dumps(error), retry_delay_ms, call]
         reply = await self._connection.run(self._fail, keys=[keys.run(job.run_id)], args=args)
         self._connection.kick(keys.jobs)
         outcome = text(reply[0])
@@ -171,27 +197,27 @@ class RunScripts:
             self._connection.kick(keys.jobs)
         return promoted, expired, next_due, now
 
-    async def cancel(self, keys: WorkflowKeys, run_id: str) -> tuple[int, str]:
+    async def cancel(self, keys: WorkflowKeys, run_id: str, *, call: str) -> tuple[int, str]:
         """Cancel a run; returns (1 cancelled | 0 not live | -1 unknown, status)."""
         reply = await self._connection.run(
-            self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id, call]
         )
         self._connection.kick(keys.jobs)
         return int(reply[0]), text(reply[1])
 
-    async def progress(self, keys: WorkflowKeys, job: Job, value: str) -> bool:
+    async def progress(self, keys: WorkflowKeys, job: Job, value: str, *, call: str) -> bool:
         """Save a progress checkpoint; False when the attempt was superseded."""
         reply = await self._connection.run(
             self._progress,
             keys=[keys.run(job.run_id)],
-            args=[keys.base, job.run_id, job.name, job.token, value],
+            args=[keys.base, job.run_id, job.name, job.token, value, call],
         )
         return bool(reply)
 
-    async def retry(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
+    async def retry(self, keys: WorkflowKeys, run_id: str, *, call: str) -> tuple[str, str]:
         """Resume a FAILED or TIMED_OUT run: ("resumed" | "invalid" | "unknown", status)."""
         reply = await self._connection.run(
-            self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id, call]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1])

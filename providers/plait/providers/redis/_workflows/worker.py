@@ -132,12 +132,13 @@ class Worker:
     # -- intake ------------------------------------------------------------------------------
 
     async def _take_loop(self) -> None:
-        self._intake = anyio.CancelScope()
-        if self._stopping:
-            return
-        with self._intake:
-            next_reclaim = 0.0
-            while True:
+        next_reclaim = 0.0
+        while not self._stopping:
+            # A drain cancels the waiting and reading, never a start call already made: the
+            # attempts it marked running are run, not left to be reclaimed as lost.
+            entries: list[tuple[bytes, Any]] = []
+            self._intake = anyio.CancelScope()
+            with self._intake:
                 free = self.concurrency - len(self._held)
                 if free <= 0:
                     self._slot_freed = anyio.Event()
@@ -146,12 +147,12 @@ class Worker:
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self._stall / 2
                     await self._measure_depth()
-                    free -= await self._reclaim(free)
-                    if free <= 0:
-                        continue
-                # An idle read waits no longer than the next reclaim pass is due.
-                wait = min(max(next_reclaim - time.monotonic(), 0.01), _READ_WAIT)
-                await self._take(await self._read(free, wait))
+                    entries = await self._reclaim(free)
+                else:
+                    # An idle read waits no longer than the next reclaim pass is due.
+                    wait = min(max(next_reclaim - time.monotonic(), 0.01), _READ_WAIT)
+                    entries = await self._read(free, wait)
+            await self._take(entries)
 
     async def _read(self, count: int, wait: float) -> list[tuple[bytes, Any]]:
         streams: dict[Any, Any] = {self.keys.jobs: ">"}
@@ -188,8 +189,8 @@ class Worker:
             if lenient_text(group.get("name")) == GROUP:
                 self.depth = int(group.get("pending") or 0) + int(group.get("lag") or 0)
 
-    async def _reclaim(self, count: int) -> int:
-        """Take over up to ``count`` entries idle past the stall timeout; returns how many.
+    async def _reclaim(self, count: int) -> list[tuple[bytes, Any]]:
+        """Up to ``count`` entries idle past the stall timeout, taken over (not those held here).
 
         One XAUTOCLAIM call examines at most ``10 x count`` pending entries, most of them held
         by live instances, so a pass walks the pending list with the cursor, one lap: from
@@ -198,7 +199,8 @@ class Worker:
         pass goes on from there.
         """
         start = self._reclaim_from
-        cursor, wrapped, taken = start, False, 0
+        cursor, wrapped = start, False
+        taken: list[tuple[bytes, Any]] = []
         for _ in range(_RECLAIM_CALLS):
             try:
                 reply = await self._client.xautoclaim(
@@ -207,19 +209,17 @@ class Worker:
                     self._owner,
                     min_idle_time=int(self._stall * 1250),
                     start_id=cursor,
-                    count=count - taken,
+                    count=count - len(taken),
                 )
             except BACKGROUND_ERRORS:
                 break
             cursor = lenient_text(reply[0])
-            found = [(e, f) for e, f in reply[1] if f and lenient_text(e) not in self._held]
-            await self._take(found)
-            taken += len(found)
+            taken += [(e, f) for e, f in reply[1] if f and lenient_text(e) not in self._held]
             if cursor == "0-0":
                 if wrapped or start == "0-0":
                     break
                 wrapped = True
-            if taken >= count or (wrapped and _stream_id(cursor) >= _stream_id(start)):
+            if len(taken) >= count or (wrapped and _stream_id(cursor) >= _stream_id(start)):
                 break
         self._reclaim_from = cursor
         return taken
@@ -239,17 +239,18 @@ class Worker:
                 batch.append(job)
         if not batch:
             return
+        # Made again, with the same call id, until Redis answers (however slowly): the script
+        # may have marked the attempts running already, and gives the same reply to a resend.
+        # Only the stop, once shutdown_timeout has passed, abandons it.
+        call = self._scripts.call_id()
         replies: list[Started | Lost | Deferred | None] | None = None
         try:
-            # A drain cancels the intake: let the start call finish (bounded) so the entries
-            # it took are run, not left held until the stop gives up on them.
-            with anyio.move_on_after(self._stall / 2, shield=True):
-                replies = await transition(
-                    lambda: self._scripts.start_many(self.keys, batch, self._owner),
-                    self.keys.workflow,
-                )
+            replies = await transition(
+                lambda: self._scripts.start_many(self.keys, batch, self._owner, call=call),
+                self.keys.workflow,
+            )
         finally:
-            if replies is None:  # Redis unreachable meanwhile: leave them to be reclaimed
+            if replies is None:  # cancelled by the stop: leave them to be reclaimed
                 for job in batch:
                     self._release(job.entry)
         if replies is None:

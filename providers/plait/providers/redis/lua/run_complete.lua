@@ -4,9 +4,15 @@
 -- KEYS[1] run hash
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id
 -- ARGV[6] result JSON  ARGV[7] owner  ARGV[8] entries to take (0: none)
--- returns {'ok', run status after the transition, taken} | {'stale', '', taken}
---   (stale: superseded, nothing recorded); taken is a list of {entry id, run, job, token,
---   what run_start.lua returns} or {entry id, field, value, ...} for an entry that names no job
+-- ARGV[9] call id (the same on every resend of this call)
+-- returns {'ok', run status after the transition, taken} | {'stale', '', {}}
+--   (stale: superseded, nothing recorded, nothing taken); taken is a list of {entry id, run,
+--   job, token, what run_start.lua returns} or {entry id, field, value, ...} for an entry that
+--   names no job.
+-- The outcome is recorded in the run hash, field <job>|ci = "call|status|entry,entry" (in place
+-- of the id of the call that started the attempt): the same call made again (its reply was
+-- lost) gets that status and the same entries, started again by the same call (so the attempts
+-- it started are returned, not found lost), instead of a stale reply and new entries.
 local base = ARGV[1]
 local run_id = ARGV[2]
 local job = ARGV[3]
@@ -15,13 +21,18 @@ local entry = ARGV[5]
 local result = ARGV[6]
 local owner = ARGV[7]
 local wanted = tonumber(ARGV[8] or '0')
+local call = ARGV[9]
 
 local c = ctx(base, run_id)
+local outcome = job .. '|ci'
 
+-- Record the success; returns the run's status then and the time, or nil when the attempt is
+-- not running. The job is done before the run advances: compensate() (a late on_complete
+-- times the run out) must not find it running and wait for it to settle.
 local function record()
-  local st = check(c, job, tok, true)
+  local st = check(c, job, tok)
   ack(c, entry)
-  if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
+  if st ~= 'running' and st ~= 'cancelling' then return nil end
   local now = now_ms()
   release(c, job)
   redis.call('HSET', c.r, job .. '|st', 'done', job .. '|t1', now)
@@ -52,30 +63,49 @@ local function record()
     redis.call('HSET', c.r, 'rbact', '')
     comp_next(c, now)
   end
-  return {'ok', redis.call('HGET', c.r, 'status')}
+  return redis.call('HGET', c.r, 'status'), now
 end
 
-local outcome = record()
-local taken = {}
-if wanted > 0 then
-  local got = redis.call('XREADGROUP', 'GROUP', GROUP, owner, 'COUNT', wanted,
-    'STREAMS', c.jobs, '>')
-  local entries = {}
-  if got and got[1] then
-    -- Redis replies {{stream, entries}}; the embedded server {stream, entries}
-    entries = type(got[1]) == 'table' and got[1][2] or got[2]
+-- Start an entry taken for this worker: what the worker gets for it.
+local function take(id, flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  if f.r and f.j and f.t and string.match(f.t, '^%d+$') then
+    return {id, f.r, f.j, f.t, start(ctx(base, f.r), f.j, f.t, id, owner, call)}
   end
-  for _, item in ipairs(entries) do
-    local id, flat = item[1], item[2]
-    local f = {}
-    for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-    if f.r and f.j and f.t and string.match(f.t, '^%d+$') then
-      taken[#taken + 1] = {id, f.r, f.j, f.t, start(ctx(base, f.r), f.j, f.t, id, owner)}
-    else
-      local raw = {id}
-      for i = 1, #flat do raw[#raw + 1] = flat[i] end
-      taken[#taken + 1] = raw
+  local raw = {id}
+  for i = 1, #flat do raw[#raw + 1] = flat[i] end
+  return raw
+end
+
+local taken = {}
+local status, now = record()
+if status then
+  local ids = {}
+  if wanted > 0 then
+    local got = redis.call('XREADGROUP', 'GROUP', GROUP, owner, 'COUNT', wanted,
+      'STREAMS', c.jobs, '>')
+    local entries = {}
+    if got and got[1] then
+      -- Redis replies {{stream, entries}}; the embedded server {stream, entries}
+      entries = type(got[1]) == 'table' and got[1][2] or got[2]
+    end
+    for _, item in ipairs(entries) do
+      taken[#taken + 1] = take(item[1], item[2])
+      ids[#ids + 1] = item[1]
     end
   end
+  redis.call('HSET', c.r, outcome, call .. '|' .. status .. '|' .. table.concat(ids, ','))
+  return {'ok', status, taken}
 end
-return {outcome[1], outcome[2] or '', taken}
+local done = redis.call('HGET', c.r, outcome)
+if done and string.sub(done, 1, #call + 1) == call .. '|' then
+  status, done = string.match(string.sub(done, #call + 2), '^([^|]*)|(.*)$')
+  for _, id in ipairs(split(done)) do
+    local item = redis.call('XRANGE', c.jobs, id, id)[1]
+    if item then taken[#taken + 1] = take(item[1], item[2]) end  -- gone: stale or put aside
+  end
+  return {'ok', status, taken}
+end
+check(c, job, tok, true)  -- count the refused write
+return {'stale', '', taken}

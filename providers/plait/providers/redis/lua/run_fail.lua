@@ -2,7 +2,10 @@
 -- KEYS[1] run hash
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id ('' for none)
 -- ARGV[6] error JSON  ARGV[7] retry delay ms (-1: no further attempt)
--- returns {'retry', next attempt, due ms} | {'failed', run status} | {'stale'}
+-- ARGV[8] call id (the same on every resend of this call)
+-- returns {'retry', next attempt, due ms} | {'failed', run status, ''} | {'stale'}
+-- The outcome is recorded in the run hash, field <job>|o<token> = "call|reply|...": the same
+-- call made again (its reply was lost) gets that reply instead of a stale one.
 local base = ARGV[1]
 local run_id = ARGV[2]
 local job = ARGV[3]
@@ -10,11 +13,29 @@ local tok = ARGV[4]
 local entry = ARGV[5]
 local err = ARGV[6]
 local delay = tonumber(ARGV[7])
+local call = ARGV[8]
 
 local c = ctx(base, run_id)
-local st = check(c, job, tok, true)
+local outcome = job .. '|o' .. tok
+local st = check(c, job, tok)
 ack(c, entry)
-if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
+if st ~= 'running' and st ~= 'cancelling' then
+  local done = redis.call('HGET', c.r, outcome)
+  if done and string.sub(done, 1, #call + 1) == call .. '|' then
+    local kind, a, b = string.match(string.sub(done, #call + 2), '^([^|]*)|([^|]*)|(.*)$')
+    return {kind, a, b}
+  end
+  check(c, job, tok, true)  -- count the refused write
+  return {'stale'}
+end
+
+-- The run failed the job for good: record the reply.
+local function failed()
+  local status = redis.call('HGET', c.r, 'status')
+  redis.call('HSET', c.r, outcome, call .. '|failed|' .. status .. '|')
+  return {'failed', status, ''}
+end
+
 local now = now_ms()
 release(c, job)
 local at = tonumber(redis.call('HGET', c.r, job .. '|at'))
@@ -23,12 +44,13 @@ if st == 'cancelling' then
   redis.call('HSET', c.r, job .. '|st', 'cancelled')
   event(c, 'step.failed', job, at, err)
   settle(c, now)
-  return {'failed', redis.call('HGET', c.r, 'status')}
+  return failed()
 end
 if delay >= 0 then
   local next_tok = redis.call('HINCRBY', c.r, 'tok', 1)
-  redis.call('HSET', c.r, job .. '|st', 'retrying', job .. '|tk', next_tok, job .. '|at', at + 1)
   local due = now + delay
+  redis.call('HSET', c.r, job .. '|st', 'retrying', job .. '|tk', next_tok, job .. '|at', at + 1,
+    outcome, call .. '|retry|' .. (at + 1) .. '|' .. due)
   redis.call('ZADD', c.base .. 'delayed', due, c.run .. '|' .. job .. '|' .. next_tok)
   event(c, 'step.retrying', job, at, err)
   return {'retry', at + 1, due}
@@ -43,4 +65,4 @@ else
   redis.call('HSET', c.r, 'rbact', '')
   comp_next(c, now)
 end
-return {'failed', redis.call('HGET', c.r, 'status')}
+return failed()

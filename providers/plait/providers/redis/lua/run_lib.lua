@@ -7,8 +7,12 @@
 -- rbact (the compensation job running now), infl (steps still running while compensating),
 -- err (the error that failed the run), result, jobs (every job, in scheduling order), and per
 -- job J: J|st (queued running retrying done failed cancelling cancelled), J|at (attempt),
--- J|tk (token of the live attempt), J|en (its stream entry), J|ow (owner), J|t0, J|t1,
--- J|er (last error), J|pg (progress).
+-- J|tk (token of the live attempt), J|en (its stream entry), J|ow (owner), J|ci (the call that
+-- started it, then the outcome of the one that completed it), J|t0, J|t1, J|er (last error),
+-- J|pg (progress), J|pc (the call that saved it), J|o<token> (the outcome of the run_fail call
+-- that failed that attempt); rcall/ccall: the last retry/cancel call that changed the run.
+-- Each call names itself with a call id, the same on every resend of one call: a call made
+-- again because its reply was lost gets the outcome it had, instead of finding its own write.
 -- Jobs are step names, '~complete' (on_complete), '~error' (on_error), '~rb:<step>'.
 -- 'lim' holds the global limits of the run's workflow, JSON {cc = most running attempts across
 -- instances, rl = {step = {starts, period ms}}}; a job put aside by a limit is 'waiting'.
@@ -257,8 +261,20 @@ local function advance(c, now)
   end
 end
 
+-- What a worker needs to run attempt `at` of `job` (the 'run' reply of run_start.lua); `now`
+-- is Redis's time, the clock the run's deadline is kept by.
+local function started(c, job, at, now)
+  local v = redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
+  local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now}
+  local results = redis.call('HGETALL', c.res)
+  for i = 1, #results do out[#out + 1] = results[i] end
+  return out
+end
+
 -- A worker took a job's stream entry: mark the attempt running (see run_start.lua for replies).
-local function start(c, job, tok, entry, owner)
+-- The same call made again (`owner` and `call` match: its reply was lost) gets the attempt it
+-- started back rather than finding it running, lost.
+local function start(c, job, tok, entry, owner, call)
   local st, status = check(c, job, tok)
 
   -- Put the job aside until `due` in `set` (waiting: until a running slot frees up).
@@ -293,18 +309,16 @@ local function start(c, job, tok, entry, owner)
       end
     end
     local at = redis.call('HGET', c.r, job .. '|at')
-    redis.call('HSET', c.r, job .. '|st', 'running', job .. '|ow', owner, job .. '|t0', now)
+    redis.call('HSET', c.r, job .. '|st', 'running', job .. '|ow', owner, job .. '|ci', call,
+      job .. '|t0', now)
     if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
     event(c, 'step.started', job, at, '')
-    local v = redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
-    local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now}
-    local results = redis.call('HGETALL', c.res)
-    for i = 1, #results do out[#out + 1] = results[i] end
-    return out
+    return started(c, job, at, now)
   end
   if st == 'running' or st == 'cancelling' then
-    return {'lost', redis.call('HGET', c.r, job .. '|at'),
-      redis.call('HGET', c.r, job .. '|ow') or ''}
+    local v = redis.call('HMGET', c.r, job .. '|at', job .. '|ow', job .. '|ci')
+    if v[2] == owner and v[3] == call then return started(c, job, v[1], now_ms()) end
+    return {'lost', v[1], v[2] or ''}
   end
   ack(c, entry)
   return {'stale'}

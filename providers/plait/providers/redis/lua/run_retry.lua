@@ -2,17 +2,20 @@
 -- Completed steps whose rollback never ran keep their results and are not run again; every
 -- other step runs again, from the earliest group holding one. Hooks and rollbacks start over.
 -- KEYS[1] run hash
--- ARGV[1] base  ARGV[2] run id
+-- ARGV[1] base  ARGV[2] run id  ARGV[3] call id (the same on every resend of this call)
 -- returns {'resumed', status} | {'invalid', status} | {'unknown', ''}
+--   (the call that resumed the run is recorded as rcall: made again, it gets 'resumed')
 local base = ARGV[1]
 local run_id = ARGV[2]
+local call = ARGV[3]
 
 local c = ctx(base, run_id)
 local status = redis.call('HGET', c.r, 'status')
 if not status then return {'unknown', ''} end
+if redis.call('HGET', c.r, 'rcall') == call then return {'resumed', status} end
 if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} end
 local now = now_ms()
-local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 't0', 't1', 'er'}
+local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 'ci', 't0', 't1', 'er'}
 local function wipe(job)
   for _, f in ipairs(FIELDS) do redis.call('HDEL', c.r, job .. '|' .. f) end
 end
@@ -41,7 +44,7 @@ for _, step in ipairs(split(redis.call('HGET', c.r, 'order'))) do
   if redis.call('HGET', c.r, step .. '|st') == 'done' then order[#order + 1] = step end
 end
 redis.call('HDEL', c.r, 'err', 'reason', 'finished', 'result')
-redis.call('HSET', c.r, 'status', 'RUNNING', 'jobs', table.concat(jobs, ','),
+redis.call('HSET', c.r, 'status', 'RUNNING', 'rcall', call, 'jobs', table.concat(jobs, ','),
   'order', table.concat(order, ','), 'comp', '', 'rbact', '', 'infl', 0,
   'gi', (first or (#cjson.decode(redis.call('HGET', c.r, 'plan')) + 1)) - 1)
 for _, key in ipairs({c.r, c.res, c.ev}) do redis.call('PERSIST', key) end
