@@ -16,10 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from redis import exceptions as redis_errors
+
+from plait.workflows._errors import describe_exception
 
 from .._core.connection import Connection
 from .._core.errors import CONNECTION_ERRORS
 from .._core.keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
+from .._core.wire import lenient_text
 from .scripts import RunScripts
 
 # The reconciler has always logged as "plait.timers"; logging configs may name it.
@@ -82,6 +86,8 @@ class Reconciler:
                     await self.run_pass()
             except CONNECTION_ERRORS as error:
                 logger.warning("reconciler: Redis unreachable (%s)", error)
+            except Exception:  # an error reply, a bug: the next pass tries again
+                logger.exception("reconciler: the pass failed")
 
     async def run_pass(self) -> ReconcileStats:
         """One pass over every workflow's live runs; logs and returns its stats."""
@@ -89,27 +95,36 @@ class Reconciler:
         now_ms = int(time.time() * 1000)
         async for raw in self._client.scan_iter(match=runs_pattern(self._prefix), count=500):
             # The run index keeps ids a little longer than the runs themselves live.
-            await self._client.zremrangebyscore(
-                raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
-            )
+            try:
+                await self._client.zremrangebyscore(
+                    raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
+                )
+            except redis_errors.ResponseError as error:  # a key of another type: left alone
+                logger.error("reconciler: %s cannot be trimmed: %s", lenient_text(raw), error)
         async for raw in self._client.scan_iter(match=active_pattern(self._prefix), count=500):
-            key = raw.decode()
-            keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
-            runs = await self._client.zrangebyscore(
-                key, "-inf", now_ms - self._min_age_ms, start=0, num=5000
-            )
-            for run in runs:
+            key = lenient_text(raw)
+            try:
+                keys = WorkflowKeys(self._prefix, workflow_of_key(key, self._prefix))
+                runs = await self._client.zrangebyscore(
+                    key, "-inf", now_ms - self._min_age_ms, start=0, num=5000
+                )
+            except redis_errors.ResponseError as error:  # one broken index must not stop the pass
+                failed += 1
+                logger.error("reconciler: %s cannot be read: %s", key, error)
+                continue
+            for raw_run in runs:
                 scanned += 1
+                run = lenient_text(raw_run)
                 try:
-                    outcome, detail = await self._scripts.reconcile(keys, run.decode())
+                    outcome, detail = await self._scripts.reconcile(keys, run)
                 except Exception as error:  # one broken run must not stop the pass
                     failed += 1
-                    logger.error("reconciler: run %s: %s", run.decode(), error)
+                    logger.error("reconciler: run %s: %s", run, describe_exception(error)[1])
                     continue
                 if outcome == "repaired":
                     stalled += 1
                     reconciled += 1
-                    logger.warning("reconciler: run %s repaired (%s)", run.decode(), detail)
+                    logger.warning("reconciler: run %s repaired (%s)", run, detail)
         self.last = ReconcileStats(
             scanned=scanned, stalled=stalled, reconciled=reconciled, failed=failed
         )

@@ -23,6 +23,8 @@ import anyio
 from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 
+from plait.workflows._errors import describe_exception
+
 from .._core.connection import Connection
 from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import GROUP, WorkflowKeys
@@ -33,7 +35,7 @@ from .attempt import Attempts, transition
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderOptions
-from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
+from .scripts import Job, Refused, RunScripts, StartReply, Taken
 
 logger = logging.getLogger("plait.worker")
 
@@ -105,7 +107,7 @@ class Worker:
         await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            tg.start_soon(self._take_loop)
+            tg.start_soon(self._keep_taking)
             task_status.started()
 
     async def drain(self, timeout: float) -> bool:
@@ -123,6 +125,16 @@ class Worker:
         self._attempts.cancel_run(run_id)
 
     # -- intake ------------------------------------------------------------------------------
+
+    async def _keep_taking(self) -> None:
+        """The intake loop, started again a second after an error of its own (a key of another
+        type, a bug): only a drain ends it."""
+        while True:
+            try:
+                return await self._take_loop()
+            except Exception:
+                logger.exception("%s: taking jobs failed; going on in a second", self.keys.jobs)
+                await anyio.sleep(1.0)
 
     async def _take_loop(self) -> None:
         self._intake = anyio.CancelScope()
@@ -213,15 +225,12 @@ class Worker:
                 batch.append(job)
         if not batch:
             return
-        replies: list[Started | Lost | Deferred | None] | None = None
+        replies: list[StartReply] | None = None
         try:
             # A drain cancels the intake: let the start call finish (bounded) so the entries
             # it took are run, not left held until the stop gives up on them.
             with anyio.move_on_after(self._stall / 2, shield=True):
-                replies = await transition(
-                    lambda: self._scripts.start_many(self.keys, batch, self._owner),
-                    self.keys.workflow,
-                )
+                replies = await self._start(batch)
         finally:
             if replies is None:  # Redis unreachable meanwhile: leave them to be reclaimed
                 for job in batch:
@@ -230,6 +239,32 @@ class Worker:
             return
         for job, started in zip(batch, replies, strict=True):
             self._spawn(self._process, job.entry, job, started)
+
+    async def _start(self, batch: list[Job]) -> list[StartReply] | None:
+        """Start a batch in one call; when Redis refuses that call, start each entry alone so
+        that the one it refuses is dead-lettered and the others run."""
+        try:
+            return await transition(
+                lambda: self._scripts.start_many(self.keys, batch, self._owner),
+                self.keys.workflow,
+            )
+        except Exception as error:
+            logger.warning(
+                "%s: starting %d entries at once failed (%s); starting each alone",
+                self.keys.jobs, len(batch), ": ".join(describe_exception(error)[:2]),
+            )  # fmt: skip
+        # Entries before the refused one were started by the failed call: starting them again
+        # finds them running, so their attempts are recorded as lost and retried.
+        return [await self._start_alone(job) for job in batch]
+
+    async def _start_alone(self, job: Job) -> StartReply:
+        try:
+            return await transition(
+                lambda: self._scripts.start(self.keys, job, self._owner), self.keys.workflow
+            )
+        except Exception as error:
+            cause_type, message, _ = describe_exception(error)
+            return Refused(f"cannot be started: {cause_type}: {message}")
 
     def _work_of(self, item: Taken) -> _Work:
         """What to run for an entry a transition took for this worker (already started)."""

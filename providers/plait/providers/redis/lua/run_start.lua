@@ -4,7 +4,8 @@
 -- returns {'run', attempt, input, meta, deadline ms or '', progress or '', last error or '',
 --          step, result, ...}
 --       | {'lost', attempt, previous owner}  (entry reclaimed from an attempt that was running)
---       | {'stale'}  (superseded token or unknown run; the entry is acknowledged)
+--       | {'stale'}  (superseded token; the entry is acknowledged)
+--       | {'foreign', reason}  (no such run, or its key holds another type; nothing written)
 --       | {'wait', due ms}  (a global limit put the job aside; the entry is acknowledged)
 local base = ARGV[1]
 local run_id = ARGV[2]
