@@ -230,7 +230,7 @@ TESTS = Path(__file__).resolve().parent
 WORKER = [sys.executable, "-m", "plait.providers.redis", "--log-level", "INFO", "worker"]
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
-"""``spawn(instance, url=..., **env)`` starts a ``plait worker`` process."""
+"""``spawn(instance, url=..., app=..., **env)`` starts a ``plait worker`` process."""
 
 
 @pytest.fixture
@@ -238,10 +238,12 @@ def spawn(prefix: str, tmp_path: Path) -> Iterator[Spawn]:
     """Start ``plait worker`` processes; every one still alive is killed afterwards."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn_(instance: str, url: str = REDIS_URL, **env: str) -> subprocess.Popen[bytes]:
+    def spawn_(
+        instance: str, url: str = REDIS_URL, app: str = "apps.workflow_app:provider", **env: str
+    ) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"{instance}.log", "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
-            [*WORKER, "apps.workflow_app:provider"],
+            [*WORKER, app],
             cwd=TESTS,
             env={
                 **os.environ,

@@ -3,7 +3,9 @@
 ``plait worker app.module:providers`` imports ``app.module``, takes ``providers`` (a provider,
 a list of providers, or a function returning either), starts them and runs until SIGTERM or
 SIGINT, then stops them gracefully: running steps get ``shutdown_timeout`` to finish and the
-rest are left to be reclaimed by other instances.
+rest are left to be reclaimed by other instances (the process does not wait for the threads of
+abandoned sync steps). It exits with 0 after a signal, and with 1 when a provider stopped by
+itself (its background work died: the traceback is in the log).
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
 cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
@@ -15,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
+
+import anyio
 
 from plait.workflows import ProviderUnavailableError, WorkflowStatus
 
@@ -35,6 +41,8 @@ logger = logging.getLogger("plait.cli")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+LIVENESS_POLL = 0.5
+"""Seconds between two looks of ``plait worker`` at its providers' ``alive`` flags."""
 UNREACHABLE: tuple[type[BaseException], ...] = (ProviderUnavailableError, *CONNECTION_ERRORS)
 
 
@@ -73,23 +81,66 @@ def apply_concurrency(providers: Sequence[Any], concurrency: int) -> None:
             )
 
 
-async def run_worker(providers: Sequence[Any]) -> None:
-    """Start ``providers``, wait for SIGTERM or SIGINT, stop them in reverse order."""
+async def run_worker(providers: Sequence[Any]) -> int:
+    """Start ``providers``, run until SIGTERM or SIGINT, stop them in reverse order.
+
+    Returns the exit status: 0 after a signal, :data:`EXIT_FAILED` when a provider stopped by
+    itself (its background work died; the provider logged the traceback), checked every
+    :data:`LIVENESS_POLL` seconds with its ``alive`` flag.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     started: list[Any] = []
+    dead: list[Any] = []
     try:
         for provider in providers:
             await provider.start()
             started.append(provider)
         logger.info("worker ready: %d provider(s), pid %d", len(started), os.getpid())
-        await stop.wait()
+        while not stop.is_set() and not dead:
+            with anyio.move_on_after(LIVENESS_POLL):
+                await stop.wait()
+            dead = [provider for provider in started if not getattr(provider, "alive", True)]
+        for provider in dead:
+            name = getattr(provider, "provider_id", repr(provider))
+            logger.error("provider %s is not alive any more: the worker exits", name)
         logger.info("stopping")
     finally:
         for provider in reversed(started):
-            await provider.stop()
+            try:
+                await provider.stop()
+            except Exception:
+                if provider not in dead:
+                    raise
+                # what it died of was logged when it died
+    return EXIT_FAILED if dead else 0
+
+
+def leave_abandoned_threads(status: int) -> None:
+    """End the process now when threads are left running, instead of waiting for them.
+
+    Sync handlers run in worker threads, which a cancellation cannot stop: a step still running
+    when ``shutdown_timeout`` is over is abandoned (another instance reclaims it), and the
+    interpreter would wait for its thread before exiting. Exit handlers run first (logging,
+    telemetry exporters); the threads are not joined.
+    """
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.current_thread() and not thread.daemon and thread.is_alive()
+    ]
+    for thread in left:  # an idle worker thread ends at once, a busy one does not
+        thread.join(timeout=0.1)
+    left = [thread for thread in left if thread.is_alive()]
+    if not left:
+        return
+    logger.warning("exiting without %d abandoned handler thread(s) still running", len(left))
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _positive(text: str) -> int:
@@ -216,8 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             providers = load_providers(args.target)
             if args.concurrency:
                 apply_concurrency(providers, args.concurrency)
-            asyncio.run(run_worker(providers))
-            return 0
+            status = asyncio.run(run_worker(providers))
+            leave_abandoned_threads(status)
+            return status
         return asyncio.run(_run(args))
     except UsageError as error:
         print(f"plait: {error}", file=sys.stderr)

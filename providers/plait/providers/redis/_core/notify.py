@@ -82,11 +82,14 @@ class Notifications:
             await self._ready.wait()
             try:
                 await self._session()
+                continue
             except CONNECTION_ERRORS as error:
                 logger.warning("pub/sub connection lost (%s); reconnecting", error)
-                self._unconfirm()
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except Exception:  # an error reply, a message that does not decode: a new session
+                logger.exception("pub/sub session failed; reconnecting")
+            self._unconfirm()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _unconfirm(self) -> None:
         """Mark every subscription unconfirmed until the next session confirms it again."""

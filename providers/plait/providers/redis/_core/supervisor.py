@@ -7,19 +7,29 @@ Both providers run their readers, timers and notification loop as one piece of *
 way, once the work has started, cancelling its caller does not cancel it: it is asked to stop
 (the ``stopping`` event) and drains running steps and handlers first; nothing is left running
 after ``serve()`` or ``stop()`` returns.
+
+Work that dies after it started (an error no loop of it caught) is not silent: the error is
+logged with its traceback at once, the supervisor stops running (:attr:`Supervisor.problem`
+says why, which the providers' ``alive`` and health reports show), and the error is raised by
+``serve()`` or, after ``start()``, by ``stop()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
+from plait.workflows._errors import describe_exception
+
 from .connection import Connection
 from .errors import ErrorKinds, translated
 from .retry import call_until
+
+logger = logging.getLogger("plait.provider")
 
 
 class Work(Protocol):
@@ -45,11 +55,27 @@ class Supervisor:
         self._answered = False
         self._task: asyncio.Task[None] | None = None
         self._starting = anyio.Lock()
+        self._failure: str | None = None
 
     @property
     def running(self) -> bool:
         """Whether Redis answered and the work was not asked to stop since (it may be starting)."""
         return self._answered and self._stopping is not None and not self._stopping.is_set()
+
+    @property
+    def failure(self) -> str | None:
+        """The error the work died of (``Type: message``), until the next start; None when it
+        did not die."""
+        return self._failure
+
+    @property
+    def problem(self) -> str | None:
+        """Why the work is not running, as a sentence of a health report; None while it runs."""
+        if self._failure is not None:
+            return f"this instance's background work died ({self._failure}; see its log)"
+        if not self.running:
+            return "this instance is not running (not started, or stopped)"
+        return None
 
     async def serve(
         self, work: Work, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -71,6 +97,7 @@ class Supervisor:
             raise RuntimeError("the provider is running already")
         stopping = self._stopping = anyio.Event()
         stopped = self._stopped = anyio.Event()
+        self._failure = None
         failure: Exception | None = None
         try:
             await call_until(
@@ -80,7 +107,7 @@ class Supervisor:
             async with anyio.create_task_group() as tg:
                 try:
                     if not stopping.is_set():  # else stop() came while Redis was checked
-                        await tg.start(_shielded_once_started, work, stopping)
+                        await tg.start(self._run, work, stopping)
                         task_status.started()
                         await stopping.wait()
                 except Exception as error:  # while starting: raised as is, not grouped
@@ -128,10 +155,33 @@ class Supervisor:
         finally:
             started.set()  # also when serve() failed: start() then raises its error
 
+    async def _run(
+        self, work: Work, stopping: anyio.Event, *, task_status: TaskStatus[None]
+    ) -> None:
+        """Run ``work``: cancellable while it starts, shielded from its caller once it started.
+
+        Work that dies once started is reported at once: logged, :attr:`failure` set, and
+        ``stopping`` set so that :attr:`running` turns False; its error then ends ``serve()``.
+        """
+        with anyio.CancelScope() as scope:
+            try:
+                await work(stopping, task_status=_Shielding(scope, task_status))
+            except Exception as error:
+                if scope.shield:  # it had started: nobody else may be looking
+                    self._failure = _cause(error)
+                    logger.error(
+                        "background work died, stopping: %s", self._failure, exc_info=error
+                    )
+                    stopping.set()
+                raise
+
     async def stop(self) -> None:
         """Ask the work to stop, wait until it drained, and release the connection (idempotent).
 
         Also ends a :meth:`serve` running in another task group (which then returns).
+
+        Raises:
+            Exception: what the work of :meth:`start` died of (logged when it died).
         """
         task, self._task = self._task, None
         stopping, stopped = self._stopping, self._stopped
@@ -147,14 +197,6 @@ class Supervisor:
             await self._connection.aclose()
 
 
-async def _shielded_once_started(
-    work: Work, stopping: anyio.Event, *, task_status: TaskStatus[None]
-) -> None:
-    """Run ``work``: cancellable while it starts, shielded from its caller once it started."""
-    with anyio.CancelScope() as scope:
-        await work(stopping, task_status=_Shielding(scope, task_status))
-
-
 class _Shielding:
     """A task status that shields ``scope`` at the moment its work reports started."""
 
@@ -165,6 +207,14 @@ class _Shielding:
     def started(self, value: Any = None) -> None:
         self._scope.shield = True
         self._status.started(value)
+
+
+def _cause(error: BaseException) -> str:
+    """``Type: message`` of what ``error`` is about (the first error of nested task groups)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    cause_type, message, _ = describe_exception(error)
+    return f"{cause_type}: {message}"
 
 
 class _Signal:

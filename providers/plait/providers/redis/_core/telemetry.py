@@ -19,6 +19,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
+from plait.workflows._errors import describe_exception
+
 from .tracing import parent_context, producer_context
 
 try:
@@ -178,6 +180,13 @@ class Telemetry:
 
 
 def record_failure(span: Span, error: BaseException) -> None:
-    """Mark ``span`` failed by ``error``."""
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    """Mark ``span`` failed by ``error`` (also when ``str(error)`` raises: the exception event
+    is ``record_exception``'s, built from :func:`describe_exception`)."""
+    if not span.is_recording():
+        return
+    cause_type, message, stack = describe_exception(error)
+    span.add_event(
+        "exception",
+        {"exception.type": cause_type, "exception.message": message, "exception.stacktrace": stack},
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{cause_type}: {message}"))

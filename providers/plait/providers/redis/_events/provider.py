@@ -31,7 +31,7 @@ from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
-from .._ops.health import Health, check_health
+from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, request_seconds, validated
@@ -243,6 +243,9 @@ class RedisEventProvider:
 
     def _check_open(self) -> None:
         if not self._supervisor.running:
+            failure = self._supervisor.failure
+            if failure is not None:
+                raise EventProviderClosedError(f"the event provider stopped: it died of {failure}")
             raise EventProviderClosedError("the event provider is not started")
 
     # -- subscribing -------------------------------------------------------------------------
@@ -385,20 +388,34 @@ class RedisEventProvider:
     async def health(self) -> Health:
         """Redis reachability and latency, queues, dead letters and live instances.
 
-        Covers every workflow and event under this provider's prefix. An unreachable Redis
-        gives a report with ``ok=False`` rather than an error.
+        Covers every workflow and event under this provider's prefix, and this instance's own
+        liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
+        not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
 
         Raises:
             EventCommandError: Redis refused a command (a key of the wrong type under the
                 prefix).
         """
         with translated(EVENT_KINDS, "health"):
-            return await check_health(
+            report = await check_health(
                 self._connection.client,
                 self.prefix,
                 stalled_after=2 * self.options.stall_timeout.total_seconds(),
                 timeout=self.options.connect_timeout.total_seconds(),
             )
+        return with_liveness(report, self._supervisor.problem)
+
+    @property
+    def alive(self) -> bool:
+        """Whether this instance runs: started, not stopped, and none of its background work
+        (readers, timers, leases, notifications, heartbeat) has died.
+
+        A local flag, no Redis call: cheap enough for a liveness probe. Work that dies is
+        logged with its traceback, and the provider stops (``emit`` raises
+        :class:`~plait.events.EventProviderClosedError` saying why, ``stop()`` raises the
+        error).
+        """
+        return self._supervisor.problem is None
 
     async def trim(self, event: Event[Any, Any]) -> int:
         """Trim ``event``'s stream now (instances also do it in the background).

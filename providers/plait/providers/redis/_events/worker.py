@@ -25,7 +25,6 @@ from plait.workflows import RetryPolicy
 from .._core.connection import Connection
 from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import EventKeys
-from .._core.retry import call_forever
 from .._core.telemetry import Telemetry
 from .codec import Delivery
 from .delivery import DeliveryRunner, Subscription
@@ -147,23 +146,34 @@ class EventWorker:
     # -- reading ----------------------------------------------------------------------------
 
     async def _read(self, sub: Subscription) -> None:
-        await self._write(lambda: self._scripts.create_group(sub.keys, sub.group))
-        sub.ready.set()
+        """Create ``sub``'s group, then read its new entries until cancelled.
+
+        Whatever fails here (Redis unreachable, a key of another type, a bug) is logged and
+        tried again with backoff, by this reader alone; a group that vanished is created again.
+        """
+        create_at: str | None = "$"  # a new group starts at the end of the stream
         delay = 0.05
         while True:
-            await self._wait_for_slot()
             try:
+                if create_at is not None:
+                    await self._scripts.create_group(sub.keys, sub.group, create_at)
+                    create_at = None
+                    sub.ready.set()
+                await self._wait_for_slot()
                 found = await self._read_new(sub)
-            except CONNECTION_ERRORS as error:
-                logger.warning("reader of %s: Redis unreachable (%s)", sub.keys.stream, error)
+            except Exception as error:
+                if isinstance(error, redis_errors.ResponseError) and "NOGROUP" in str(error):
+                    logger.warning(
+                        "group %s of %s vanished; recreating", sub.group, sub.keys.stream
+                    )
+                    create_at = "0"
+                    continue
+                if isinstance(error, CONNECTION_ERRORS):
+                    logger.warning("reader of %s: Redis unreachable (%s)", sub.keys.stream, error)
+                else:
+                    logger.exception("reader of %s failed", sub.keys.stream)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                continue
-            except redis_errors.ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    raise
-                logger.warning("group %s of %s vanished; recreating", sub.group, sub.keys.stream)
-                await self._write(lambda: self._scripts.create_group(sub.keys, sub.group, "0"))
                 continue
             delay = 0.05
             self._spawn(sub, found)
@@ -223,9 +233,6 @@ class EventWorker:
             if self._timer_starved:
                 self._timer_wake.set()
 
-    async def _write(self, operation: Callable[[], Awaitable[bool]]) -> None:
-        await call_forever(operation, what="create group", stopping=lambda: False)
-
     # -- timers -----------------------------------------------------------------------------
 
     async def _timer(self) -> None:
@@ -235,19 +242,28 @@ class EventWorker:
         while True:
             self._timer_wake = anyio.Event()
             wait = POLL
-            for keys in list(self.streams.values()):
-                wait = min(wait, await self._promote(keys))
-            self._timer_starved = False
-            for sub in list(self.subscriptions.values()):
-                if sub.ready.is_set():
-                    wait = min(wait, await self._claim(sub))
-            if time.monotonic() >= trim_at:
-                trim_at = time.monotonic() + trim_every
-                for keys in list(self.streams.values()):
-                    await self.trim(keys)
+            try:
+                wait = await self._due()
+                if time.monotonic() >= trim_at:
+                    trim_at = time.monotonic() + trim_every
+                    for keys in list(self.streams.values()):
+                        await self.trim(keys)
+            except Exception:  # a bug, a reply that does not decode: the next round goes on
+                logger.exception("event timer round failed")
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await self._timer_wake.wait()
+
+    async def _due(self) -> float:
+        """Promote due delayed events and claim due retries; returns seconds to the next."""
+        wait = POLL
+        for keys in list(self.streams.values()):
+            wait = min(wait, await self._promote(keys))
+        self._timer_starved = False
+        for sub in list(self.subscriptions.values()):
+            if sub.ready.is_set():
+                wait = min(wait, await self._claim(sub))
+        return wait
 
     async def _promote(self, keys: EventKeys) -> float:
         limit = 200
@@ -315,3 +331,5 @@ class EventWorker:
                         self._spawn(sub, found)
                 except BACKGROUND_ERRORS as error:
                     logger.warning("lease of %s failed: %s", sub.keys.stream, error)
+                except Exception:  # a bug, a reply that does not decode: the other streams go on
+                    logger.exception("lease of %s failed", sub.keys.stream)

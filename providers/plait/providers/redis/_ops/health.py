@@ -9,13 +9,14 @@ A queue is a consumer group of a step stream (group ``plait``) or of an event st
 subscribing group). Health is not ok when Redis cannot be reached, when entries of a group are
 *stalled* (pending without a lease renewal for ``stalled_after``: their consumer died and no
 live instance took them over), or when the oldest entry a group has not read yet has waited
-longer than ``max_wait`` (no live consumer, or too few).
+longer than ``max_wait`` (no live consumer, or too few); a provider's own report is also not ok
+when that provider is not alive (:func:`with_liveness`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,6 +96,9 @@ class Health:
         instances: providers that sent a heartbeat in the last few minutes.
         problems: why the report is not ok, one sentence each.
         checked_at: when the report was made.
+        alive: whether the provider that made the report runs: started, not stopped, and its
+            background work (readers, timers, heartbeat, lease renewal) has not died. None in
+            a report made without a provider (``plait health``, :func:`check_health`).
     """
 
     ok: bool
@@ -104,6 +108,7 @@ class Health:
     instances: tuple[InstanceHealth, ...] = ()
     problems: tuple[str, ...] = ()
     checked_at: datetime = field(default_factory=lambda: datetime.now(tz=UTC))
+    alive: bool | None = None
 
     @property
     def dead_letters(self) -> int:
@@ -121,6 +126,14 @@ class Health:
         data["dead_letters"] = self.dead_letters
         data["live_instances"] = len(self.live_instances)
         return data  # type: ignore[no-any-return]
+
+
+def with_liveness(report: Health, problem: str | None) -> Health:
+    """``report`` as a provider gives it: ``alive`` when ``problem`` is None, else not alive and
+    not ok, with ``problem`` (why it is not alive) added to its problems."""
+    if problem is None:
+        return replace(report, alive=True)
+    return replace(report, ok=False, alive=False, problems=(*report.problems, problem))
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from .._core.errors import CONNECTION_ERRORS
+from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import instances
 
 logger = logging.getLogger("plait.health")
@@ -56,7 +56,9 @@ class Heartbeat:
                     await self.beat()
                 except CONNECTION_ERRORS as error:
                     logger.debug("heartbeat of %s failed: %s", self._provider_id, error)
+                except Exception as error:  # an error reply (a key of another type): next beat
+                    logger.warning("heartbeat of %s failed: %r", self._provider_id, error)
                 await anyio.sleep(self._period)
         finally:
-            with anyio.move_on_after(1.0, shield=True), suppress(*CONNECTION_ERRORS):
+            with anyio.move_on_after(1.0, shield=True), suppress(*BACKGROUND_ERRORS):
                 await self._client.zrem(self._key, self._provider_id)

@@ -21,12 +21,14 @@ import anyio
 
 from plait.workflows import (
     AttemptSupersededError,
+    CorruptRunError,
     RunStoppedError,
     StepTimeoutError,
     UnknownJobError,
     WorkerLostError,
     WorkflowError,
 )
+from plait.workflows._errors import describe_exception
 
 from .._core.calls import Straggler
 from .._core.connection import Connection
@@ -37,7 +39,7 @@ from .._core.tracing import current_meta, traceparent_of
 from .codec import decode_record, encode_result, outcome_error
 from .handlers import Handlers, wire_error
 from .jobs import ERROR, compensates, display_name
-from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
+from .scripts import Corrupt, Deferred, Job, Lost, Refused, RunScripts, Started, StartReply, Taken
 
 logger = logging.getLogger("plait.worker")
 
@@ -80,10 +82,27 @@ class Attempts:
                 self._run_stopped.add(entry)
                 scope.cancel()
 
-    async def process(
-        self, entry: str, job: Job, started: Started | Lost | Deferred | None
-    ) -> list[Taken]:
-        """Run one started job; returns the entries its completion took for this worker."""
+    async def process(self, entry: str, job: Job, started: StartReply) -> list[Taken]:
+        """Run one started job; returns the entries its completion took for this worker.
+
+        Anything that goes wrong with this entry alone (Redis refusing its transition, a bug)
+        dead-letters it with the reason, so the worker goes on; the reconciler repairs its run
+        if it is left running (a new attempt).
+        """
+        try:
+            if isinstance(started, Started):
+                return await self._attempt(job, started)
+            await self._settle(job, started)
+        except Exception as error:
+            cause_type, message, _ = describe_exception(error)
+            logger.exception("%s: processing entry %s failed", self._keys.jobs, entry)
+            fields = {"r": job.run_id, "j": job.name, "t": job.token}
+            await self.dead_letter(entry, f"processing failed: {cause_type}: {message}", fields)
+        return []
+
+    async def _settle(self, job: Job, started: StartReply) -> None:
+        """Record what an entry that did not start means: a lost attempt, a corrupt run, a
+        refused entry (dead-lettered), a job a limit put aside."""
         if isinstance(started, Lost):
             self._telemetry.steps_reclaimed.add(1, {"plait.workflow": self._keys.workflow})
             lost = WorkerLostError(
@@ -91,11 +110,13 @@ class Attempts:
                 f"{started.attempt} of {job.name!r}"
             )
             await self._record_failure(job, started.attempt, lost)
-        elif isinstance(started, Started):
-            return await self._attempt(job, started)
+        elif isinstance(started, Corrupt):
+            await self._record_failure(job, started.attempt, started.error)
+        elif isinstance(started, Refused):
+            fields = {"r": job.run_id, "j": job.name, "t": job.token}
+            await self.dead_letter(job.entry, started.reason, fields)
         elif isinstance(started, Deferred):
             self._on_retry(self._keys.workflow)
-        return []
 
     async def reject(self, job: Job, fields: dict[str, str]) -> None:
         """A job this consumer has no handler for: dead-letter it and fail its attempt."""
@@ -107,7 +128,7 @@ class Attempts:
             lambda: self._scripts.start(self._keys, detached, self._owner, call=call),
             self._keys.workflow,
         )
-        if isinstance(started, Started | Lost):
+        if isinstance(started, Started | Lost | Corrupt):
             await self._record_failure(detached, started.attempt, UnknownJobError(reason))
 
     async def dead_letter(self, entry: str, reason: str, fields: dict[str, str]) -> None:
@@ -127,11 +148,14 @@ class Attempts:
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
         thread = Straggler()
         self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
-        base: dict[str, str] = json.loads(started.meta)
-        meta = {**base, "run_id": job.run_id, "step": display_name(job.name)}
-        meta_token = current_meta.set(meta)
         result: str | None = None
         error: BaseException | None = None
+        try:
+            base = _run_meta(started.meta)
+        except CorruptRunError as corrupt:
+            base, error = {}, corrupt
+        meta = {**base, "run_id": job.run_id, "step": display_name(job.name)}
+        meta_token = current_meta.set(meta)
         began = time.perf_counter()
         try:
             with self._telemetry.consuming(
@@ -139,7 +163,8 @@ class Attempts:
             ) as span:
                 with scope:
                     try:
-                        result = await self._call(job, started, base, thread)
+                        if error is None:
+                            result = await self._call(job, started, base, thread)
                     except Exception as raised:
                         error = raised
                 if scope.cancelled_caught:
@@ -302,23 +327,20 @@ class Attempts:
         delay = self._handlers.retry_delay_ms(job.name, attempt, error)
         if isinstance(error, RunStoppedError):
             delay = -1
+        wire = wire_error(job.name, attempt, error, span=span)  # even when str(error) raises
         logger.warning(
             "run %s: %s attempt %d failed (%s: %s)%s",
             job.run_id,
             job.name,
             attempt,
-            type(error).__name__,
-            error,
+            wire["type"],
+            wire["message"],
             "; retrying" if delay >= 0 else "",
         )
         call = self._scripts.call_id()
         outcome = await transition(
             lambda: self._scripts.fail(
-                self._keys,
-                job,
-                call=call,
-                error=wire_error(job.name, attempt, error, span=span),
-                retry_delay_ms=delay,
+                self._keys, job, call=call, error=wire, retry_delay_ms=delay
             ),
             self._keys.workflow,
         )
@@ -331,6 +353,21 @@ class Attempts:
             self._telemetry.fencing_rejections.add(1, {"plait.workflow": self._keys.workflow})
         else:
             self._count_end(outcome[1])
+
+
+def _run_meta(raw: str) -> dict[str, str]:
+    """The run's meta, decoded.
+
+    Raises:
+        CorruptRunError: the stored meta is not a JSON object.
+    """
+    try:
+        meta = json.loads(raw)
+    except ValueError as error:
+        raise CorruptRunError(f"run field 'meta' is not JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise CorruptRunError(f"run field 'meta' is not a JSON object: {raw[:100]!r}")
+    return meta
 
 
 async def transition(operation: Callable[[], Awaitable[T]], workflow: str) -> T | None:

@@ -26,6 +26,7 @@ from plait.workflows import (
     WorkflowTimeoutError,
 )
 
+from .._core.wire import lenient_text
 from .jobs import display_name, rollback_of
 
 
@@ -106,8 +107,8 @@ def _error(value: str | None) -> WorkflowStepError | None:
 
 
 def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    """A run hash as text."""
-    return {key.decode(): value.decode() for key, value in raw.items()}
+    """A run hash as text (bytes that are not UTF-8, in a corrupt field, replaced)."""
+    return {lenient_text(key): lenient_text(value) for key, value in raw.items()}
 
 
 def rollback_errors(record: Mapping[str, str]) -> list[WorkflowStepError]:

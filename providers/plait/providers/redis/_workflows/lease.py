@@ -17,6 +17,8 @@ import fakeredis
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from plait.workflows._errors import describe_exception
+
 from .._core.connection import Connection
 from .._core.keys import GROUP
 
@@ -67,6 +69,9 @@ class Leases:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None
+        """What the renewal thread died of (``Type: message``); None while it runs, or once
+        stopped as asked."""
 
     def hold(self, stream: str, entry: str) -> None:
         """Keep ``entry`` of ``stream`` leased until :meth:`release`."""
@@ -83,6 +88,7 @@ class Leases:
         if self._thread is not None:
             return
         self._stop.clear()
+        self.failure = None
         self._thread = threading.Thread(target=self._renew_forever, name="plait-lease", daemon=True)
         self._thread.start()
 
@@ -94,6 +100,14 @@ class Leases:
             self._thread = None
 
     def _renew_forever(self) -> None:
+        try:
+            self._renew()
+        except BaseException as error:  # the provider reports itself not alive from now on
+            cause_type, message, _ = describe_exception(error)
+            self.failure = f"{cause_type}: {message}"
+            logger.exception("lease renewal thread died: steps held here will be reclaimed")
+
+    def _renew(self) -> None:
         client = sync_client(self._connection)
         try:
             while not self._stop.wait(self._period):
@@ -104,6 +118,8 @@ class Leases:
                         client.xclaim(stream, GROUP, self._owner, 0, ids, justid=True)
                     except (redis.RedisError, OSError) as error:
                         logger.warning("%s: lease renewal failed: %s", stream, error)
+                    except Exception:  # a bug: the other streams are still renewed
+                        logger.exception("%s: lease renewal failed", stream)
         finally:
             if isinstance(client, redis.RedisCluster):  # close() leaves node sockets open
                 client.disconnect_connection_pools()  # type: ignore[no-untyped-call]

@@ -37,7 +37,7 @@ from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
 from .._core.wire import default_provider_id
-from .._ops.health import Health, check_health
+from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
@@ -428,20 +428,39 @@ class RedisWorkflowProvider:
         """Redis reachability and latency, queues, dead letters and live instances.
 
         Covers every workflow and event under this provider's prefix (see
-        :func:`~plait.providers.redis._ops.health.check_health`). An unreachable Redis gives a
-        report with ``ok=False`` rather than an error.
+        :func:`~plait.providers.redis._ops.health.check_health`), and this instance's own
+        liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
+        not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
 
         Raises:
             RedisCommandError: Redis refused a command (a key of the wrong type under the
                 prefix).
         """
         with translated(WORKFLOW_KINDS, "health"):
-            return await check_health(
+            report = await check_health(
                 self._connection.client,
                 self.prefix,
                 stalled_after=2 * self.options.stall_timeout.total_seconds(),
                 timeout=self.options.connect_timeout.total_seconds(),
             )
+        return with_liveness(report, self._problem())
+
+    @property
+    def alive(self) -> bool:
+        """Whether this instance runs: started, not stopped, and none of its background work
+        (step readers, timers, reconciler, notifications, heartbeat, lease renewal) has died.
+
+        A local flag, no Redis call: cheap enough for a liveness probe. Work that dies is
+        logged with its traceback, and the provider stops (``execute`` raises
+        :class:`~plait.workflows.ProviderClosedError` saying why, ``stop()`` raises the error).
+        """
+        return self._problem() is None
+
+    def _problem(self) -> str | None:
+        """Why this instance is not alive (a sentence of its health report), or None."""
+        if self._leases.failure is not None and self._supervisor.running:
+            return f"this instance's lease renewal died ({self._leases.failure}; see its log)"
+        return self._supervisor.problem
 
     @property
     def concurrency(self) -> int:
@@ -465,6 +484,9 @@ class RedisWorkflowProvider:
 
     def _check_started(self) -> None:
         if not self._supervisor.running:
+            failure = self._supervisor.failure
+            if failure is not None:
+                raise ProviderClosedError(f"the workflow provider stopped: it died of {failure}")
             raise ProviderClosedError("the workflow provider is not started")
 
     def _depths(self) -> list[tuple[str, int]]:

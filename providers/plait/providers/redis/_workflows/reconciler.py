@@ -19,10 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from redis import exceptions as redis_errors
+
+from plait.workflows._errors import describe_exception
 
 from .._core.connection import Connection
 from .._core.errors import CONNECTION_ERRORS
 from .._core.keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
+from .._core.wire import lenient_text
 from .scripts import RunScripts
 
 # The reconciler has always logged as "plait.timers"; logging configs may name it.
@@ -98,6 +102,8 @@ class Reconciler:
                     await self.run_pass()
             except CONNECTION_ERRORS as error:
                 logger.warning("reconciler: Redis unreachable (%s)", error)
+            except Exception:  # an error reply, a bug: the next pass tries again
+                logger.exception("reconciler: the pass failed")
 
     async def run_pass(self) -> ReconcileStats:
         """One pass over every workflow's live runs (up to ``pass_limit`` runs of each, from
@@ -107,11 +113,19 @@ class Reconciler:
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         async for raw in self._client.scan_iter(match=runs_pattern(self._prefix), count=500):
             # The run index keeps ids a little longer than the runs themselves live.
-            await self._client.zremrangebyscore(
-                raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
-            )
+            try:
+                await self._client.zremrangebyscore(
+                    raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
+                )
+            except redis_errors.ResponseError as error:  # a key of another type: left alone
+                logger.error("reconciler: %s cannot be trimmed: %s", lenient_text(raw), error)
         async for raw in self._client.scan_iter(match=active_pattern(self._prefix), count=500):
-            await self._walk(raw.decode(), now_ms - self._min_age_ms, tally)
+            key = lenient_text(raw)
+            try:
+                await self._walk(key, now_ms - self._min_age_ms, tally)
+            except redis_errors.ResponseError as error:  # one broken index must not stop the pass
+                tally.failed += 1
+                logger.error("reconciler: %s cannot be read: %s", key, error)
         self.last = ReconcileStats(
             scanned=tally.scanned,
             stalled=tally.reconciled,
@@ -162,7 +176,7 @@ class Reconciler:
             outcome, detail = await self._scripts.reconcile(keys, run_id)
         except Exception as error:  # one broken run must not stop the pass
             tally.failed += 1
-            logger.error("reconciler: run %s: %s", run_id, error)
+            logger.error("reconciler: run %s: %s", run_id, describe_exception(error)[1])
             return
         if outcome == "repaired":
             tally.reconciled += 1

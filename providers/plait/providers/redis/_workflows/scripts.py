@@ -12,13 +12,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from plait.workflows import CorruptRunError
 
 from .._core.connection import Connection
 from .._core.keys import GROUP, WorkflowKeys
 from .._core.lua import register
-from .._core.wire import text
+from .._core.wire import lenient_text, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ class Taken:
 
     entry: str
     job: Job | None
-    started: Started | Lost | Deferred | None
+    started: StartReply
     fields: dict[bytes, bytes]
 
 
@@ -73,6 +76,29 @@ class Lost:
 
     attempt: int
     owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The entry cannot be started: it is foreign (its run does not exist, or the run's key
+    holds another type) or Redis refused to start it. Nothing was written; the worker
+    dead-letters the entry with ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Corrupt:
+    """The attempt was marked running (or found running) but a field of its run does not
+    decode; the worker fails the attempt with ``error`` (never retried)."""
+
+    attempt: int
+    """The attempt number, 0 when that is the field that does not decode."""
+    error: CorruptRunError
+
+
+StartReply = Started | Lost | Deferred | Refused | Corrupt | None
+"""What starting an entry gave (None: the entry was stale and is acknowledged)."""
 
 
 class RunScripts:
@@ -125,26 +151,25 @@ class RunScripts:
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
-    async def start(
-        self, keys: WorkflowKeys, job: Job, owner: str, *, call: str
-    ) -> Started | Lost | Deferred | None:
+    async def start(self, keys: WorkflowKeys, job: Job, owner: str, *, call: str) -> StartReply:
         """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
         reply = await self._connection.run(
             self._start,
             keys=[keys.run(job.run_id)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, owner, call],
         )
-        return _started(reply)
+        return _started(reply, job.name)
 
     async def start_many(
         self, keys: WorkflowKeys, jobs: list[Job], owner: str, *, call: str
-    ) -> list[Started | Lost | Deferred | None]:
-        """:meth:`start` for a batch of entries (those of one read), in one call."""
+    ) -> list[StartReply]:
+        """:meth:`start` for a batch of entries (those of one read), in one call; each reply
+        is decoded alone, so one that does not decode spoils no other."""
         args: list[Any] = [keys.base, owner, call]
         for job in jobs:
             args += [job.run_id, job.name, job.token, job.entry]
         replies = await self._connection.run(self._start_many, keys=[keys.jobs], args=args)
-        return [_started(reply) for reply in replies]
+        return [_started(reply, job.name) for reply, job in zip(replies, jobs, strict=True)]
 
     async def complete(
         self,
@@ -243,36 +268,83 @@ class RunScripts:
         )
 
 
-def _started(reply: Any) -> Started | Lost | Deferred | None:
-    """Decode what run_start returns for one entry."""
+def _started(reply: Any, job: str) -> StartReply:
+    """Decode what run_start returns for one entry of ``job``: a field of the run that does not
+    decode gives :class:`Corrupt` (found by :func:`_corrupt`, off the hot path)."""
     outcome = text(reply[0])
-    if outcome == "lost":
-        return Lost(int(reply[1]), text(reply[2]))
-    if outcome == "wait":
-        return Deferred(int(reply[1]))
-    if outcome != "run":
+    try:
+        if outcome == "lost":
+            return Lost(int(reply[1]), text(reply[2]))
+        if outcome == "wait":
+            return Deferred(int(reply[1]))
+        if outcome == "foreign":
+            return Refused(f"foreign entry: {lenient_text(reply[1])}")
+        if outcome != "run":
+            return None
+        flat = reply[8:]
+        results = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Started(
+            attempt=int(reply[1]),
+            input=text(reply[2]),
+            meta=text(reply[3]),
+            deadline_ms=int(reply[4]) if reply[4] else None,
+            started_ms=int(reply[7]),
+            progress=text(reply[5]) if reply[5] else None,
+            results=results,
+            previous_span=_linked_span(reply[6]) if reply[6] else None,
+        )
+    except (ValueError, TypeError) as error:  # UnicodeDecodeError is a ValueError
+        return _corrupt(reply, job, error)
+
+
+def _corrupt(reply: Any, job: str, error: Exception) -> Corrupt:
+    """The first field of a start reply that does not decode, as the attempt's failure."""
+    fields: list[tuple[str, Any, Callable[[Any], Any]]] = [(f"{job}|at", reply[1], int)]
+    if text(reply[0]) == "lost":
+        fields.append((f"{job}|ow", reply[2], text))
+    else:
+        results = zip(reply[8::2], reply[9::2], strict=False)
+        fields += [
+            ("input", reply[2], text),
+            ("meta", reply[3], text),
+            ("deadline", reply[4] or 0, int),
+            (f"{job}|pg", reply[5], text),
+            *((f"result of {lenient_text(step)!r}", value, text) for step, value in results),
+        ]
+    reason = f"a field of the run does not decode ({type(error).__name__}: {error})"
+    for name, raw, decode in fields:
+        try:
+            decode(raw)
+        except (ValueError, TypeError):
+            what = "not a number" if decode is int else "not UTF-8"
+            reason = f"run field {name!r} is {what}: {lenient_text(raw)!r}"
+            break
+    try:
+        attempt = int(reply[1])
+    except (ValueError, TypeError):
+        attempt = 0
+    return Corrupt(attempt, CorruptRunError(reason))
+
+
+def _linked_span(raw: Any) -> str | None:
+    """The span a run's last error recorded, for the next attempt's link; None when that error
+    does not decode (a link is all it would give)."""
+    try:
+        span = json.loads(raw).get("span")
+    except (ValueError, TypeError, AttributeError):
         return None
-    flat = reply[8:]
-    previous = json.loads(reply[6]).get("span") if reply[6] else None
-    results = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
-    return Started(
-        attempt=int(reply[1]),
-        input=text(reply[2]),
-        meta=text(reply[3]),
-        deadline_ms=int(reply[4]) if reply[4] else None,
-        started_ms=int(reply[7]),
-        progress=text(reply[5]) if reply[5] else None,
-        results=results,
-        previous_span=previous,
-    )
+    return span if isinstance(span, str) else None
 
 
 def _taken(item: Any) -> Taken:
-    entry = text(item[0])
+    entry = lenient_text(item[0])
     if len(item) == 5 and isinstance(item[4], list):
-        job = Job(entry, text(item[1]), text(item[2]), text(item[3]))
         fields = {b"r": item[1], b"j": item[2], b"t": item[3]}
-        return Taken(entry, job, _started(item[4]), fields)
+        try:
+            job = Job(entry, text(item[1]), text(item[2]), text(item[3]))
+        except UnicodeDecodeError:  # dead-lettered as malformed by the worker
+            return Taken(entry, None, None, fields)
+        return Taken(entry, job, _started(item[4], job.name), fields)
     flat = item[1:]
     fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
     return Taken(entry, None, None, fields)

@@ -80,6 +80,10 @@ class Timers:
                     sleep = min(max((next_due - now) / 1000, 0.0), MAX_SLEEP)
             except CONNECTION_ERRORS as error:
                 logger.warning("%s: tick failed (%s); retrying", workflow, error)
+            except Exception:  # an error reply (a key of another type), a reply that does not
+                # decode: logged and tried again next round (a tick that failed on a due retry
+                # or deadline removed it from its set first, so the next tick gets past it)
+                logger.exception("%s: tick failed; retrying", workflow)
             if sleep > 0:
                 with anyio.move_on_after(sleep):
                     await wake.wait()

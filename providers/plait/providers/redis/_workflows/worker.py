@@ -23,6 +23,8 @@ import anyio
 from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 
+from plait.workflows._errors import describe_exception
+
 from .._core.connection import Connection
 from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import GROUP, WorkflowKeys
@@ -33,7 +35,7 @@ from .attempt import Attempts, transition
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderOptions
-from .scripts import Deferred, Job, Lost, RunScripts, Started, Taken
+from .scripts import Job, Refused, RunScripts, StartReply, Taken
 
 logger = logging.getLogger("plait.worker")
 
@@ -112,7 +114,7 @@ class Worker:
         await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            tg.start_soon(self._take_loop)
+            tg.start_soon(self._keep_taking)
             task_status.started()
 
     async def drain(self, timeout: float) -> bool:
@@ -130,6 +132,16 @@ class Worker:
         self._attempts.cancel_run(run_id)
 
     # -- intake ------------------------------------------------------------------------------
+
+    async def _keep_taking(self) -> None:
+        """The intake loop, started again a second after an error of its own (a key of another
+        type, a bug): only a drain ends it."""
+        while True:
+            try:
+                return await self._take_loop()
+            except Exception:
+                logger.exception("%s: taking jobs failed; going on in a second", self.keys.jobs)
+                await anyio.sleep(1.0)
 
     async def _take_loop(self) -> None:
         next_reclaim = 0.0
@@ -242,13 +254,9 @@ class Worker:
         # Made again, with the same call id, until Redis answers (however slowly): the script
         # may have marked the attempts running already, and gives the same reply to a resend.
         # Only the stop, once shutdown_timeout has passed, abandons it.
-        call = self._scripts.call_id()
-        replies: list[Started | Lost | Deferred | None] | None = None
+        replies: list[StartReply] | None = None
         try:
-            replies = await transition(
-                lambda: self._scripts.start_many(self.keys, batch, self._owner, call=call),
-                self.keys.workflow,
-            )
+            replies = await self._start(batch)
         finally:
             if replies is None:  # cancelled by the stop: leave them to be reclaimed
                 for job in batch:
@@ -257,6 +265,36 @@ class Worker:
             return
         for job, started in zip(batch, replies, strict=True):
             self._spawn(self._process, job.entry, job, started)
+
+    async def _start(self, batch: list[Job]) -> list[StartReply] | None:
+        """Start a batch in one call (resent with its call id until Redis answers); when Redis
+        refuses that call, start each entry alone so that the one it refuses is dead-lettered
+        and the others run."""
+        call = self._scripts.call_id()
+        try:
+            return await transition(
+                lambda: self._scripts.start_many(self.keys, batch, self._owner, call=call),
+                self.keys.workflow,
+            )
+        except Exception as error:
+            logger.warning(
+                "%s: starting %d entries at once failed (%s); starting each alone",
+                self.keys.jobs, len(batch), ": ".join(describe_exception(error)[:2]),
+            )  # fmt: skip
+        # Entries before the refused one were started by the failed call: starting them again
+        # finds them running, so their attempts are recorded as lost and retried.
+        return [await self._start_alone(job) for job in batch]
+
+    async def _start_alone(self, job: Job) -> StartReply:
+        call = self._scripts.call_id()
+        try:
+            return await transition(
+                lambda: self._scripts.start(self.keys, job, self._owner, call=call),
+                self.keys.workflow,
+            )
+        except Exception as error:
+            cause_type, message, _ = describe_exception(error)
+            return Refused(f"cannot be started: {cause_type}: {message}")
 
     def _work_of(self, item: Taken) -> _Work:
         """What to run for an entry a transition took for this worker (already started)."""

@@ -275,7 +275,15 @@ end
 -- The same call made again (`owner` and `call` match: its reply was lost) gets the attempt it
 -- started back rather than finding it running, lost.
 local function start(c, job, tok, entry, owner, call)
-  local st, status = check(c, job, tok)
+  -- check()'s read, but a run key of another type answers 'foreign' for this entry alone
+  -- (before any write) instead of failing the batch or the transition that took the entry.
+  local v = redis.pcall('HMGET', c.r, job .. '|tk', job .. '|st', 'status')
+  if v.err then  -- (tostring: the embedded server's error is not a Lua string)
+    return {'foreign', 'the key of run ' .. c.run .. ' holds another type: ' .. tostring(v.err)}
+  end
+  if not v[3] then return {'foreign', 'run ' .. c.run .. ' does not exist'} end
+  local st, status = nil, v[3]
+  if v[1] == tok then st = v[2] end
 
   -- Put the job aside until `due` in `set` (waiting: until a running slot frees up).
   local function defer(set, due)

@@ -6,7 +6,8 @@
 --          Redis now ms (the deadline's clock), step, result, ...}
 --       | {'lost', attempt, previous owner}  (entry reclaimed from an attempt that was running;
 --         the same call made again gets 'run' for the attempt it started)
---       | {'stale'}  (superseded token or unknown run; the entry is acknowledged)
+--       | {'stale'}  (superseded token; the entry is acknowledged)
+--       | {'foreign', reason}  (no such run, or its key holds another type; nothing written)
 --       | {'wait', due ms}  (a global limit put the job aside; the entry is acknowledged)
 local base = ARGV[1]
 local run_id = ARGV[2]
