@@ -180,6 +180,8 @@ class EventWorker:
                     delay = min(delay * 2, 2.0)
                     continue
                 except redis_errors.ResponseError as error:
+                    if "UNBLOCKED" in str(error):  # the stream moved to another node
+                        continue
                     if "NOGROUP" not in str(error):
                         raise
                     logger.warning(

@@ -1,9 +1,15 @@
-"""Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition."""
+"""Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition.
+
+Every call declares the keys its script touches (so Redis Cluster checks them before running
+it, see ``lua/run_lib.lua``): the workflow's own keys first, built once per workflow, then the
+keys of the run it names.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from .._core.connection import Connection
@@ -62,6 +68,27 @@ class Lost:
     owner: str
 
 
+@cache
+def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
+    """KEYS[1..9] of every run script, in the order ``run_lib.lua`` names them."""
+    return (
+        keys.jobs,
+        keys.delayed,
+        keys.waiting,
+        keys.running,
+        keys.deadlines,
+        keys.active,
+        keys.runs,
+        keys.caps,
+        keys.stats,
+    )
+
+
+def _run_keys(keys: WorkflowKeys, run_id: str) -> list[str]:
+    """What a script naming one run declares: the workflow's keys, then the run's."""
+    return [*workflow_keys(keys), keys.run(run_id), keys.results(run_id), keys.events(run_id)]
+
+
 class RunScripts:
     """The run transitions of one connection; every method is one atomic Lua call."""
 
@@ -96,10 +123,11 @@ class RunScripts:
     ) -> tuple[str, str]:
         """Create the run (or find the key's run); returns (outcome, run id)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
+        declared = _run_keys(keys, run_id)
+        if idempotency_key:
+            declared.append(keys.idempotency(idempotency_key))
         reply = await self._connection.run(
-            self._execute,
-            keys=[keys.run(run_id)],
-            args=[*args, timeout_ms, retention_ms, limits_json],
+            self._execute, keys=declared, args=[*args, timeout_ms, retention_ms, limits_json]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1])
@@ -107,10 +135,11 @@ class RunScripts:
     async def start(
         self, keys: WorkflowKeys, job: Job, owner: str
     ) -> Started | Lost | Deferred | None:
-        """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
+        """Mark an attempt running; None when there is nothing to run (the entry was stale and
+        is acknowledged, or is left pending to be taken again)."""
         reply = await self._connection.run(
             self._start,
-            keys=[keys.run(job.run_id)],
+            keys=[*_run_keys(keys, job.run_id), keys.rate(job.name)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, owner],
         )
         return _started(reply)
@@ -119,10 +148,14 @@ class RunScripts:
         self, keys: WorkflowKeys, jobs: list[Job], owner: str
     ) -> list[Started | Lost | Deferred | None]:
         """:meth:`start` for a batch of entries (those of one read), in one call."""
+        declared = list(workflow_keys(keys))
         args: list[Any] = [keys.base, owner]
         for job in jobs:
+            run_id = job.run_id
+            declared += [keys.run(run_id), keys.results(run_id), keys.events(run_id)]
+            declared.append(keys.rate(job.name))
             args += [job.run_id, job.name, job.token, job.entry]
-        replies = await self._connection.run(self._start_many, keys=[keys.jobs], args=args)
+        replies = await self._connection.run(self._start_many, keys=declared, args=args)
         return [_started(reply) for reply in replies]
 
     async def complete(
@@ -135,7 +168,7 @@ class RunScripts:
         """
         reply = await self._connection.run(
             self._complete,
-            keys=[keys.run(job.run_id)],
+            keys=_run_keys(keys, job.run_id),
             args=[keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take],
         )
         self._connection.kick(keys.jobs)
@@ -148,7 +181,7 @@ class RunScripts:
         """Record a failed attempt: ("retry", due ms), ("failed", run status) or ("stale", "")."""
         args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
         args += [json.dumps(error), retry_delay_ms]
-        reply = await self._connection.run(self._fail, keys=[keys.run(job.run_id)], args=args)
+        reply = await self._connection.run(self._fail, keys=_run_keys(keys, job.run_id), args=args)
         self._connection.kick(keys.jobs)
         outcome = text(reply[0])
         if outcome == "retry":
@@ -160,7 +193,9 @@ class RunScripts:
 
         Returns (promoted, timed out, next due ms or -1, server now ms).
         """
-        reply = await self._connection.run(self._tick, keys=[keys.delayed], args=[keys.base, limit])
+        reply = await self._connection.run(
+            self._tick, keys=workflow_keys(keys), args=[keys.base, limit]
+        )
         promoted, expired, next_due, now = (int(x) for x in reply)
         if promoted or expired:
             self._connection.kick(keys.jobs)
@@ -169,7 +204,7 @@ class RunScripts:
     async def cancel(self, keys: WorkflowKeys, run_id: str) -> tuple[int, str]:
         """Cancel a run; returns (1 cancelled | 0 not live | -1 unknown, status)."""
         reply = await self._connection.run(
-            self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._cancel, keys=_run_keys(keys, run_id), args=[keys.base, run_id]
         )
         self._connection.kick(keys.jobs)
         return int(reply[0]), text(reply[1])
@@ -178,7 +213,7 @@ class RunScripts:
         """Save a progress checkpoint; False when the attempt was superseded."""
         reply = await self._connection.run(
             self._progress,
-            keys=[keys.run(job.run_id)],
+            keys=_run_keys(keys, job.run_id),
             args=[keys.base, job.run_id, job.name, job.token, value],
         )
         return bool(reply)
@@ -186,7 +221,7 @@ class RunScripts:
     async def retry(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Resume a FAILED or TIMED_OUT run: ("resumed" | "invalid" | "unknown", status)."""
         reply = await self._connection.run(
-            self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._retry, keys=_run_keys(keys, run_id), args=[keys.base, run_id]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1])
@@ -194,7 +229,7 @@ class RunScripts:
     async def reconcile(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Repair a live run that cannot advance: ("ok" | "repaired" | "gone", detail)."""
         reply = await self._connection.run(
-            self._reconcile, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._reconcile, keys=_run_keys(keys, run_id), args=[keys.base, run_id]
         )
         outcome = text(reply[0])
         if outcome == "repaired":
@@ -213,7 +248,7 @@ class RunScripts:
 
 
 def _started(reply: Any) -> Started | Lost | Deferred | None:
-    """Decode what run_start returns for one entry."""
+    """Decode what run_start returns for one entry (None: nothing to run, see :meth:`start`)."""
     outcome = text(reply[0])
     if outcome == "lost":
         return Lost(int(reply[1]), text(reply[2]))

@@ -1,14 +1,14 @@
 -- event_promote.lua: move delayed events whose time has come to the stream.
--- KEYS[1] stream
--- ARGV[1] base  ARGV[2] at most this many events
--- ARGV[3] approximate cap of the dead-letter stream
+-- KEYS[1] stream  KEYS[2] delayed  KEYS[3] delayed:data  KEYS[4] dead
+-- ARGV[1] at most this many events  ARGV[2] approximate cap of the dead-letter stream
 -- returns {events promoted, next due ms or -1, server now ms}
 local stream = KEYS[1]
-local base = ARGV[1]
-local limit = tonumber(ARGV[2])
-local dead_cap = ARGV[3]
+local zset = KEYS[2]
+local data = KEYS[3]
+local dead = KEYS[4]
+local limit = tonumber(ARGV[1])
+local dead_cap = ARGV[2]
 
-local zset, data = base .. 'delayed', base .. 'delayed:data'
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, limit)
 for _, member in ipairs(due) do
@@ -22,7 +22,7 @@ for _, member in ipairs(due) do
       redis.call('XADD', stream, '*', 'id', f[1], 'data', f[2], 'meta', f[3])
     end
   else
-    redis.call('XADD', base .. 'dead', 'MAXLEN', '~', dead_cap, '*', 'entry', member,
+    redis.call('XADD', dead, 'MAXLEN', '~', dead_cap, '*', 'entry', member,
       'group', '', 'reason', 'undecodable delayed event', 'error', '', 'fields', raw or '',
       'attempts', 0)
   end

@@ -1,12 +1,18 @@
 -- run_cancel.lua: cancel a live run: stop its running steps and compensate completed ones.
--- KEYS[1] run hash
+-- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
+-- KEYS[12] its events
 -- ARGV[1] base  ARGV[2] run id
--- returns {1, status} cancelled | {0, status} already ended or compensating | {-1, ''} unknown
+-- returns {1, status} cancelled (FAILED: its record did not parse, see spoil() in run_lib.lua)
+--       | {0, status} already ended or compensating | {-1, ''} unknown
 local base = ARGV[1]
 local run_id = ARGV[2]
 
-local c = ctx(base, run_id)
+local c = ctx(base, run_id, RUN)
 local status = redis.call('HGET', c.r, 'status')
 if not status then return {-1, ''} end
+if status ~= 'PENDING' and status ~= 'RUNNING' then return {0, status} end
+local halt = ready(c, '')
+if halt == 'moving' then return moving() end
+if halt then return {1, 'FAILED'} end
 if compensate(c, 'cancel', '', now_ms()) then return {1, redis.call('HGET', c.r, 'status')} end
 return {0, status}

@@ -1,5 +1,6 @@
 -- run_fail.lua: record a failed attempt; retry it later or fail the job (fenced by the token).
--- KEYS[1] run hash
+-- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
+-- KEYS[12] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id ('' for none)
 -- ARGV[6] error JSON  ARGV[7] retry delay ms (-1: no further attempt)
 -- returns {'retry', next attempt, due ms} | {'failed', run status} | {'stale'}
@@ -11,13 +12,19 @@ local entry = ARGV[5]
 local err = ARGV[6]
 local delay = tonumber(ARGV[7])
 
-local c = ctx(base, run_id)
+local c = ctx(base, run_id, RUN)
 local st = check(c, job, tok, true)
+if st ~= 'running' and st ~= 'cancelling' then
+  ack(c, entry)
+  return {'stale'}
+end
+local at = tonumber(redis.call('HGET', c.r, job .. '|at') or '')
+local halt = ready(c, job, not at and job .. '|at' or nil)
+if halt == 'moving' then return moving() end
 ack(c, entry)
-if st ~= 'running' and st ~= 'cancelling' then return {'stale'} end
+if halt then return {'failed', 'FAILED'} end
 local now = now_ms()
 release(c, job)
-local at = tonumber(redis.call('HGET', c.r, job .. '|at'))
 redis.call('HSET', c.r, job .. '|er', err, job .. '|t1', now)
 if st == 'cancelling' then
   redis.call('HSET', c.r, job .. '|st', 'cancelled')
@@ -29,7 +36,7 @@ if delay >= 0 then
   local next_tok = redis.call('HINCRBY', c.r, 'tok', 1)
   redis.call('HSET', c.r, job .. '|st', 'retrying', job .. '|tk', next_tok, job .. '|at', at + 1)
   local due = now + delay
-  redis.call('ZADD', c.base .. 'delayed', due, c.run .. '|' .. job .. '|' .. next_tok)
+  redis.call('ZADD', DELAYED, due, c.run .. '|' .. job .. '|' .. next_tok)
   event(c, 'step.retrying', job, at, err)
   return {'retry', at + 1, due}
 end
@@ -38,7 +45,7 @@ event(c, 'step.failed', job, at, err)
 if string.sub(job, 1, 1) ~= '~' or job == '~complete' then
   compensate(c, 'failed', err, now)
 elseif job == '~error' then
-  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
+  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')] or 'FAILED', now)
 else
   redis.call('HSET', c.r, 'rbact', '')
   comp_next(c, now)
