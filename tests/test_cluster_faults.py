@@ -16,8 +16,9 @@ from conftest import FAST_RETRY, eventually
 from local_cluster import LocalCluster, local_cluster
 from pydantic import BaseModel
 
-from plait.providers.redis import RedisWorkflowProvider
-from plait.providers.redis._core.keys import WorkflowKeys
+from plait.events import Event, EventContext
+from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
+from plait.providers.redis._core.keys import EventKeys, WorkflowKeys
 from plait.workflows import (
     StepContext,
     Workflow,
@@ -158,6 +159,67 @@ async def test_runs_end_exactly_once_while_their_slot_moves_between_nodes(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+shipped = Event("moving.shipped", data=Job)
+
+
+async def test_events_are_delivered_while_their_slot_moves_between_nodes(
+    tmp_path: Path, prefix: str
+) -> None:
+    count = 160
+    keys = EventKeys(prefix, shipped.name)
+    seen: list[int] = []
+    with local_cluster(tmp_path) as cluster:
+        events = RedisEventProvider.from_url(
+            cluster.url,
+            group="billing",
+            prefix=prefix,
+            retry=FAST_RETRY,
+            connect_timeout=timedelta(seconds=20),
+        )
+
+        @events.on(shipped)
+        async def handle(ctx: EventContext[Job]) -> None:
+            seen.append(ctx.data.n)
+
+        async with events:
+            await events.ready()
+            slot = int(
+                cluster.node(cluster.ports[0]).execute_command("CLUSTER KEYSLOT", keys.stream)
+            )
+            emitted: dict[int, str] = {}
+
+            async def emit() -> None:
+                for n in range(count):
+                    emitted[n] = await events.emit(
+                        shipped,
+                        Job(n=n),
+                        idempotency_key=f"parcel-{n}" if n % 2 else None,
+                        delay=timedelta(milliseconds=50) if n % 3 == 0 else None,
+                    )
+                    await anyio.sleep(0.01)
+
+            moved = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(emit)
+                # the idempotency keys fill the slot: moving it takes a while
+                await eventually(lambda: _true(len(emitted) >= 60), what="events emitted")
+                home = cluster.owner(slot)
+                for port in [*(p for p in cluster.ports if p != home), home]:
+                    moved.append(await anyio.to_thread.run_sync(cluster.move, slot, port))
+            await eventually(lambda: _true(set(seen) == set(range(count))), timeout=30)
+            again = [
+                await events.emit(shipped, Job(n=n), idempotency_key=f"parcel-{n}")
+                for n in range(1, count, 2)
+            ]
+            client: Any = events._connection.client
+            dead = await client.xlen(keys.dead)
+
+    assert min(moved) > 0
+    assert cluster.duplicates == []
+    assert again == [emitted[n] for n in range(1, count, 2)]  # each key still names its event
+    assert dead == 0
 
 
 # -- a cluster that needs a password, or TLS -------------------------------------------------

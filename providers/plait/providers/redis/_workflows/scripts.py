@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from .._core.connection import Connection
@@ -68,20 +67,27 @@ class Lost:
     owner: str
 
 
-@cache
+_WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {}
+
+
 def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
-    """KEYS[1..9] of every run script, in the order ``run_lib.lua`` names them."""
-    return (
-        keys.jobs,
-        keys.delayed,
-        keys.waiting,
-        keys.running,
-        keys.deadlines,
-        keys.active,
-        keys.runs,
-        keys.caps,
-        keys.stats,
-    )
+    """KEYS[1..9] of every run script, in the order ``run_lib.lua`` names them (built once per
+    workflow)."""
+    try:
+        return _WORKFLOW_KEYS[keys.base]
+    except KeyError:
+        built = (
+            keys.jobs,
+            keys.delayed,
+            keys.waiting,
+            keys.running,
+            keys.deadlines,
+            keys.active,
+            keys.runs,
+            keys.caps,
+            keys.stats,
+        )
+        return _WORKFLOW_KEYS.setdefault(keys.base, built)
 
 
 def _run_keys(keys: WorkflowKeys, run_id: str) -> list[str]:

@@ -12,7 +12,7 @@ local status = redis.call('HGET', c.r, 'status')
 if not status then return {-1, ''} end
 if status ~= 'PENDING' and status ~= 'RUNNING' then return {0, status} end
 local halt = ready(c, '')
-if halt == 'moving' then return moving() end
+if halt == 'moving' then return redis.error_reply(MOVING) end
 if halt then return {1, 'FAILED'} end
 if compensate(c, 'cancel', '', now_ms()) then return {1, redis.call('HGET', c.r, 'status')} end
 return {0, status}

@@ -76,9 +76,9 @@ local function record()
 end
 
 local outcome = record()
-if outcome[1] == 'moving' then return moving() end
+if outcome[1] == 'moving' then return redis.error_reply(MOVING) end
 local taken = {}
-if wanted > 0 and settled(base) then
+if wanted > 0 and here(base) then
   local got = redis.call('XREADGROUP', 'GROUP', GROUP, owner, 'COUNT', wanted,
     'STREAMS', JOBS, '>')
   local entries = {}

@@ -20,7 +20,7 @@ if st ~= 'running' and st ~= 'cancelling' then
 end
 local at = tonumber(redis.call('HGET', c.r, job .. '|at') or '')
 local halt = ready(c, job, not at and job .. '|at' or nil)
-if halt == 'moving' then return moving() end
+if halt == 'moving' then return redis.error_reply(MOVING) end
 ack(c, entry)
 if halt then return {'failed', 'FAILED'} end
 local now = now_ms()

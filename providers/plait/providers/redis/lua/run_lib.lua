@@ -26,15 +26,15 @@
 -- idempotency key. Redis does not check those before the script, and one that is on another
 -- node while the slot moves fails the command that touches it, after the writes before it.
 -- So they are touched only where here() says this node serves them: always while the slot is
--- settled (settled()), else only a key this node holds. A script that needs such a key and
+-- settled, else only a key this node holds. A script that needs such a key and
 -- cannot reach it refuses before its first write (TRYAGAIN: the client tries again) or leaves
 -- that work for later (the tick wakes waiting jobs, the next read takes the next entries).
 --
 -- Order: a transition reads and checks what it computes with before its first write (sound(),
 -- ready()), so it never stops half-way; a run whose record does not parse is failed with the
 -- reason (spoil()) instead. A script names its KEYS and ARGV in locals at its top; those must
--- not reuse the names defined here (GROUP, FINAL, RUN, the workflow's keys and the
--- functions), which they would shadow.
+-- not reuse the names defined here (GROUP, FINAL, RUN, MOVING, the workflow's keys and
+-- the functions), which they would shadow.
 
 local GROUP = 'plait'
 local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
@@ -51,7 +51,7 @@ end
 
 -- The keys of `run`: declared at KEYS[at..at + 2] (with the rate-limit zset of the job it
 -- starts at KEYS[at + 3] for a start), or, without `at`, derived from base for a run the
--- script could not know in advance, which it may touch only while settled().
+-- script could not know in advance, which it may touch only while here(base) holds.
 local function ctx(base, run, at)
   if at then
     return {base = base, run = run, r = KEYS[at], res = KEYS[at + 1], ev = KEYS[at + 2],
@@ -61,26 +61,22 @@ local function ctx(base, run, at)
   return {base = base, run = run, r = r, res = r .. ':results', ev = r .. ':events'}
 end
 
--- Whether this node serves `key` (not declared) now. EXISTS of it with a declared key fails
+-- Whether this node serves the undeclared `key` now. EXISTS of it with a declared key fails
 -- (inside pcall: nothing written) only while the slot migrates or imports and `key` is
--- elsewhere or nowhere: a declared key is here then, or Redis would not run the script.
-local function here(key)
-  return type(redis.pcall('EXISTS', JOBS, key)) == 'number'
-end
-
+-- elsewhere or nowhere (a declared key is here then, or Redis would not run the script). With
+-- `key` nil: whether the slot is settled on this node (asked once per call, of a key that
+-- never exists), when every key of the slot is this node's.
 local settled_now = nil
--- Whether the workflow's slot is settled on this node (not migrating or importing), when any
--- key of the slot is this node's: asked once per call, of a key that never exists.
-local function settled(base)
-  if settled_now == nil then settled_now = here(base .. 'settled') end
-  return settled_now
+local function here(base, key)
+  if settled_now == nil then
+    settled_now = type(redis.pcall('EXISTS', JOBS, base .. 'settled')) == 'number'
+  end
+  return settled_now or (key ~= nil and type(redis.pcall('EXISTS', JOBS, key)) == 'number')
 end
 
--- The refusal of a transition that needs an undeclared key another node holds now (nothing
--- was written): clients try again, as for Redis's own TRYAGAIN while a slot moves.
-local function moving()
-  return redis.error_reply('TRYAGAIN a key of the run is on another node while its slot moves')
-end
+-- What a transition that needs an undeclared key another node holds now returns, having
+-- written nothing (redis.error_reply(MOVING)): clients try again, as for Redis's own TRYAGAIN.
+local MOVING = 'TRYAGAIN a key of the run is on another node while its slot moves'
 
 local function event(c, kind, job, attempt, data)
   redis.call('XADD', c.ev, '*', 'k', kind, 'j', job or '', 'a', attempt or '', 'd', data or '')
@@ -139,7 +135,7 @@ end
 
 -- A job put aside by a global limit ("run|job|token" in the waiting or delayed set) may try
 -- to start again, unless it was cancelled or superseded meanwhile. Its run is not declared:
--- only while settled().
+-- only while here(base) holds.
 local function wake(base, member)
   local run, job, tok = string.match(member, '^(.*)|([^|]*)|([^|]*)$')
   if not run then return false end
@@ -153,7 +149,7 @@ end
 -- An attempt stopped running: free its slot under the workflow's concurrency limit and let
 -- the job that waited longest try again (while the slot moves, the tick does that later).
 local function release(c, job)
-  if redis.call('ZREM', RUNNING, c.run .. '|' .. job) == 0 or not settled(c.base) then return end
+  if redis.call('ZREM', RUNNING, c.run .. '|' .. job) == 0 or not here(c.base) then return end
   while true do
     local oldest = redis.call('ZRANGE', WAITING, 0, 0)[1]
     if not oldest then return end
@@ -203,9 +199,11 @@ local function sound(c)
       if type(step) ~= 'string' then return 'plan' end
     end
   end
-  if not string.match(v[2] or '0', '^%d+$') then return 'tok' end
-  if not string.match(v[3] or '0', '^%d+$') then return 'gi' end
-  if not string.match(v[4] or '0', '^%d+$') then return 'infl' end
+  local tok, gi, infl = v[2] or '0', v[3] or '0', v[4] or '0'
+  if not string.find(tok .. ',' .. gi .. ',' .. infl, '^%d+,%d+,%d+$') then  -- one test
+    if not string.find(tok, '^%d+$') then return 'tok' end
+    return string.find(gi, '^%d+$') and 'infl' or 'gi'
+  end
   c.plan = plan
   if v[5] and v[5] ~= '' then c.idem = c.base .. 'idem:' .. v[5] end
   return nil
@@ -221,7 +219,7 @@ local function spoil(c, what, job)
   local ikey = v[2]
   c.idem = nil
   if ikey and ikey ~= '' then c.idem = c.base .. 'idem:' .. ikey end
-  if c.idem and not here(c.idem) then return false end
+  if c.idem and not here(c.base, c.idem) then return false end
   local now = now_ms()
   for _, j in ipairs(split(redis.call('HGET', c.r, 'jobs'))) do
     local st = redis.call('HGET', c.r, j .. '|st')
@@ -246,7 +244,7 @@ end
 local function ready(c, job, bad)
   bad = bad or sound(c)
   if bad then return spoil(c, bad, job) and 'spoiled' or 'moving' end
-  if c.idem and not here(c.idem) then return 'moving' end
+  if c.idem and not here(c.base, c.idem) then return 'moving' end
   return nil
 end
 

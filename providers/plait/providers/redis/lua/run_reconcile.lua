@@ -21,7 +21,7 @@ if status ~= 'PENDING' and status ~= 'RUNNING' and status ~= 'COMPENSATING' then
 end
 local deadline = redis.call('HGET', c.r, 'deadline') or '0'
 local halt = ready(c, '', not string.match(deadline, '^%d+$') and 'deadline' or nil)
-if halt == 'moving' then return moving() end
+if halt == 'moving' then return redis.error_reply(MOVING) end
 if halt then return {'gone', 'corrupt record: FAILED'} end
 local now = now_ms()
 deadline = tonumber(deadline)

@@ -14,7 +14,7 @@ local status = redis.call('HGET', c.r, 'status')
 if not status then return {'unknown', ''} end
 if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} end
 if sound(c) then return {'invalid', status} end
-if c.idem and not here(c.idem) then return moving() end
+if c.idem and not here(base, c.idem) then return redis.error_reply(MOVING) end
 local now = now_ms()
 local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 't0', 't1', 'er'}
 local function wipe(job)

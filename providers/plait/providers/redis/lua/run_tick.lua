@@ -8,7 +8,7 @@ local base = ARGV[1]
 local limit = tonumber(ARGV[2])
 
 local now = now_ms()
-if not settled(base) then return {0, 0, now + 200, now} end
+if not here(base) then return {0, 0, now + 200, now} end
 local promoted, expired = 0, 0
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', DELAYED, member)
