@@ -58,7 +58,7 @@ class LocalCluster:
         if self.password:
             options += ["--requirepass", self.password, "--masterauth", self.password]
         if self.tls:
-            self._certify()
+            certify(self.folder, "IP:127.0.0.1,DNS:localhost")
             options += [
                 *("--tls-cluster", "yes", "--tls-auth-clients", "no"),
                 *("--tls-cert-file", str(self.folder / "node.crt")),
@@ -85,21 +85,6 @@ class LocalCluster:
         )
         assert created.returncode == 0, created.stderr
         _until(self._ok, "cluster state ok")
-
-    def _certify(self) -> None:
-        """A CA, and a certificate it signed for 127.0.0.1 that every node presents."""
-        ca_key, key, csr, crt, ext = (
-            self.folder / name for name in ("ca.key", "node.key", "node.csr", "node.crt", "ext")
-        )
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        new_key = ("-newkey", "rsa:2048", "-nodes", "-days", "1")
-        ca = ("-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial")
-        for command in (
-            ("req", "-x509", *new_key, "-keyout", ca_key, "-out", self.ca, "-subj", "/CN=test CA"),
-            ("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"),
-            ("x509", "-req", "-in", csr, *ca, "-days", "1", "-out", crt, "-extfile", ext),
-        ):
-            subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
 
     def stop(self) -> None:
         for port in self.ports:
@@ -167,6 +152,62 @@ class LocalCluster:
             if port not in (source_port, to):
                 self.node(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved
+
+
+def certify(folder: Path, names: str) -> None:
+    """``ca.crt`` (a CA made here) and ``node.crt``/``node.key``, a certificate it signed for
+    ``names`` (a subjectAltName such as ``IP:127.0.0.1,DNS:localhost``), in ``folder``."""
+    ca, ca_key, key, csr, crt, ext = (
+        folder / name for name in ("ca.crt", "ca.key", "node.key", "node.csr", "node.crt", "ext")
+    )
+    ext.write_text(f"subjectAltName={names}\n")
+    new_key = ("-newkey", "rsa:2048", "-nodes", "-days", "1")
+    signed_by = ("-CA", ca, "-CAkey", ca_key, "-CAcreateserial")
+    for command in (
+        ("req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-subj", "/CN=test CA"),
+        ("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"),
+        ("x509", "-req", "-in", csr, *signed_by, "-days", "1", "-out", crt, "-extfile", ext),
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+
+
+@contextmanager
+def tls_server(folder: Path, *, password: str) -> Iterator[int]:
+    """One Redis speaking TLS only, with a password, whose certificate names ``localhost``
+    but not 127.0.0.1 (clients must skip the hostname check); yields its port."""
+    assert REDIS_SERVER is not None
+    certify(folder, "DNS:localhost")
+    port = _free_ports(1)[0]
+    tls = ("--tls", "--cacert", str(folder / "ca.crt"), "-p", str(port), "-a", password)
+    subprocess.run(
+        [
+            *(REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *("--tls-cert-file", str(folder / "node.crt"), "--tls-auth-clients", "no"),
+            *("--tls-key-file", str(folder / "node.key")),
+            *("--tls-ca-cert-file", str(folder / "ca.crt"), "--requirepass", password),
+            *("--dir", str(folder), "--save", "", "--appendonly", "no"),
+            *("--daemonize", "yes", "--logfile", str(folder / "log")),
+        ],
+        check=True,
+    )
+
+    def answers() -> bool:
+        done = subprocess.run(
+            ["redis-cli", *tls, "--no-auth-warning", "--insecure", "ping"],
+            capture_output=True,
+            check=False,
+        )
+        return done.stdout.strip() == b"PONG"
+
+    try:
+        _until(answers, "the TLS server answers")
+        yield port
+    finally:
+        subprocess.run(
+            ["redis-cli", *tls, "--no-auth-warning", "--insecure", "shutdown", "nosave"],
+            capture_output=True,
+            check=False,
+        )
 
 
 @contextmanager

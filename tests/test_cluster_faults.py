@@ -1,6 +1,6 @@
 """Redis Cluster faults on clusters of the tests' own: a slot moving while runs execute and
-complete, and clusters that need a password or TLS (every connection plait opens, the lease
-thread's and pub/sub's too, carries the credentials and TLS settings of the URL)."""
+complete; and clusters or a server that need a password or TLS (every connection plait opens,
+the lease thread's and pub/sub's too, carries the credentials and TLS settings of the URL)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from conftest import FAST_RETRY, eventually
-from local_cluster import LocalCluster, local_cluster
+from local_cluster import local_cluster, tls_server
 from pydantic import BaseModel
 
 from plait.events import Event, EventContext
@@ -50,20 +50,23 @@ def backend() -> str:
     return "own"
 
 
-@pytest.fixture(scope="module", params=["password", "tls"])
-def guarded_cluster(
+@pytest.fixture(scope="module", params=["cluster-password", "cluster-tls", "server-tls"])
+def guarded_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalCluster]:
-    """A cluster that needs a password (and masterauth), or speaks TLS only."""
+) -> Iterator[str]:
+    """A cluster that needs a password (and masterauth) or speaks TLS only, or one server that
+    needs a password and speaks TLS only with a certificate that does not name 127.0.0.1."""
     folder = tmp_path_factory.mktemp(request.param)
-    if request.param == "tls":
-        if shutil.which("openssl") is None:
-            pytest.skip("needs openssl to make certificates")
-        with local_cluster(folder, tls=True) as cluster:
-            yield cluster
-    else:
-        with local_cluster(folder, password=PASSWORD) as cluster:
-            yield cluster
+    if request.param.endswith("tls") and shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make certificates")
+    if request.param == "server-tls":
+        with tls_server(folder, password=PASSWORD) as port:
+            options = f"ssl_ca_certs={folder / 'ca.crt'}&ssl_check_hostname=false"
+            yield f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?{options}"
+        return
+    tls = request.param == "cluster-tls"
+    with local_cluster(folder, password=None if tls else PASSWORD, tls=tls) as cluster:
+        yield cluster.url
 
 
 # -- a slot moving ----------------------------------------------------------------------------
@@ -222,14 +225,14 @@ async def test_events_are_delivered_while_their_slot_moves_between_nodes(
     assert dead == 0
 
 
-# -- a cluster that needs a password, or TLS -------------------------------------------------
+# -- a cluster or a server that needs a password, or TLS -------------------------------------
 
 long = Workflow("long-lease", input=Job).step("long")
 hanging = Workflow("hanging", input=Job).step("hang")
 
 
-async def test_a_step_longer_than_the_stall_timeout_keeps_its_lease_on_a_guarded_cluster(
-    guarded_cluster: LocalCluster, prefix: str
+async def test_a_step_longer_than_the_stall_timeout_keeps_its_lease_on_a_guarded_redis(
+    guarded_url: str, prefix: str
 ) -> None:
     stall = timedelta(seconds=1)
     attempts: list[int] = []
@@ -243,7 +246,7 @@ async def test_a_step_longer_than_the_stall_timeout_keeps_its_lease_on_a_guarded
     # The runner has no free slot, so only the other instance would reclaim the entry.
     providers = [
         RedisWorkflowProvider.from_url(
-            guarded_cluster.url,
+            guarded_url,
             prefix=prefix,
             stall_timeout=stall,
             retry=FAST_RETRY,
@@ -267,8 +270,8 @@ async def test_a_step_longer_than_the_stall_timeout_keeps_its_lease_on_a_guarded
     assert (step.attempts, step.error) == (1, None)
 
 
-async def test_a_cancel_reaches_a_running_step_on_a_guarded_cluster(
-    guarded_cluster: LocalCluster, prefix: str
+async def test_a_cancel_reaches_a_running_step_on_a_guarded_redis(
+    guarded_url: str, prefix: str
 ) -> None:
     log: list[str] = []
     consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(hanging)
@@ -281,7 +284,7 @@ async def test_a_cancel_reaches_a_running_step_on_a_guarded_cluster(
         finally:
             log.append("stopped")
 
-    provider = RedisWorkflowProvider.from_url(guarded_cluster.url, prefix=prefix)
+    provider = RedisWorkflowProvider.from_url(guarded_url, prefix=prefix)
     provider.register(consumer)
     await provider.start()
     try:
