@@ -29,6 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 PINNED = {
     "plait.AttemptSuperseded": "AttemptSupersededError",
+    "plait.CorruptRun": "CorruptRunError",
     "plait.InvalidResult": "InvalidResultError",
     "plait.InvalidStoredInput": "InvalidStoredInputError",
     "plait.ResultNotSerializable": "ResultNotSerializableError",

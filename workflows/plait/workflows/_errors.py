@@ -23,6 +23,7 @@ Every error a caller can see derives from :class:`WorkflowError`::
         ├── ResultNotSerializableError    a handler returned a value that is not JSON-able
         ├── InvalidResultError            on_complete's value does not validate as the output
         ├── InvalidStoredInputError       the stored input no longer validates
+        ├── CorruptRunError               the run's record in Redis does not parse
         └── UnknownJobError               this consumer has no handler for the job
 
 No redis-py exception reaches a caller: the Redis engine translates connection failures into
@@ -47,6 +48,7 @@ from typing import Any, ClassVar
 __all__ = [
     "PLAIT_CAUSES",
     "AttemptSupersededError",
+    "CorruptRunError",
     "IdempotencyConflictError",
     "InvalidDefinitionError",
     "InvalidInputError",
@@ -177,6 +179,17 @@ class InvalidStoredInputError(NonRetryableError):
     """
 
     wire_name: ClassVar[str] = "plait.InvalidStoredInput"
+
+
+class CorruptRunError(NonRetryableError):
+    """A field of the run's record in Redis does not parse (edited or damaged outside plait).
+
+    The transition that found it fails the run at once, without running its rollbacks (they
+    would compute with the damaged record). Recorded by the Lua scripts with
+    ``cause_type="plait.CorruptRun"``; the message names the field.
+    """
+
+    wire_name: ClassVar[str] = "plait.CorruptRun"
 
 
 class UnknownJobError(NonRetryableError):
@@ -326,6 +339,7 @@ PLAIT_CAUSES: dict[str, type[WorkflowError]] = {
     kind.wire_name: kind
     for kind in (
         AttemptSupersededError,
+        CorruptRunError,
         InvalidResultError,
         InvalidStoredInputError,
         ResultNotSerializableError,

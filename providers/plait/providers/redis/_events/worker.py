@@ -160,6 +160,8 @@ class EventWorker:
                 delay = min(delay * 2, 2.0)
                 continue
             except redis_errors.ResponseError as error:
+                if "UNBLOCKED" in str(error):  # the stream moved to another node
+                    continue
                 if "NOGROUP" not in str(error):
                     raise
                 logger.warning("group %s of %s vanished; recreating", sub.group, sub.keys.stream)

@@ -1,5 +1,9 @@
 """Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition.
 
+Every call declares the keys its script touches (so Redis Cluster checks them before running
+it, see ``lua/run_lib.lua``): the workflow's own keys first, built once per workflow, then the
+keys of the run it names.
+
 Each transition names itself with a call id (:meth:`RunScripts.call_id`), made once per
 transition and passed unchanged to every resend of it: a call whose reply was lost (Redis ran
 it, the connection broke before the reply came back) is made again, and the script answers the
@@ -75,6 +79,34 @@ class Lost:
     owner: str
 
 
+_WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {}
+
+
+def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
+    """KEYS[1..9] of every run script, in the order ``run_lib.lua`` names them (built once per
+    workflow)."""
+    try:
+        return _WORKFLOW_KEYS[keys.base]
+    except KeyError:
+        built = (
+            keys.jobs,
+            keys.delayed,
+            keys.waiting,
+            keys.running,
+            keys.deadlines,
+            keys.active,
+            keys.runs,
+            keys.caps,
+            keys.stats,
+        )
+        return _WORKFLOW_KEYS.setdefault(keys.base, built)
+
+
+def _run_keys(keys: WorkflowKeys, run_id: str) -> list[str]:
+    """What a script naming one run declares: the workflow's keys, then the run's."""
+    return [*workflow_keys(keys), keys.run(run_id), keys.results(run_id), keys.events(run_id)]
+
+
 class RunScripts:
     """The run transitions of one connection; every method is one atomic Lua call."""
 
@@ -117,10 +149,11 @@ class RunScripts:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
+        declared = _run_keys(keys, run_id)
+        if idempotency_key:
+            declared.append(keys.idempotency(idempotency_key))
         reply = await self._connection.run(
-            self._execute,
-            keys=[keys.run(run_id)],
-            args=[*args, timeout_ms, retention_ms, limits_json],
+            self._execute, keys=declared, args=[*args, timeout_ms, retention_ms, limits_json]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
@@ -128,10 +161,11 @@ class RunScripts:
     async def start(
         self, keys: WorkflowKeys, job: Job, owner: str, *, call: str
     ) -> Started | Lost | Deferred | None:
-        """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
+        """Mark an attempt running; None when there is nothing to run (the entry was stale and
+        is acknowledged, or is left pending to be taken again)."""
         reply = await self._connection.run(
             self._start,
-            keys=[keys.run(job.run_id)],
+            keys=[*_run_keys(keys, job.run_id), keys.rate(job.name)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, owner, call],
         )
         return _started(reply)
@@ -140,10 +174,14 @@ class RunScripts:
         self, keys: WorkflowKeys, jobs: list[Job], owner: str, *, call: str
     ) -> list[Started | Lost | Deferred | None]:
         """:meth:`start` for a batch of entries (those of one read), in one call."""
+        declared = list(workflow_keys(keys))
         args: list[Any] = [keys.base, owner, call]
         for job in jobs:
+            run_id = job.run_id
+            declared += [keys.run(run_id), keys.results(run_id), keys.events(run_id)]
+            declared.append(keys.rate(job.name))
             args += [job.run_id, job.name, job.token, job.entry]
-        replies = await self._connection.run(self._start_many, keys=[keys.jobs], args=args)
+        replies = await self._connection.run(self._start_many, keys=declared, args=args)
         return [_started(reply) for reply in replies]
 
     async def complete(
@@ -162,7 +200,9 @@ class RunScripts:
         taken) and the entries taken.
         """
         args = [keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take, call]
-        reply = await self._connection.run(self._complete, keys=[keys.run(job.run_id)], args=args)
+        reply = await self._connection.run(
+            self._complete, keys=_run_keys(keys, job.run_id), args=args
+        )
         self._connection.kick(keys.jobs)
         status = text(reply[1]) if text(reply[0]) == "ok" else None
         return status, [_taken(item) for item in reply[2]]
@@ -179,7 +219,7 @@ class RunScripts:
         """Record a failed attempt: ("retry", due ms), ("failed", run status) or ("stale", "")."""
         args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
         args += [json.dumps(error), retry_delay_ms, call]
-        reply = await self._connection.run(self._fail, keys=[keys.run(job.run_id)], args=args)
+        reply = await self._connection.run(self._fail, keys=_run_keys(keys, job.run_id), args=args)
         self._connection.kick(keys.jobs)
         outcome = text(reply[0])
         if outcome == "retry":
@@ -191,7 +231,9 @@ class RunScripts:
 
         Returns (promoted, timed out, next due ms or -1, server now ms).
         """
-        reply = await self._connection.run(self._tick, keys=[keys.delayed], args=[keys.base, limit])
+        reply = await self._connection.run(
+            self._tick, keys=workflow_keys(keys), args=[keys.base, limit]
+        )
         promoted, expired, next_due, now = (int(x) for x in reply)
         if promoted or expired:
             self._connection.kick(keys.jobs)
@@ -200,7 +242,7 @@ class RunScripts:
     async def cancel(self, keys: WorkflowKeys, run_id: str, *, call: str) -> tuple[int, str]:
         """Cancel a run; returns (1 cancelled | 0 not live | -1 unknown, status)."""
         reply = await self._connection.run(
-            self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id, call]
+            self._cancel, keys=_run_keys(keys, run_id), args=[keys.base, run_id, call]
         )
         self._connection.kick(keys.jobs)
         return int(reply[0]), text(reply[1])
@@ -209,7 +251,7 @@ class RunScripts:
         """Save a progress checkpoint; False when the attempt was superseded."""
         reply = await self._connection.run(
             self._progress,
-            keys=[keys.run(job.run_id)],
+            keys=_run_keys(keys, job.run_id),
             args=[keys.base, job.run_id, job.name, job.token, value, call],
         )
         return bool(reply)
@@ -217,7 +259,7 @@ class RunScripts:
     async def retry(self, keys: WorkflowKeys, run_id: str, *, call: str) -> tuple[str, str]:
         """Resume a FAILED or TIMED_OUT run: ("resumed" | "invalid" | "unknown", status)."""
         reply = await self._connection.run(
-            self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id, call]
+            self._retry, keys=_run_keys(keys, run_id), args=[keys.base, run_id, call]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1])
@@ -225,7 +267,7 @@ class RunScripts:
     async def reconcile(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Repair a live run that cannot advance: ("ok" | "repaired" | "gone", detail)."""
         reply = await self._connection.run(
-            self._reconcile, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._reconcile, keys=_run_keys(keys, run_id), args=[keys.base, run_id]
         )
         outcome = text(reply[0])
         if outcome == "repaired":
@@ -244,7 +286,7 @@ class RunScripts:
 
 
 def _started(reply: Any) -> Started | Lost | Deferred | None:
-    """Decode what run_start returns for one entry."""
+    """Decode what run_start returns for one entry (None: nothing to run, see :meth:`start`)."""
     outcome = text(reply[0])
     if outcome == "lost":
         return Lost(int(reply[1]), text(reply[2]))
