@@ -182,9 +182,12 @@ class InvalidStoredInputError(NonRetryableError):
 
 
 class CorruptRunError(NonRetryableError):
-    """A field of the run record in Redis does not decode (never retried: it would not change).
+    """A field of the run's record in Redis does not decode or parse (edited or damaged outside
+    plait); never retried: it would not change.
 
-    Recorded with ``cause_type="plait.CorruptRun"``; the message names the field.
+    Found by a script, the transition fails the run at once, without running its rollbacks
+    (they would compute with the damaged record); found by a worker decoding an attempt, that
+    attempt fails. Recorded with ``cause_type="plait.CorruptRun"``; the message names the field.
     """
 
     wire_name: ClassVar[str] = "plait.CorruptRun"

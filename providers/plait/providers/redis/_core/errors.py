@@ -34,10 +34,17 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
     redis_errors.TryAgainError,
+    redis_errors.ClusterError,
     ConnectionError,
     OSError,
 )
-"""Errors that mean "Redis cannot be reached right now": retried, never leaked."""
+"""Errors that mean "Redis cannot be reached right now": retried, never leaked.
+
+On a Redis Cluster these include ``TRYAGAIN`` (the keys of a call are split between two nodes
+while their slot moves: Redis, or a script before its first write, refused it), ``CLUSTERDOWN``
+and redis-py's ``ClusterError`` when redirections did not settle within its limit (as while a
+slot moves): nothing was applied, and the call is made again.
+"""
 
 COMMAND_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.RedisError,

@@ -38,9 +38,12 @@ one attempt of a job::
                                                workflow's earliest (wakes every timer)
 
 A finished run's record, results, events and idempotency key expire ``retention`` after it
-ended. Lua scripts receive the run hash (or one key of the slot) as KEYS[1] and ``base``
-(``<prefix>:{<wf>}:``) as ARGV[1] and derive the other keys of the same slot from it, which
-keeps calls short.
+ended. Lua scripts declare in KEYS every key they touch that the caller can name, so Redis
+Cluster checks them before running a script (``lua/run_lib.lua`` says how the few they cannot
+name are reached): the workflow's keys from ``jobs`` to ``stats`` (in the table's order, without
+``dead``), then the record, results and events of each run named. ``base``
+(``<prefix>:{<wf>}:``) is ARGV[1]; ``<prefix>:{<wf>}:settled`` is never written (a script asks
+whether it exists to learn whether the slot is moving).
 
 Every key of an event name shares the hash tag ``{<event>}`` behind an ``ev:`` namespace (so an
 event never shares keys with a workflow of the same name)::
@@ -68,8 +71,7 @@ event never shares keys with a workflow of the same name)::
                                                      (expires: the request's timeout + 1 s)
     <prefix>:ev:{<event>}:reply:<provider>  channel  replies to that provider's requests
 
-Event scripts receive the stream as KEYS[1] and ``base`` (``<prefix>:ev:{<event>}:``) as
-ARGV[1], like the run scripts.
+Event scripts declare every key they touch in KEYS too (the stream first when they touch it).
 
 Two keys belong to the whole deployment under a prefix (each used alone, outside any script)::
 
@@ -84,7 +86,7 @@ every key a provider writes matches one of them).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GROUP = "plait"
 """The consumer group every instance reads step streams through."""
@@ -96,11 +98,11 @@ class WorkflowKeys:
 
     prefix: str
     workflow: str
+    base: str = field(init=False, repr=False, compare=False)
+    """Common start of every key of this workflow (carries the hash tag); built once."""
 
-    @property
-    def base(self) -> str:
-        """Common start of every key of this workflow (carries the hash tag)."""
-        return f"{self.prefix}:{{{self.workflow}}}:"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", f"{self.prefix}:{{{self.workflow}}}:")
 
     @property
     def jobs(self) -> str:

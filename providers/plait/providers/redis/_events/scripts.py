@@ -1,6 +1,7 @@
 """Typed calls of the event scripts (``lua/event_*.lua``) and the plain stream commands.
 
-Every state change of a delivery is one atomic Lua call; reads and acknowledgements are plain
+Every state change of a delivery is one atomic Lua call, which declares every key its script
+touches (Redis Cluster checks them before running it); reads and acknowledgements are plain
 commands (an acknowledgement is one pipeline round trip). Answering a request is one Lua call
 that acknowledges, keeps the reply and publishes it.
 """
@@ -68,9 +69,12 @@ class EventScripts:
     ) -> tuple[bool, str]:
         """Add the event (or schedule it); returns (created, event id owning the key)."""
         args: list[str | int] = [
-            keys.base, event_id, idempotency_key, retention_ms, delay_ms, data, meta, reply
+            event_id, idempotency_key, retention_ms, delay_ms, data, meta, reply
         ]  # fmt: skip
-        created, owner, due = await self._connection.run(self._emit, keys=[keys.stream], args=args)
+        declared = [keys.stream, keys.delayed, keys.delayed_data]
+        if idempotency_key:
+            declared.append(keys.idempotency(idempotency_key))
+        created, owner, due = await self._connection.run(self._emit, keys=declared, args=args)
         if created and not int(due):
             self._connection.kick(keys.stream)
         return bool(int(created)), text(owner)
@@ -78,7 +82,9 @@ class EventScripts:
     async def promote(self, keys: EventKeys, limit: int = 200) -> tuple[int, int, int]:
         """Move due delayed events to the stream; returns (moved, next due ms or -1, now ms)."""
         moved, next_due, now = await self._connection.run(
-            self._promote, keys=[keys.stream], args=[keys.base, limit, DEAD_LETTER_CAP]
+            self._promote,
+            keys=[keys.stream, keys.delayed, keys.delayed_data, keys.dead],
+            args=[limit, DEAD_LETTER_CAP, keys.idempotency("")],
         )
         if int(moved):
             self._connection.kick(keys.stream)
@@ -88,7 +94,9 @@ class EventScripts:
         """Cancel the delayed event of ``idempotency_key``; False when none is waiting."""
         return bool(
             await self._connection.run(
-                self._cancel, keys=[keys.stream], args=[keys.base, idempotency_key]
+                self._cancel,
+                keys=[keys.delayed, keys.delayed_data, keys.idempotency(idempotency_key)],
+                args=[idempotency_key],
             )
         )
 
@@ -97,7 +105,9 @@ class EventScripts:
     ) -> tuple[int, int, list[Delivery]]:
         """Take due retries of ``group``; returns (next due ms or -1, now ms, deliveries)."""
         next_due, now, rows = await self._connection.run(
-            self._claim, keys=[keys.stream], args=[keys.base, group, consumer, limit]
+            self._claim,
+            keys=[keys.stream, keys.retry(group), keys.attempts(group)],
+            args=[group, consumer, limit],
         )
         return int(next_due), int(now), _deliveries(rows)
 
@@ -105,9 +115,9 @@ class EventScripts:
         self, keys: EventKeys, group: str, consumer: str, delivery: Delivery, delay_ms: int
     ) -> int:
         """Schedule the retry of a failed delivery; returns its due ms (0: no longer ours)."""
-        args: list[str | int] = [keys.base, group, consumer, delivery.entry, delivery.attempt]
-        args.append(delay_ms)
-        return int(await self._connection.run(self._fail, keys=[keys.stream], args=args))
+        args: list[str | int] = [group, consumer, delivery.entry, delivery.attempt, delay_ms]
+        declared = [keys.stream, keys.retry(group), keys.attempts(group)]
+        return int(await self._connection.run(self._fail, keys=declared, args=args))
 
     async def dead(
         self,
@@ -121,7 +131,6 @@ class EventScripts:
     ) -> bool:
         """Dead-letter a delivery and acknowledge it; False when it was no longer ours."""
         args: list[str | int] = [
-            keys.base,
             group,
             consumer,
             delivery.entry,
@@ -131,7 +140,8 @@ class EventScripts:
             delivery.attempt,
             DEAD_LETTER_CAP,
         ]
-        return bool(await self._connection.run(self._dead, keys=[keys.stream], args=args))
+        declared = [keys.stream, keys.dead, keys.retry(group), keys.attempts(group)]
+        return bool(await self._connection.run(self._dead, keys=declared, args=args))
 
     async def reclaim(
         self,
@@ -145,10 +155,11 @@ class EventScripts:
         max_attempts: int,
     ) -> tuple[str, list[Delivery], int]:
         """Take over stalled entries; returns (next cursor, deliveries, dead-lettered)."""
-        args: list[str | int] = [keys.base, group, consumer, min_idle_ms, cursor, limit]
-        args.append(max_attempts)
+        args: list[str | int] = [group, consumer, min_idle_ms, cursor, limit, max_attempts]
         reply = await self._connection.run(
-            self._reclaim, keys=[keys.stream], args=[*args, DEAD_LETTER_CAP]
+            self._reclaim,
+            keys=[keys.stream, keys.dead, keys.retry(group), keys.attempts(group)],
+            args=[*args, DEAD_LETTER_CAP],
         )
         return text(reply[0]), _deliveries(reply[1]), int(reply[2])
 
@@ -208,9 +219,11 @@ class EventScripts:
     async def _call_reply(
         self, keys: EventKeys, group: str, entry: str, reply_to: ReplyTo, message: str
     ) -> None:
-        args: list[str | int] = [keys.base, group, entry, reply_to.request_id]
-        args += [reply_to.lifetime_ms, reply_to.channel, message]
-        await self._connection.run(self._reply, keys=[keys.stream], args=args)
+        declared = [keys.stream, keys.answer(reply_to.request_id)]
+        if group:
+            declared.append(keys.attempts(group))
+        args: list[str | int] = [group, entry, reply_to.lifetime_ms, reply_to.channel, message]
+        await self._connection.run(self._reply, keys=declared, args=args)
 
     async def kept_reply(self, keys: EventKeys, request_id: str) -> str | None:
         """The reply kept for request ``request_id``, if one was written."""

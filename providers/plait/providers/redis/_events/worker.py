@@ -162,6 +162,8 @@ class EventWorker:
                 await self._wait_for_slot()
                 found = await self._read_new(sub)
             except Exception as error:
+                if isinstance(error, redis_errors.ResponseError) and "UNBLOCKED" in str(error):
+                    continue  # the stream moved to another node while the read waited
                 if isinstance(error, redis_errors.ResponseError) and "NOGROUP" in str(error):
                     logger.warning(
                         "group %s of %s vanished; recreating", sub.group, sub.keys.stream

@@ -16,6 +16,7 @@ from typing import Any
 import fakeredis
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 
 from plait.workflows._errors import describe_exception
 
@@ -24,38 +25,68 @@ from .._core.keys import GROUP
 
 logger = logging.getLogger("plait.lease")
 
-#: Connection settings a synchronous client can take from an asyncio one.
+#: Connection settings a synchronous client takes from an asyncio one (the server, the
+#: credentials, TLS): the lease thread connects exactly as the provider does.
 _SYNC_KWARGS = (
-    "host",
-    "port",
     "db",
     "username",
     "password",
+    "credential_provider",
+    "client_name",
     "path",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "socket_keepalive_options",
+    "protocol",
     "ssl_keyfile",
     "ssl_certfile",
     "ssl_cert_reqs",
+    "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags",
     "ssl_ca_certs",
-    "socket_connect_timeout",
+    "ssl_ca_data",
+    "ssl_ca_path",
+    "ssl_check_hostname",
+    "ssl_password",
+    "ssl_min_version",
+    "ssl_ciphers",
 )
 
 
+def _sync_settings(settings: dict[str, Any], connection_class: type[Any]) -> dict[str, Any]:
+    """What a synchronous client needs of an asyncio client's connection settings."""
+    kwargs = {key: settings[key] for key in _SYNC_KWARGS if settings.get(key) is not None}
+    if "path" in kwargs:
+        kwargs["unix_socket_path"] = kwargs.pop("path")
+    if "socket_keepalive_options" in kwargs and not isinstance(
+        kwargs["socket_keepalive_options"], dict
+    ):  # redis-py's "not given" sentinel
+        del kwargs["socket_keepalive_options"]
+    if issubclass(connection_class, AsyncSSLConnection):
+        kwargs["ssl"] = True
+    kwargs["socket_timeout"] = 5
+    return kwargs
+
+
 def sync_client(connection: Connection) -> Any:
-    """A synchronous client on the same server as ``connection`` (for the lease thread)."""
+    """A synchronous client on the same server or cluster as ``connection`` (for the lease
+    thread), with the same credentials and TLS settings."""
     client: Any = connection.client
     if isinstance(client, fakeredis.FakeAsyncRedis):
         return fakeredis.FakeRedis(server=client.connection_pool.connection_kwargs["server"])
     if isinstance(client, AsyncRedisCluster):
+        settings = client.connection_kwargs
         node = client.get_nodes()[0]
-        return redis.RedisCluster(host=node.host, port=int(node.port), socket_timeout=5)
-    settings = client.connection_pool.connection_kwargs
-    kwargs = {key: settings[key] for key in _SYNC_KWARGS if key in settings}
-    if "path" in kwargs:
-        kwargs["unix_socket_path"] = kwargs.pop("path")
-    if client.connection_pool.connection_class.__name__ == "SSLConnection":
-        kwargs["ssl"] = True
-    kwargs.setdefault("socket_timeout", 5)
-    return redis.Redis(**kwargs)
+        kwargs = _sync_settings(settings, settings.get("connection_class", object))
+        kwargs.pop("db", None)  # a cluster has one database
+        return redis.RedisCluster(host=node.host, port=int(node.port), **kwargs)
+    pool = client.connection_pool
+    kwargs = _sync_settings(pool.connection_kwargs, pool.connection_class)
+    return redis.Redis(
+        host=pool.connection_kwargs.get("host", "localhost"),
+        port=pool.connection_kwargs.get("port", 6379),
+        **kwargs,
+    )
 
 
 class Leases:

@@ -1,5 +1,9 @@
 """Typed calls of the run transition scripts (``lua/run_*.lua``): one Lua call per transition.
 
+Every call declares the keys its script touches (so Redis Cluster checks them before running
+it, see ``lua/run_lib.lua``): the workflow's own keys first, built once per workflow, then the
+keys of the run it names.
+
 Each transition names itself with a call id (:meth:`RunScripts.call_id`), made once per
 transition and passed unchanged to every resend of it: a call whose reply was lost (Redis ran
 it, the connection broke before the reply came back) is made again, and the script answers the
@@ -99,6 +103,32 @@ class Corrupt:
 
 StartReply = Started | Lost | Deferred | Refused | Corrupt | None
 """What starting an entry gave (None: the entry was stale and is acknowledged)."""
+_WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {}
+
+
+def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
+    """KEYS[1..9] of every run script, in the order ``run_lib.lua`` names them (built once per
+    workflow)."""
+    try:
+        return _WORKFLOW_KEYS[keys.base]
+    except KeyError:
+        built = (
+            keys.jobs,
+            keys.delayed,
+            keys.waiting,
+            keys.running,
+            keys.deadlines,
+            keys.active,
+            keys.runs,
+            keys.caps,
+            keys.stats,
+        )
+        return _WORKFLOW_KEYS.setdefault(keys.base, built)
+
+
+def _run_keys(keys: WorkflowKeys, run_id: str) -> list[str]:
+    """What a script naming one run declares: the workflow's keys, then the run's."""
+    return [*workflow_keys(keys), keys.run(run_id), keys.results(run_id), keys.events(run_id)]
 
 
 class RunScripts:
@@ -143,10 +173,11 @@ class RunScripts:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told)."""
         args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
+        declared = _run_keys(keys, run_id)
+        if idempotency_key:
+            declared.append(keys.idempotency(idempotency_key))
         reply = await self._connection.run(
-            self._execute,
-            keys=[keys.run(run_id)],
-            args=[*args, timeout_ms, retention_ms, limits_json],
+            self._execute, keys=declared, args=[*args, timeout_ms, retention_ms, limits_json]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
@@ -155,7 +186,7 @@ class RunScripts:
         """Mark an attempt running; None when the entry is stale (and was acknowledged)."""
         reply = await self._connection.run(
             self._start,
-            keys=[keys.run(job.run_id)],
+            keys=[*_run_keys(keys, job.run_id), keys.rate(job.name)],
             args=[keys.base, job.run_id, job.name, job.token, job.entry, owner, call],
         )
         return _started(reply, job.name)
@@ -165,10 +196,14 @@ class RunScripts:
     ) -> list[StartReply]:
         """:meth:`start` for a batch of entries (those of one read), in one call; each reply
         is decoded alone, so one that does not decode spoils no other."""
+        declared = list(workflow_keys(keys))
         args: list[Any] = [keys.base, owner, call]
         for job in jobs:
+            run_id = job.run_id
+            declared += [keys.run(run_id), keys.results(run_id), keys.events(run_id)]
+            declared.append(keys.rate(job.name))
             args += [job.run_id, job.name, job.token, job.entry]
-        replies = await self._connection.run(self._start_many, keys=[keys.jobs], args=args)
+        replies = await self._connection.run(self._start_many, keys=declared, args=args)
         return [_started(reply, job.name) for reply, job in zip(replies, jobs, strict=True)]
 
     async def complete(
@@ -187,7 +222,9 @@ class RunScripts:
         taken) and the entries taken.
         """
         args = [keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take, call]
-        reply = await self._connection.run(self._complete, keys=[keys.run(job.run_id)], args=args)
+        reply = await self._connection.run(
+            self._complete, keys=_run_keys(keys, job.run_id), args=args
+        )
         self._connection.kick(keys.jobs)
         status = text(reply[1]) if text(reply[0]) == "ok" else None
         return status, [_taken(item) for item in reply[2]]
@@ -204,7 +241,7 @@ class RunScripts:
         """Record a failed attempt: ("retry", due ms), ("failed", run status) or ("stale", "")."""
         args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry]
         args += [json.dumps(error), retry_delay_ms, call]
-        reply = await self._connection.run(self._fail, keys=[keys.run(job.run_id)], args=args)
+        reply = await self._connection.run(self._fail, keys=_run_keys(keys, job.run_id), args=args)
         self._connection.kick(keys.jobs)
         outcome = text(reply[0])
         if outcome == "retry":
@@ -216,7 +253,9 @@ class RunScripts:
 
         Returns (promoted, timed out, next due ms or -1, server now ms).
         """
-        reply = await self._connection.run(self._tick, keys=[keys.delayed], args=[keys.base, limit])
+        reply = await self._connection.run(
+            self._tick, keys=workflow_keys(keys), args=[keys.base, limit]
+        )
         promoted, expired, next_due, now = (int(x) for x in reply)
         if promoted or expired:
             self._connection.kick(keys.jobs)
@@ -225,7 +264,7 @@ class RunScripts:
     async def cancel(self, keys: WorkflowKeys, run_id: str, *, call: str) -> tuple[int, str]:
         """Cancel a run; returns (1 cancelled | 0 not live | -1 unknown, status)."""
         reply = await self._connection.run(
-            self._cancel, keys=[keys.run(run_id)], args=[keys.base, run_id, call]
+            self._cancel, keys=_run_keys(keys, run_id), args=[keys.base, run_id, call]
         )
         self._connection.kick(keys.jobs)
         return int(reply[0]), text(reply[1])
@@ -234,7 +273,7 @@ class RunScripts:
         """Save a progress checkpoint; False when the attempt was superseded."""
         reply = await self._connection.run(
             self._progress,
-            keys=[keys.run(job.run_id)],
+            keys=_run_keys(keys, job.run_id),
             args=[keys.base, job.run_id, job.name, job.token, value, call],
         )
         return bool(reply)
@@ -242,7 +281,7 @@ class RunScripts:
     async def retry(self, keys: WorkflowKeys, run_id: str, *, call: str) -> tuple[str, str]:
         """Resume a FAILED or TIMED_OUT run: ("resumed" | "invalid" | "unknown", status)."""
         reply = await self._connection.run(
-            self._retry, keys=[keys.run(run_id)], args=[keys.base, run_id, call]
+            self._retry, keys=_run_keys(keys, run_id), args=[keys.base, run_id, call]
         )
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1])
@@ -250,7 +289,7 @@ class RunScripts:
     async def reconcile(self, keys: WorkflowKeys, run_id: str) -> tuple[str, str]:
         """Repair a live run that cannot advance: ("ok" | "repaired" | "gone", detail)."""
         reply = await self._connection.run(
-            self._reconcile, keys=[keys.run(run_id)], args=[keys.base, run_id]
+            self._reconcile, keys=_run_keys(keys, run_id), args=[keys.base, run_id]
         )
         outcome = text(reply[0])
         if outcome == "repaired":

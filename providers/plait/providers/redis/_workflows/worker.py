@@ -182,13 +182,15 @@ class Worker:
                     with anyio.move_on_after(wait):
                         await kicked.wait()
                 return entries
+        except CONNECTION_ERRORS as error:  # first: TRYAGAIN is also an error reply
+            logger.warning("%s: reading jobs failed (%s); retrying", self.keys.jobs, error)
+            await anyio.sleep(0.5)
         except redis_errors.ResponseError as error:
+            if "UNBLOCKED" in str(error):  # the stream moved to another node (a slot migration)
+                return []
             if "NOGROUP" not in str(error):
                 raise
             await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
-        except CONNECTION_ERRORS as error:
-            logger.warning("%s: reading jobs failed (%s); retrying", self.keys.jobs, error)
-            await anyio.sleep(0.5)
         return []
 
     async def _measure_depth(self) -> None:

@@ -1,12 +1,14 @@
 -- event_cancel.lua: cancel a delayed event that is not in the stream yet, by idempotency key.
--- KEYS[1] stream (routes the call to the event's slot)
--- ARGV[1] base  ARGV[2] idempotency key
+-- KEYS[1] delayed  KEYS[2] delayed:data  KEYS[3] the idempotency key's string
+-- ARGV[1] idempotency key
 -- returns 1 when cancelled (the key is released for reuse), 0 when nothing was waiting
-local base = ARGV[1]
-local ikey = ARGV[2]
+local delayed = KEYS[1]
+local delayed_data = KEYS[2]
+local idem = KEYS[3]
+local ikey = ARGV[1]
 
 local member = 'k:' .. ikey
-if redis.call('ZREM', base .. 'delayed', member) == 0 then return 0 end
-redis.call('HDEL', base .. 'delayed:data', member)
-redis.call('DEL', base .. 'idem:' .. ikey)
+if redis.call('ZREM', delayed, member) == 0 then return 0 end
+redis.call('HDEL', delayed_data, member)
+redis.call('DEL', idem)
 return 1

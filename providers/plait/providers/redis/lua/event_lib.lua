@@ -6,9 +6,12 @@
 -- ms); attempts:<group> counts the attempts of an entry that failed or were lost (absent: none
 -- yet).
 --
--- Each script gets the event's stream as KEYS[1] and, when it needs more keys of the slot,
--- base (<prefix>:ev:{<event>}:) as ARGV[1] (the key schema: _core/keys.py). A script names its
--- KEYS and ARGV in locals at its top; those must not reuse the names of the functions below.
+-- Each script declares in KEYS every key it touches (the key schema: _core/keys.py), the
+-- event's stream first when it touches it, so Redis Cluster checks them all before running it
+-- (while a slot moves, a script whose keys are not all on the node is refused up front rather
+-- than failing half-way). A script checks what it computes with before its first write. It
+-- names its KEYS and ARGV in locals at its top; those must not reuse the names of the functions
+-- below.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -28,14 +31,15 @@ local function flat_to_json(fields)
   return cjson.encode(out)
 end
 
--- Record a delivery that is given up in the dead-letter stream and acknowledge it for `group`.
-local function bury(base, stream, group, id, reason, err, fields, attempts, cap)
-  local dead = redis.call('XADD', base .. 'dead', 'MAXLEN', '~', cap, '*',
+-- Record a delivery that is given up in the dead-letter stream and acknowledge it for `group`
+-- (`k`: the script's keys, stream, dead, retry and attempts of the group).
+local function bury(k, group, id, reason, err, fields, attempts, cap)
+  local dead = redis.call('XADD', k.dead, 'MAXLEN', '~', cap, '*',
     'entry', id, 'group', group, 'reason', reason, 'error', err, 'fields', fields,
     'attempts', attempts)
-  redis.call('XACK', stream, group, id)
-  redis.call('HDEL', base .. 'attempts:' .. group, id)
-  redis.call('ZREM', base .. 'retry:' .. group, id)
+  redis.call('XACK', k.stream, group, id)
+  redis.call('HDEL', k.attempts, id)
+  redis.call('ZREM', k.retry, id)
   return dead
 end
 

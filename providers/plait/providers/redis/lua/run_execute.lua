@@ -1,5 +1,6 @@
 -- run_execute.lua: create a run and its first jobs, or attach to the run owning the key.
--- KEYS[1] run hash
+-- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
+-- KEYS[12] its events  KEYS[13] the idempotency key's string (only with a key)
 -- ARGV[1] base (<prefix>:{<wf>}:)  ARGV[2] run id  ARGV[3] idempotency key ('' for none)
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
@@ -17,26 +18,26 @@ local timeout = tonumber(ARGV[8])
 local retention = ARGV[9]
 local limits = ARGV[10]
 
-local c = ctx(base, run_id)
+local c = ctx(base, run_id, RUN)
+c.plan = cjson.decode(plan)
 if ikey ~= '' then
-  local key = c.base .. 'idem:' .. ikey
-  local cur = redis.call('GET', key)
+  c.idem = KEYS[RUN + 3]
+  local cur = redis.call('GET', c.idem)
   if cur then
     local owner, hash = string.match(cur, '^(.*)|([^|]*)$')
     if hash ~= ihash then return {'conflict', owner} end
     if owner ~= c.run then return {'exists', owner} end
-  else
-    redis.call('SET', key, c.run .. '|' .. ihash)
   end
 end
 if redis.call('EXISTS', c.r) == 1 then return {'created', c.run, 0} end
+if c.idem then redis.call('SET', c.idem, c.run .. '|' .. ihash) end
 local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
   'lim', limits)
 local earliest = timeout > 0 and set_deadline(c, now + timeout)
-redis.call('ZADD', c.base .. 'active', now, c.run)
-redis.call('ZADD', c.base .. 'runs', now, c.run)
+redis.call('ZADD', ACTIVE, now, c.run)
+redis.call('ZADD', RUNS, now, c.run)
 event(c, 'run.started', '', '', '')
 advance(c, now)
 return {'created', c.run, earliest and 1 or 0}

@@ -17,25 +17,70 @@
 -- 'lim' holds the global limits of the run's workflow, JSON {cc = most running attempts across
 -- instances, rl = {step = {starts, period ms}}}; a job put aside by a limit is 'waiting'.
 --
--- Each script gets the run hash (or, for a batch, the job stream) as KEYS[1], which routes the
--- call to the workflow's slot, and base (<prefix>:{<wf>}:) as ARGV[1]; ctx(base, run) derives
--- every key of the run from them (the key schema: _core/keys.py). A script names its KEYS and
--- ARGV in locals at its top; those must not reuse the names defined here (GROUP, FINAL and the
--- functions), which they would shadow.
+-- Keys (the key schema: _core/keys.py). Every script declares in KEYS the keys it touches, so
+-- Redis Cluster checks them before the script runs: KEYS[1..9] are the workflow's own keys,
+-- in the order below, then come the keys of each run the caller names (run hash, results,
+-- events; a start adds the step's rate-limit zset), from KEYS[RUN] on; ctx(base, run, at)
+-- takes a run's keys from KEYS[at]. While a slot migrates, Redis answers TRYAGAIN (or ASK,
+-- MOVED) before running a script whose declared keys are not all on the node, so a declared
+-- key is never missing half-way. base (<prefix>:{<wf>}:) is ARGV[1].
+--
+-- Keys a script cannot know in advance are not declared: the run of an entry it reads from the
+-- stream, of a member of the waiting, delayed or deadlines set (ctx without `at`), and a run's
+-- idempotency key. Redis does not check those before the script, and one that is on another
+-- node while the slot moves fails the command that touches it, after the writes before it.
+-- So they are touched only where here() says this node serves them: always while the slot is
+-- settled, else only a key this node holds. A script that needs such a key and
+-- cannot reach it refuses before its first write (TRYAGAIN: the client tries again) or leaves
+-- that work for later (the tick wakes waiting jobs, the next read takes the next entries).
+--
+-- Order: a transition reads and checks what it computes with before its first write (sound(),
+-- ready()), so it never stops half-way; a run whose record does not parse is failed with the
+-- reason (spoil()) instead. A script names its KEYS and ARGV in locals at its top; those must
+-- not reuse the names defined here (GROUP, FINAL, RUN, MOVING, the workflow's keys and
+-- the functions), which they would shadow.
 
 local GROUP = 'plait'
 local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
+
+-- The workflow's keys (WorkflowKeys): KEYS[1..9] of every run script, in this order.
+local JOBS, DELAYED, WAITING, RUNNING, DEADLINES, ACTIVE, RUNS, CAPS, STATS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local RUN = 10  -- the keys of the first run a script names start here
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function ctx(base, run)
+-- The keys of `run`: declared at KEYS[at..at + 2] (with the rate-limit zset of the job it
+-- starts at KEYS[at + 3] for a start), or, without `at`, derived from base for a run the
+-- script could not know in advance, which it may touch only while here(base) holds.
+local function ctx(base, run, at)
+  if at then
+    return {base = base, run = run, r = KEYS[at], res = KEYS[at + 1], ev = KEYS[at + 2],
+            rate = KEYS[at + 3]}
+  end
   local r = base .. 'run:' .. run
-  return {base = base, run = run, r = r, res = r .. ':results', ev = r .. ':events',
-          jobs = base .. 'jobs'}
+  return {base = base, run = run, r = r, res = r .. ':results', ev = r .. ':events'}
 end
+
+-- Whether this node serves the undeclared `key` now. EXISTS of it with a declared key fails
+-- (inside pcall: nothing written) only while the slot migrates or imports and `key` is
+-- elsewhere or nowhere (a declared key is here then, or Redis would not run the script). With
+-- `key` nil: whether the slot is settled on this node (asked once per call, of a key that
+-- never exists), when every key of the slot is this node's.
+local settled_now = nil
+local function here(base, key)
+  if settled_now == nil then
+    settled_now = type(redis.pcall('EXISTS', JOBS, base .. 'settled')) == 'number'
+  end
+  return settled_now or (key ~= nil and type(redis.pcall('EXISTS', JOBS, key)) == 'number')
+end
+
+-- What a transition that needs an undeclared key another node holds now returns, having
+-- written nothing (redis.error_reply(MOVING)): clients try again, as for Redis's own TRYAGAIN.
+local MOVING = 'TRYAGAIN a key of the run is on another node while its slot moves'
 
 local function event(c, kind, job, attempt, data)
   redis.call('XADD', c.ev, '*', 'k', kind, 'j', job or '', 'a', attempt or '', 'd', data or '')
@@ -56,10 +101,14 @@ local function append(c, field, item)
 end
 
 -- Which handlers the consumers of this workflow have; nil when no consumer started yet.
+-- Caps that do not parse count as none (every hook and rollback is queued; a consumer without
+-- one runs it as a no-op).
 local function caps(c)
-  local raw = redis.call('GET', c.base .. 'caps')
+  local raw = redis.call('GET', CAPS)
   if not raw then return nil end
-  return cjson.decode(raw)
+  local ok, cp = pcall(cjson.decode, raw)
+  if ok and type(cp) == 'table' and type(cp.rb) == 'table' then return cp end
+  return nil
 end
 
 -- Returns the job's state and the run's status when `tok` is the live attempt's token, else
@@ -68,7 +117,7 @@ end
 local function check(c, job, tok, fence)
   local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st', 'status')
   if not v[1] or v[1] ~= tok then
-    if fence and v[1] then redis.call('HINCRBY', c.base .. 'stats', 'fenced', 1) end
+    if fence and v[1] then redis.call('HINCRBY', STATS, 'fenced', 1) end
     return nil, v[3]
   end
   return v[2], v[3]
@@ -77,19 +126,20 @@ end
 -- Acknowledge and delete a stream entry: only transition scripts ever do this.
 local function ack(c, entry)
   if entry ~= '' then
-    redis.call('XACK', c.jobs, GROUP, entry)
-    redis.call('XDEL', c.jobs, entry)
+    redis.call('XACK', JOBS, GROUP, entry)
+    redis.call('XDEL', JOBS, entry)
   end
 end
 
 -- Put an attempt of `job` with token `tok` on the stream and remember its entry.
 local function push(c, job, tok)
-  local id = redis.call('XADD', c.jobs, '*', 'r', c.run, 'j', job, 't', tok)
+  local id = redis.call('XADD', JOBS, '*', 'r', c.run, 'j', job, 't', tok)
   redis.call('HSET', c.r, job .. '|st', 'queued', job .. '|tk', tok, job .. '|en', id)
 end
 
 -- A job put aside by a global limit ("run|job|token" in the waiting or delayed set) may try
--- to start again, unless it was cancelled or superseded meanwhile.
+-- to start again, unless it was cancelled or superseded meanwhile. Its run is not declared:
+-- only while here(base) holds.
 local function wake(base, member)
   local run, job, tok = string.match(member, '^(.*)|([^|]*)|([^|]*)$')
   if not run then return false end
@@ -101,21 +151,26 @@ local function wake(base, member)
 end
 
 -- An attempt stopped running: free its slot under the workflow's concurrency limit and let
--- the job that waited longest try again.
+-- the job that waited longest try again (while the slot moves, the tick does that later).
 local function release(c, job)
-  if redis.call('ZREM', c.base .. 'running', c.run .. '|' .. job) == 0 then return end
-  local waiting = c.base .. 'waiting'
+  if redis.call('ZREM', RUNNING, c.run .. '|' .. job) == 0 or not here(c.base) then return end
   while true do
-    local oldest = redis.call('ZRANGE', waiting, 0, 0)[1]
+    local oldest = redis.call('ZRANGE', WAITING, 0, 0)[1]
     if not oldest then return end
-    redis.call('ZREM', waiting, oldest)
+    redis.call('ZREM', WAITING, oldest)
     if wake(c.base, oldest) then return end
   end
 end
 
+-- `tok` was checked by sound(); an attempt counter that does not parse starts again at 1.
 local function enqueue(c, job)
   local tok = redis.call('HINCRBY', c.r, 'tok', 1)
-  if redis.call('HINCRBY', c.r, job .. '|at', 1) == 1 then append(c, 'jobs', job) end
+  local at = redis.pcall('HINCRBY', c.r, job .. '|at', 1)
+  if type(at) ~= 'number' then
+    at = 1
+    redis.call('HSET', c.r, job .. '|at', at)
+  end
+  if at == 1 then append(c, 'jobs', job) end
   push(c, job, tok)
   return tok
 end
@@ -124,40 +179,102 @@ end
 -- (asleep until the earliest time it knew of) is told on the 'deadline' channel; returns
 -- whether it was told. Runs with the same timeout never need this while others are live.
 local function set_deadline(c, at)
-  local deadlines = c.base .. 'deadlines'
-  local first = redis.call('ZRANGE', deadlines, 0, 0, 'WITHSCORES')[2]
+  local first = redis.call('ZRANGE', DEADLINES, 0, 0, 'WITHSCORES')[2]
   redis.call('HSET', c.r, 'deadline', at)
-  redis.call('ZADD', deadlines, at, c.run)
+  redis.call('ZADD', DEADLINES, at, c.run)
   if first and tonumber(first) <= at then return false end
   redis.call('PUBLISH', c.base .. 'deadline', at)
   return true
 end
 
--- Whether the run has passed its deadline (a run completing now would be late).
+-- Whether the run has passed its deadline (a run completing now would be late). A deadline
+-- that does not parse counts as none.
 local function late(c, now)
-  local deadline = tonumber(redis.call('HGET', c.r, 'deadline') or '0')
+  local deadline = tonumber(redis.call('HGET', c.r, 'deadline') or '') or 0
   return deadline > 0 and now >= deadline
 end
 
+-- The run's idempotency key (c.idem) was found by sound() or spoil(), and checked with here().
 local function finalize(c, status, now)
   redis.call('HSET', c.r, 'status', status, 'finished', now)
-  redis.call('ZREM', c.base .. 'deadlines', c.run)
-  redis.call('ZREM', c.base .. 'active', c.run)
+  redis.call('ZREM', DEADLINES, c.run)
+  redis.call('ZREM', ACTIVE, c.run)
   event(c, 'finished', '', '', status)
-  local ret = tonumber(redis.call('HGET', c.r, 'ret') or '86400000')
+  local ret = tonumber(redis.call('HGET', c.r, 'ret') or '') or 86400000
   redis.call('PEXPIRE', c.r, ret)
   redis.call('PEXPIRE', c.res, ret)
   redis.call('PEXPIRE', c.ev, ret)
-  local ikey = redis.call('HGET', c.r, 'ikey')
-  if ikey and ikey ~= '' then redis.call('PEXPIRE', c.base .. 'idem:' .. ikey, ret) end
-  redis.call('HINCRBY', c.base .. 'stats', status, 1)
+  if c.idem then redis.call('PEXPIRE', c.idem, ret) end
+  redis.call('HINCRBY', STATS, status, 1)
   redis.call('PUBLISH', c.base .. 'finished', c.run .. '|' .. status)
 end
 
+-- Before a transition that may advance, compensate or finish the run writes anything: reads
+-- the fields those compute with and returns the first that does not parse (nil when all do).
+-- Sets c.plan (decoded) and c.idem (the run's idempotency key, when it has one).
+local function sound(c)
+  local v = redis.call('HMGET', c.r, 'plan', 'tok', 'gi', 'infl', 'ikey')
+  local ok, plan = pcall(cjson.decode, v[1] or '')
+  if not ok or type(plan) ~= 'table' then return 'plan' end
+  for _, group in ipairs(plan) do
+    if type(group) ~= 'table' then return 'plan' end
+    for _, step in ipairs(group) do
+      if type(step) ~= 'string' then return 'plan' end
+    end
+  end
+  local tok, gi, infl = v[2] or '0', v[3] or '0', v[4] or '0'
+  if not string.find(tok .. ',' .. gi .. ',' .. infl, '^%d+,%d+,%d+$') then  -- one test
+    if not string.find(tok, '^%d+$') then return 'tok' end
+    return string.find(gi, '^%d+$') and 'infl' or 'gi'
+  end
+  c.plan = plan
+  if v[5] and v[5] ~= '' then c.idem = c.base .. 'idem:' .. v[5] end
+  return nil
+end
+
+-- Fail a live run whose record does not parse (`what`: the field) without computing with it:
+-- its live jobs are cancelled and superseded (no token matches ''), running ones told to stop,
+-- no rollback runs, and the run ends FAILED with cause plait.CorruptRun. Returns false, having
+-- written nothing, when the run's idempotency key is on another node right now.
+local function spoil(c, what, job)
+  local v = redis.call('HMGET', c.r, 'status', 'ikey')
+  if v[1] ~= 'PENDING' and v[1] ~= 'RUNNING' and v[1] ~= 'COMPENSATING' then return true end
+  local ikey = v[2]
+  c.idem = nil
+  if ikey and ikey ~= '' then c.idem = c.base .. 'idem:' .. ikey end
+  if c.idem and not here(c.base, c.idem) then return false end
+  local now = now_ms()
+  for _, j in ipairs(split(redis.call('HGET', c.r, 'jobs'))) do
+    local st = redis.call('HGET', c.r, j .. '|st')
+    if st == 'queued' or st == 'retrying' or st == 'waiting' or st == 'running'
+        or st == 'cancelling' then
+      redis.call('HSET', c.r, j .. '|st', 'cancelled', j .. '|tk', '')
+    end
+  end
+  local err = cjson.encode({step = job or '', attempt = 0, type = 'plait.CorruptRun',
+    message = "the run record's field '" .. what .. "' does not parse: the run was failed"
+      .. ' without running its rollbacks', traceback = ''})
+  redis.call('HSET', c.r, 'reason', 'failed', 'err', err)
+  if job and job ~= '' then event(c, 'step.failed', job, '', err) end
+  redis.call('PUBLISH', c.base .. 'cancel', c.run)
+  finalize(c, 'FAILED', now)
+  return true
+end
+
+-- Before a transition of a run it names writes anything: nil when it may go on, 'spoiled' when
+-- the record did not parse (`bad`: a field the script found so itself) and the run was failed
+-- (spoil), 'moving' when a key it needs is on another node now (nothing was written: refuse).
+local function ready(c, job, bad)
+  bad = bad or sound(c)
+  if bad then return spoil(c, bad, job) and 'spoiled' or 'moving' end
+  if c.idem and not here(c.base, c.idem) then return 'moving' end
+  return nil
+end
+
 -- Start group `gi` (steps already done, kept by a resumed run, are skipped); returns whether
--- the group exists and how many of its steps were enqueued.
+-- the group exists and how many of its steps were enqueued. c.plan is from sound().
 local function start_group(c, gi)
-  local group = cjson.decode(redis.call('HGET', c.r, 'plan'))[gi]
+  local group = c.plan[gi]
   if group == nil then return false, 0 end
   local pend = 0
   for _, step in ipairs(group) do
@@ -193,7 +310,7 @@ local function comp_next(c, now)
     enqueue(c, '~error')
     return
   end
-  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')], now)
+  finalize(c, FINAL[redis.call('HGET', c.r, 'reason')] or 'FAILED', now)
 end
 
 -- A step (or on_complete) that was running when compensation began has settled: completed
@@ -203,15 +320,15 @@ local function settle(c, now)
   comp_next(c, now)
 end
 
--- Begin compensating a live run; false when it already ended or is compensating.
+-- Begin compensating a live run; false when it already ended or is compensating. sound()
+-- read the run first.
 local function compensate(c, reason, err, now)
   local status = redis.call('HGET', c.r, 'status')
   if status ~= 'PENDING' and status ~= 'RUNNING' then return false end
   redis.call('HSET', c.r, 'status', 'COMPENSATING', 'reason', reason)
   if err and err ~= '' then redis.call('HSET', c.r, 'err', err) end
-  local plan = cjson.decode(redis.call('HGET', c.r, 'plan'))
   local live = {}
-  for _, step in ipairs(plan[tonumber(redis.call('HGET', c.r, 'gi') or '0')] or {}) do
+  for _, step in ipairs(c.plan[tonumber(redis.call('HGET', c.r, 'gi') or '0')] or {}) do
     live[#live + 1] = step
   end
   live[#live + 1] = '~complete'
@@ -230,7 +347,7 @@ local function compensate(c, reason, err, now)
   local reversed = {}
   for i = #order, 1, -1 do reversed[#reversed + 1] = order[i] end
   redis.call('HSET', c.r, 'infl', infl, 'comp', table.concat(reversed, ','), 'rbact', '')
-  redis.call('ZREM', c.base .. 'deadlines', c.run)
+  redis.call('ZREM', DEADLINES, c.run)
   event(c, 'compensating', '', '', reason)
   if infl > 0 then redis.call('PUBLISH', c.base .. 'cancel', c.run) end
   comp_next(c, now)
@@ -262,18 +379,36 @@ local function advance(c, now)
 end
 
 -- What a worker needs to run attempt `at` of `job` (the 'run' reply of run_start.lua); `now`
--- is Redis's time, the clock the run's deadline is kept by.
-local function started(c, job, at, now)
-  local v = redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
+-- is Redis's time, the clock the run's deadline is kept by. `v`, when the caller read them
+-- already: the run's input, meta, deadline, the job's progress and last error.
+local function started(c, job, at, now, v)
+  v = v or redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
   local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now}
   local results = redis.call('HGETALL', c.res)
   for i = 1, #results do out[#out + 1] = results[i] end
   return out
 end
 
+-- The global limits of a run (its 'lim' field), or nil when they do not parse.
+local function limits_in(raw)
+  if not raw or raw == '' then return {} end
+  local ok, lim = pcall(cjson.decode, raw)
+  if not ok or type(lim) ~= 'table' then return nil end
+  if lim.cc ~= nil and type(lim.cc) ~= 'number' then return nil end
+  if lim.rl ~= nil and type(lim.rl) ~= 'table' then return nil end
+  for _, rate in pairs(lim.rl or {}) do
+    if type(rate) ~= 'table' or type(rate[1]) ~= 'number' or type(rate[2]) ~= 'number' then
+      return nil
+    end
+  end
+  return lim
+end
+
 -- A worker took a job's stream entry: mark the attempt running (see run_start.lua for replies).
 -- The same call made again (`owner` and `call` match: its reply was lost) gets the attempt it
--- started back rather than finding it running, lost.
+-- started back rather than finding it running, lost. A record that does not parse fails the
+-- run ({'stale'}); {'later'} leaves the entry pending, untouched, when that cannot be done on
+-- this node now (taken again after the stall timeout).
 local function start(c, job, tok, entry, owner, call)
   -- check()'s read, but a run key of another type answers 'foreign' for this entry alone
   -- (before any write) instead of failing the batch or the transition that took the entry.
@@ -289,39 +424,46 @@ local function start(c, job, tok, entry, owner, call)
   local function defer(set, due)
     ack(c, entry)
     redis.call('HSET', c.r, job .. '|st', 'waiting')
-    redis.call('ZADD', c.base .. set, due, c.run .. '|' .. job .. '|' .. tok)
+    redis.call('ZADD', set, due, c.run .. '|' .. job .. '|' .. tok)
     return {'wait', due}
   end
 
   if st == 'queued' then
+    local v = redis.call('HMGET', c.r, job .. '|at', 'lim', 'deadline', 'input', 'meta',
+      job .. '|pg', job .. '|er')
+    local at, lim = v[1], limits_in(v[2])
+    local bad = (not lim and 'lim') or (not string.match(at or '', '^%d+$') and job .. '|at')
+      or (not string.match(v[3] or '0', '^%d+$') and 'deadline')
+    if bad then
+      if not spoil(c, bad, job) then return {'later'} end
+      ack(c, entry)
+      return {'stale'}
+    end
     local now = now_ms()
-    local lim = redis.call('HGET', c.r, 'lim')
-    if lim and lim ~= '' then
-      lim = cjson.decode(lim)
+    if next(lim) then
       local rate = lim.rl and lim.rl[job]
-      local starts = c.base .. 'rate:' .. job
+      local starts = c.rate or (c.base .. 'rate:' .. job)
       if rate then
         redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - rate[2])
         if redis.call('ZCARD', starts) >= rate[1] then
           local first = redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')
-          return defer('delayed', tonumber(first[2]) + rate[2])
+          return defer(DELAYED, tonumber(first[2]) + rate[2])
         end
       end
       if lim.cc then
-        if redis.call('ZCARD', c.base .. 'running') >= lim.cc then return defer('waiting', now) end
-        redis.call('ZADD', c.base .. 'running', now, c.run .. '|' .. job)
+        if redis.call('ZCARD', RUNNING) >= lim.cc then return defer(WAITING, now) end
+        redis.call('ZADD', RUNNING, now, c.run .. '|' .. job)
       end
       if rate then
         redis.call('ZADD', starts, now, c.run .. '|' .. job .. '|' .. tok)
         redis.call('PEXPIRE', starts, rate[2])
       end
     end
-    local at = redis.call('HGET', c.r, job .. '|at')
     redis.call('HSET', c.r, job .. '|st', 'running', job .. '|ow', owner, job .. '|ci', call,
       job .. '|t0', now)
     if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
     event(c, 'step.started', job, at, '')
-    return started(c, job, at, now)
+    return started(c, job, at, now, {v[4], v[5], v[3], v[6], v[7]})
   end
   if st == 'running' or st == 'cancelling' then
     local v = redis.call('HMGET', c.r, job .. '|at', job .. '|ow', job .. '|ci')

@@ -1,5 +1,6 @@
 -- run_progress.lua: save a step's progress checkpoint (fenced by the token).
--- KEYS[1] run hash
+-- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
+-- KEYS[12] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] progress JSON
 -- ARGV[6] call id (the same on every resend of this call)
 -- returns 1 saved | 0 refused (the attempt was superseded)
@@ -11,7 +12,7 @@ local tok = ARGV[4]
 local progress = ARGV[5]
 local call = ARGV[6]
 
-local c = ctx(base, run_id)
+local c = ctx(base, run_id, RUN)
 local st = check(c, job, tok, true)
 if st ~= 'running' and st ~= 'cancelling' then return 0 end
 if redis.call('HGET', c.r, job .. '|pc') == call then return 1 end

@@ -1,34 +1,39 @@
 -- run_reconcile.lua: repair a live run whose state cannot advance by itself (an entry lost
 -- from the stream, a retry missing from the delayed set, a finished group or compensation
 -- step that did not advance, a deadline no timer will see), or forget a finished one.
--- KEYS[1] run hash
+-- A run whose record does not parse is failed (see spoil() in run_lib.lua).
+-- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
+-- KEYS[12] its events
 -- ARGV[1] base  ARGV[2] run id
 -- returns {'ok', ''} | {'repaired', what was repaired} | {'gone', why it left the active set}
 local base = ARGV[1]
 local run_id = ARGV[2]
 
-local c = ctx(base, run_id)
-local active = c.base .. 'active'
+local c = ctx(base, run_id, RUN)
 local status = redis.call('HGET', c.r, 'status')
 if not status then
-  redis.call('ZREM', active, c.run)
+  redis.call('ZREM', ACTIVE, c.run)
   return {'gone', 'no record'}
 end
 if status ~= 'PENDING' and status ~= 'RUNNING' and status ~= 'COMPENSATING' then
-  redis.call('ZREM', active, c.run)
+  redis.call('ZREM', ACTIVE, c.run)
   return {'gone', status}
 end
+local deadline = redis.call('HGET', c.r, 'deadline') or '0'
+local halt = ready(c, '', not string.match(deadline, '^%d+$') and 'deadline' or nil)
+if halt == 'moving' then return redis.error_reply(MOVING) end
+if halt then return {'gone', 'corrupt record: FAILED'} end
 local now = now_ms()
-local deadline = tonumber(redis.call('HGET', c.r, 'deadline') or '0')
+deadline = tonumber(deadline)
 if deadline > 0 and status ~= 'COMPENSATING' then
   if deadline <= now then
     compensate(c, 'timeout', '', now)
     return {'repaired', 'deadline'}
   end
-  redis.call('ZADD', c.base .. 'deadlines', 'NX', deadline, c.run)
+  redis.call('ZADD', DEADLINES, 'NX', deadline, c.run)
 end
 local fixed = {}
-local plan = cjson.decode(redis.call('HGET', c.r, 'plan'))
+local plan = c.plan
 local gi = tonumber(redis.call('HGET', c.r, 'gi') or '0')
 local front = {}
 for _, step in ipairs(plan[gi] or {}) do front[#front + 1] = step end
@@ -37,10 +42,10 @@ local rbact = redis.call('HGET', c.r, 'rbact') or ''
 if rbact ~= '' then front[#front + 1] = rbact end
 
 local function pending(entry)
-  return #redis.call('XPENDING', c.jobs, GROUP, entry, entry, 1) > 0
+  return #redis.call('XPENDING', JOBS, GROUP, entry, entry, 1) > 0
 end
 local function stored(entry)
-  return #redis.call('XRANGE', c.jobs, entry, entry) > 0
+  return #redis.call('XRANGE', JOBS, entry, entry) > 0
 end
 
 local cancelling = 0
@@ -63,15 +68,15 @@ for _, job in ipairs(front) do
     end
   elseif st == 'waiting' then
     local member = c.run .. '|' .. job .. '|' .. redis.call('HGET', c.r, job .. '|tk')
-    if not redis.call('ZSCORE', c.base .. 'waiting', member)
-        and not redis.call('ZSCORE', c.base .. 'delayed', member) then
-      redis.call('ZADD', c.base .. 'waiting', now, member)
+    if not redis.call('ZSCORE', WAITING, member)
+        and not redis.call('ZSCORE', DELAYED, member) then
+      redis.call('ZADD', WAITING, now, member)
       fixed[#fixed + 1] = job
     end
   elseif st == 'retrying' then
     local member = c.run .. '|' .. job .. '|' .. redis.call('HGET', c.r, job .. '|tk')
-    if not redis.call('ZSCORE', c.base .. 'delayed', member) then
-      redis.call('ZADD', c.base .. 'delayed', now, member)
+    if not redis.call('ZSCORE', DELAYED, member) then
+      redis.call('ZADD', DELAYED, now, member)
       fixed[#fixed + 1] = job
     end
   end

@@ -1,19 +1,23 @@
 -- run_retry.lua: resume a FAILED or TIMED_OUT run as a new attempt of the same run.
 -- Completed steps whose rollback never ran keep their results and are not run again; every
 -- other step runs again, from the earliest group holding one. Hooks and rollbacks start over.
--- KEYS[1] run hash
+-- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
+-- KEYS[12] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] call id (the same on every resend of this call)
--- returns {'resumed', status} | {'invalid', status} | {'unknown', ''}
+-- returns {'resumed', status} | {'invalid', status} (also when its record does not parse)
+--       | {'unknown', ''}
 --   (the call that resumed the run is recorded as rcall: made again, it gets 'resumed')
 local base = ARGV[1]
 local run_id = ARGV[2]
 local call = ARGV[3]
 
-local c = ctx(base, run_id)
+local c = ctx(base, run_id, RUN)
 local status = redis.call('HGET', c.r, 'status')
 if not status then return {'unknown', ''} end
 if redis.call('HGET', c.r, 'rcall') == call then return {'resumed', status} end
 if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} end
+if sound(c) then return {'invalid', status} end
+if c.idem and not here(base, c.idem) then return redis.error_reply(MOVING) end
 local now = now_ms()
 local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 'ci', 't0', 't1', 'er'}
 local function wipe(job)
@@ -25,7 +29,7 @@ local function kept(step)
 end
 local jobs = {}
 local first = nil
-for gi, group in ipairs(cjson.decode(redis.call('HGET', c.r, 'plan'))) do
+for gi, group in ipairs(c.plan) do
   for _, step in ipairs(group) do
     if kept(step) then
       jobs[#jobs + 1] = step
@@ -46,12 +50,11 @@ end
 redis.call('HDEL', c.r, 'err', 'reason', 'finished', 'result')
 redis.call('HSET', c.r, 'status', 'RUNNING', 'rcall', call, 'jobs', table.concat(jobs, ','),
   'order', table.concat(order, ','), 'comp', '', 'rbact', '', 'infl', 0,
-  'gi', (first or (#cjson.decode(redis.call('HGET', c.r, 'plan')) + 1)) - 1)
+  'gi', (first or (#c.plan + 1)) - 1)
 for _, key in ipairs({c.r, c.res, c.ev}) do redis.call('PERSIST', key) end
-local ikey = redis.call('HGET', c.r, 'ikey')
-if ikey and ikey ~= '' then redis.call('PERSIST', c.base .. 'idem:' .. ikey) end
-redis.call('ZADD', c.base .. 'active', now, c.run)
-local timeout = tonumber(redis.call('HGET', c.r, 'tmo') or '0')
+if c.idem then redis.call('PERSIST', c.idem) end
+redis.call('ZADD', ACTIVE, now, c.run)
+local timeout = tonumber(redis.call('HGET', c.r, 'tmo') or '') or 0
 if timeout > 0 then set_deadline(c, now + timeout) end
 event(c, 'run.resumed', '', '', status)
 advance(c, now)
