@@ -60,6 +60,7 @@ codec) and never import each other; both stand on ``_core``::
 """
 
 import logging
+from importlib import metadata
 
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
@@ -71,6 +72,9 @@ from ._workflows.reconciler import ReconcileStats
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())
+
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
 
 __all__ = [
     "EventProviderOptions",

@@ -274,7 +274,7 @@ class RedisWorkflowProvider:
         worker = Worker(
             self._connection,
             self._scripts,
-            Handlers(consumer, self.options.retry),
+            Handlers(consumer, self.options.retry, max_payload=self.options.max_payload_bytes),
             options=self.options,
             caps=caps_of(consumer),
             leases=self._leases,
@@ -326,7 +326,9 @@ class RedisWorkflowProvider:
         try:
             model = definition.input.model_validate(data)
             canonical = stored_json(
-                lambda: canonical_json(model.model_dump(mode="json")), "the input"
+                lambda: canonical_json(model.model_dump(mode="json")),
+                "the input",
+                limit=self.options.max_payload_bytes,
             )
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
