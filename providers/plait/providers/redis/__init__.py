@@ -25,6 +25,7 @@ codec) and never import each other; both stand on ``_core``::
       notify.py       pub/sub notifications (run ends, cancellations, replies)
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
+      server.py       the Redis settings that may lose data (eviction, persistence)
     _workflows/     the workflow engine
       provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
       options.py      WorkflowProviderOptions
