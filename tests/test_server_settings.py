@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis as sync_redis
-from conftest import REDIS_URL, eventually
+from conftest import REDIS_URL, eventually, redis_server
 from test_events_processes import free_port
 
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
@@ -23,11 +22,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 @pytest.fixture
 def evicting_redis(tmp_path: Path) -> Iterator[str]:
     """A Redis of the test's own with ``allkeys-lru`` and no persistence."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
