@@ -67,7 +67,8 @@ deep_question = Event("deep.asked", data=Tree, result=Depth)
 
 
 def nothing_but_heartbeats(keys: list[bytes], prefix: str) -> bool:
-    return keys in ([], [f"{prefix}:instances".encode()])
+    """Only what a started provider writes: its heartbeat and the key schema version."""
+    return set(keys) <= {f"{prefix}:instances".encode(), f"{prefix}:schema".encode()}
 
 
 def deep_consumer() -> WorkflowConsumer[Tree, Any]:

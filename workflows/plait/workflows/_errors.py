@@ -14,6 +14,8 @@ Every error a caller can see derives from :class:`WorkflowError`::
     │   └── plait.events.EventProviderClosedError        (also an EventError)
     ├── RedisCommandError             Redis refused a command (e.g. a key of the wrong type)
     │   └── plait.events.EventCommandError               (also an EventError)
+    ├── IncompatibleSchemaError       the data under the prefix has another key schema version
+    │   └── plait.events.EventIncompatibleSchemaError    (also an EventError)
     ├── WorkflowStepError             a step, hook or rollback failed for good
     ├── WorkflowRollbackError         the run failed and some rollbacks failed too
     ├── WorkflowTimeoutError          the run passed its deadline
@@ -50,6 +52,7 @@ __all__ = [
     "AttemptSupersededError",
     "CorruptRunError",
     "IdempotencyConflictError",
+    "IncompatibleSchemaError",
     "InvalidDefinitionError",
     "InvalidInputError",
     "InvalidResultError",
@@ -133,6 +136,27 @@ class ProviderUnavailableError(WorkflowError):
 
 class ProviderClosedError(WorkflowError):
     """The provider was stopped while the call was waiting, or is not started."""
+
+
+class IncompatibleSchemaError(WorkflowError):
+    """``start()`` found data under the prefix written with another version of plait's key
+    schema, which this version cannot read or would damage; nothing was written.
+
+    Attributes:
+        prefix: the key prefix.
+        found: the schema version recorded under the prefix.
+        expected: the schema version this plait writes.
+    """
+
+    def __init__(self, prefix: str, found: str, expected: str) -> None:
+        super().__init__(
+            f"the data under prefix {prefix!r} has key schema version {found}, and this plait "
+            f"reads version {expected}: run a plait that reads version {found}, or use another "
+            "prefix"
+        )
+        self.prefix = prefix
+        self.found = found
+        self.expected = expected
 
 
 class RedisCommandError(WorkflowError):

@@ -26,8 +26,12 @@ from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
 
-from plait.events import EventCommandError, EventProviderUnavailableError
-from plait.workflows import ProviderUnavailableError, RedisCommandError
+from plait.events import (
+    EventCommandError,
+    EventIncompatibleSchemaError,
+    EventProviderUnavailableError,
+)
+from plait.workflows import IncompatibleSchemaError, ProviderUnavailableError, RedisCommandError
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
@@ -73,12 +77,22 @@ class ErrorKinds:
     """Raised, with a message, when Redis stayed unreachable."""
     command: type[RedisCommandError]
     """Raised, with ``(purpose, reply)``, when Redis refused a command."""
+    schema: type[IncompatibleSchemaError]
+    """Raised, with ``(prefix, found, expected)``, when ``start()`` meets another key schema."""
 
 
-WORKFLOW_KINDS = ErrorKinds(unavailable=ProviderUnavailableError, command=RedisCommandError)
+WORKFLOW_KINDS = ErrorKinds(
+    unavailable=ProviderUnavailableError,
+    command=RedisCommandError,
+    schema=IncompatibleSchemaError,
+)
 """What :class:`~plait.providers.redis.RedisWorkflowProvider` and its handles raise."""
 
-EVENT_KINDS = ErrorKinds(unavailable=EventProviderUnavailableError, command=EventCommandError)
+EVENT_KINDS = ErrorKinds(
+    unavailable=EventProviderUnavailableError,
+    command=EventCommandError,
+    schema=EventIncompatibleSchemaError,
+)
 """What :class:`~plait.providers.redis.RedisEventProvider` raises."""
 
 

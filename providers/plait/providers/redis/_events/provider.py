@@ -102,6 +102,7 @@ class RedisEventProvider:
         )
         self._supervisor = Supervisor(
             self._connection,
+            prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=EVENT_KINDS,
         )

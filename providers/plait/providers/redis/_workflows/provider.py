@@ -128,6 +128,7 @@ class RedisWorkflowProvider:
         self._definitions: dict[str, Workflow[Any, Any]] = {}
         self._supervisor = Supervisor(
             self._connection,
+            prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=WORKFLOW_KINDS,
         )
