@@ -12,6 +12,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: What each example must print, so a silently broken demo fails here.
 EXPECTED = {
+    "quickstart.py": ["order 42: COMPLETED", "released R-43", "order 43: FAILED"],
     "order_saga.py": ["COMPLETED", "FAILED", "rollback: released R-43", "created=False"],
     "events_fanout.py": ["billing :", "shipping:", "quote for tea"],
     "tracing.py": ["span tree:", "execute book-trip  [PRODUCER", "(linked to attempt 1)"],

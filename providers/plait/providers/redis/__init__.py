@@ -54,7 +54,8 @@ codec) and never import each other; both stand on ``_core``::
       dead_letters.py listing, replaying and purging dead letters
       catalog.py      the workflows and events that exist under a prefix
     _cli/           the plait command (python -m plait.providers.redis)
-      main.py         arguments and the worker command
+      main.py         arguments, dispatch, exit codes
+      worker.py       plait worker: load, check flags, banner, run until a signal
       commands.py     runs, events, dead-letters, reconcile, health
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them

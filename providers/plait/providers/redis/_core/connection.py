@@ -13,6 +13,7 @@ import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -48,6 +49,8 @@ class Connection:
     closed: bool = False
     direct: ScriptCalls | None = None
     """Script calls straight on connections of their own (a server plait connected to)."""
+    url: str | None = None
+    """The URL it was opened from (None around a client the caller gave)."""
 
     @property
     def blocks(self) -> bool:
@@ -90,7 +93,7 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
     if url.startswith("memory://"):
         name = url[len("memory://") :] or "default"
         fake, wakeups = memory.open_client(name)
-        return Connection(fake, wakeups, owned=True, memory_name=name)
+        return Connection(fake, wakeups, owned=True, memory_name=name, url=url)
     scheme, plus, rest = url.partition("+cluster://")
     if plus:
         # A MOVED patches the slot map (reinitialize_steps=0) instead of redis-py's default of
@@ -102,7 +105,7 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
             max_connections=MAX_CONNECTIONS,
             reinitialize_steps=0,
         )
-        return Connection(cluster, None, owned=True)
+        return Connection(cluster, None, owned=True, url=url)
     # No socket timeout: reads are not wrapped in wait_for (a measurable share of worker CPU);
     # TCP keepalive and the health check find dead peers. A burst beyond MAX_CONNECTIONS gets
     # a connection error from the pool (script calls wait for a free slot instead), which
@@ -123,7 +126,17 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
     direct = ScriptCalls(
         pool, max_connections=MAX_CONNECTIONS, max_idle=MAX_IDLE_SCRIPT_CONNECTIONS
     )
-    return Connection(client, None, owned=True, direct=direct)
+    return Connection(client, None, owned=True, direct=direct, url=url)
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def wrap(client: aioredis.Redis | RedisCluster) -> Connection:

@@ -50,6 +50,13 @@ and redis-py's ``ClusterError`` when redirections did not settle within its limi
 slot moves): nothing was applied, and the call is made again.
 """
 
+REFUSED_CREDENTIALS: tuple[type[BaseException], ...] = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthenticationWrongNumberOfArgsError,
+)
+"""Redis answered, and refused the username or password: not retried (trying again cannot
+help), reported as such rather than as "unreachable"."""
+
 COMMAND_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.RedisError,
     redis_errors.RedisClusterException,
@@ -110,6 +117,8 @@ def translated(kinds: ErrorKinds, purpose: str) -> Iterator[None]:
     """
     try:
         yield
+    except REFUSED_CREDENTIALS as error:
+        raise kinds.unavailable(f"{purpose}: Redis refused the credentials: {error}") from error
     except CONNECTION_ERRORS as error:
         raise kinds.unavailable(f"{purpose}: Redis unreachable: {error}") from error
     except COMMAND_ERRORS as error:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import CONNECTION_ERRORS, ErrorKinds, translated
+from .errors import CONNECTION_ERRORS, REFUSED_CREDENTIALS, ErrorKinds, translated
 
 T = TypeVar("T")
 
@@ -44,6 +44,8 @@ async def call_until(
         while True:
             try:
                 return await operation()
+            except REFUSED_CREDENTIALS:
+                raise  # Redis answered: waiting cannot change its mind
             except CONNECTION_ERRORS:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -145,6 +145,11 @@ class RedisEventProvider:
         """Handlers running at once on this instance."""
         return self.options.concurrency
 
+    @property
+    def subscriptions(self) -> tuple[tuple[str, str], ...]:
+        """``(event, group)`` of every handler registered here, in registration order."""
+        return tuple(self._worker.subscriptions)
+
     def _new_worker(self) -> EventWorker:
         options = WorkerOptions(
             prefix=self.prefix,

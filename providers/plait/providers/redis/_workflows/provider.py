@@ -161,6 +161,11 @@ class RedisWorkflowProvider:
         assert self.options.provider_id is not None  # resolved in __init__
         return self.options.provider_id
 
+    @property
+    def registered(self) -> tuple[str, ...]:
+        """The workflows whose steps this instance runs, in registration order."""
+        return tuple(self._workers)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
