@@ -81,6 +81,8 @@ def test_redis_provider_exports_the_contract_names() -> None:
         "RedisWorkflowProvider",
         "WorkflowProviderOptions",
         "health_app",
+        "http_status",
+        "lifespan",
     ]
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, Generic, TypeVar
 
 from ._errors import WorkflowStepError
@@ -46,8 +46,36 @@ _FINAL = frozenset(
 )
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: dataclasses as objects of their fields, datetimes as ISO
+    8601 text, durations as seconds, enums as their values, step errors in their wire form."""
+    if isinstance(value, WorkflowStepError):
+        return value.to_wire()
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(item) for item in value]
+    return value
+
+
+class _JSONable:
+    def to_json(self) -> dict[str, Any]:
+        """This record as a JSON-able dict (``json.dumps(info.to_json())`` works): datetimes as
+        ISO 8601 text, statuses as their names, errors in their wire form."""
+        result: dict[str, Any] = jsonable(self)
+        return result
+
+
 @dataclass(frozen=True, kw_only=True)
-class StepInfo:
+class StepInfo(_JSONable):
     """One job of a run (a step, a rollback, ``on_complete`` or ``on_error``) as recorded."""
 
     name: str
@@ -62,7 +90,7 @@ class StepInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunInfo:
+class RunInfo(_JSONable):
     """A snapshot of a run, from :meth:`WorkflowHandle.describe`."""
 
     run_id: str
@@ -82,7 +110,7 @@ class RunInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunEvent:
+class RunEvent(_JSONable):
     """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
 
     ``kind`` is one of ``run.started``, ``step.started``, ``step.progress``, ``step.completed``,
@@ -94,6 +122,9 @@ class RunEvent:
     attempt: int | None
     at: datetime
     data: Mapping[str, Any]
+    id: str = ""
+    """The event's position in the run's history, increasing: ``watch(after=id)`` resumes
+    after it (a server-sent-events ``Last-Event-ID``)."""
 
 
 class WorkflowHandle(Generic[OutputT]):
@@ -154,6 +185,7 @@ class WorkflowHandle(Generic[OutputT]):
         """The run's status, per-step states, attempts, errors and timings."""
         return await self._backend.describe_run(self.workflow, self.run_id)
 
-    def watch(self) -> AsyncIterator[RunEvent]:
-        """Replay the run's events from its start, then follow live; ends after ``finished``."""
-        return self._backend.watch_run(self.workflow, self.run_id)
+    def watch(self, *, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """Replay the run's events from its start (or from just after the event whose ``id`` is
+        ``after``), then follow live; ends after ``finished``."""
+        return self._backend.watch_run(self.workflow, self.run_id, after=after)

@@ -52,6 +52,7 @@ codec) and never import each other; both stand on ``_core``::
       heartbeat.py    per-instance heartbeats
       asgi.py         health_app
       dead_letters.py listing, replaying and purging dead letters
+      web.py          http_status (errors to HTTP), lifespan (ASGI apps)
       catalog.py      the workflows and events that exist under a prefix
     _cli/           the plait command (python -m plait.providers.redis)
       main.py         arguments, dispatch, exit codes
@@ -68,6 +69,7 @@ from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.asgi import health_app
 from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
+from ._ops.web import http_status, lifespan
 from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
 from ._workflows.reconciler import ReconcileStats
@@ -89,4 +91,6 @@ __all__ = [
     "RedisWorkflowProvider",
     "WorkflowProviderOptions",
     "health_app",
+    "http_status",
+    "lifespan",
 ]
