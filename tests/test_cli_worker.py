@@ -136,7 +136,7 @@ async def test_worker_hands_url_and_prefix_to_the_module_and_prints_a_banner(
     try:
 
         async def banner() -> bool:
-            return "worker ready" in (tmp_path / "worker.log").read_text()
+            return "workflows: banner-flow" in (tmp_path / "worker.log").read_text()
 
         await eventually(banner, timeout=20, what="the worker's banner")
         assert client.exists(f"{prefix}:instances")
