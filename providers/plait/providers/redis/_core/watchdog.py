@@ -40,6 +40,8 @@ logger = logging.getLogger("plait.redis")
 SWEEP = 0.25
 """Seconds between two looks at the commands in flight (how late a deadline may be noticed)."""
 
+_clock = time.monotonic
+_running_loop = asyncio._get_running_loop  # None outside a loop, where nothing waits
 _caller_deadline: ContextVar[float] = ContextVar("plait_redis_deadline", default=float("inf"))
 _BLOCKING = frozenset({"XREADGROUP", "XREAD", b"XREADGROUP", b"XREAD"})
 
@@ -64,15 +66,12 @@ class _Sweeper:
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.due: dict[Any, float] = {}
         self.loop = loop
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        """The next :meth:`sweep`, while commands are in flight."""
 
-    def watch(self, connection: Any, at: float) -> None:
-        self.due[connection] = at
-        if self._timer is None and self.loop is not None:  # no loop: nothing can wait
-            self._timer = self.loop.call_later(SWEEP, self._sweep)
-
-    def _sweep(self) -> None:
-        self._timer = None
+    def sweep(self) -> None:
+        """Close the connections whose reply is overdue; look again soon while any remain."""
+        self.timer = None
         now = time.monotonic()
         loop = self.loop
         for connection, at in list(self.due.items()):
@@ -83,7 +82,7 @@ class _Sweeper:
                 if writer is not None:
                     writer.transport.abort()  # the read in progress fails at once
         if self.due and loop is not None and not loop.is_closed():
-            self._timer = loop.call_later(SWEEP, self._sweep)
+            self.timer = loop.call_later(SWEEP, self.sweep)
 
 
 _sweepers: dict[asyncio.AbstractEventLoop | None, _Sweeper] = {}
@@ -106,16 +105,19 @@ class _Watched:
     _plait_sweeper: _Sweeper | None = None
 
     def _plait_watch(self, args: tuple[Any, ...]) -> None:
-        limit = READ_DEADLINE
+        at = _clock() + READ_DEADLINE
         if args and args[0] in _BLOCKING:
             with contextlib.suppress(ValueError, IndexError, TypeError):
-                limit += int(args[list(args).index(b"BLOCK") + 1]) / 1000
-        at = min(time.monotonic() + limit, _caller_deadline.get())
+                at += int(args[args.index(b"BLOCK") + 1]) / 1000
+        caller = _caller_deadline.get()
+        at = min(at, caller)
         sweeper = self._plait_sweeper
         loop = _running_loop()
         if sweeper is None or sweeper.loop is not loop:
             sweeper = self._plait_sweeper = _sweeper(loop)
-        sweeper.watch(self, at)
+        sweeper.due[self] = at
+        if sweeper.timer is None and loop is not None:
+            sweeper.timer = loop.call_later(SWEEP, sweeper.sweep)
 
     def pack_command(self, *args: Any) -> Any:
         self._plait_watch(args)
@@ -147,13 +149,6 @@ class _Watched:
         if sweeper is not None:
             sweeper.due.pop(self, None)
         await super().disconnect(*args, **kwargs)  # type: ignore[misc]
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def watched(connection_class: type[Any]) -> type[Any]:
