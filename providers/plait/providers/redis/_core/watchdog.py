@@ -124,8 +124,8 @@ class _Watched:
         return super().pack_command(*args)  # type: ignore[misc]
 
     def pack_commands(self, commands: Any) -> Any:
-        commands = list(commands)
-        if commands:
+        commands = list(commands)  # a pipeline: the deadline covers its first reply (the others
+        if commands:  # were sent with it, so they follow it unless the connection dies)
             self._plait_watch(tuple(commands[0]))
         return super().pack_commands(commands)  # type: ignore[misc]
 
