@@ -1,7 +1,8 @@
 """A worker application for the multi-process tests, run with ``plait worker``.
 
 Configured by environment: ``PLAIT_URL``, ``PLAIT_PREFIX``, ``PLAIT_ID`` (instance name),
-``PLAIT_STALL`` (stall timeout, s), ``PLAIT_STEP_SECONDS`` (work per chain step, s). Every
+``PLAIT_STALL`` (stall timeout, s), ``PLAIT_COUNT_URL`` (where attempts are counted,
+default ``PLAIT_URL``), ``PLAIT_STEP_SECONDS`` (work per chain step, s). Every
 step attempt is counted in Redis (``<prefix>:test:ran`` hash, ``<run>:<step>`` -> attempts).
 """
 
@@ -23,6 +24,8 @@ from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import RetryPolicy, StepContext, WorkflowConsumer, WorkflowContext
 
 URL = os.environ.get("PLAIT_URL", "redis://127.0.0.1:6379/0")
+COUNT_URL = os.environ.get("PLAIT_COUNT_URL", URL)
+"""Where step attempts are counted (straight to Redis when PLAIT_URL is a faulty path)."""
 PREFIX = os.environ.get("PLAIT_PREFIX", "plait-test")
 INSTANCE = os.environ.get("PLAIT_ID", f"worker-{os.getpid()}")
 STEP_SECONDS = float(os.environ.get("PLAIT_STEP_SECONDS", "0.02"))
@@ -33,7 +36,7 @@ _counter: list[Any] = []
 
 async def count(ctx: StepContext[Job], what: str) -> None:
     if not _counter:
-        _counter.append(aioredis.Redis.from_url(URL))
+        _counter.append(aioredis.Redis.from_url(COUNT_URL))
     await _counter[0].hincrby(f"{PREFIX}:test:ran", f"{ctx.run_id}:{what}", 1)
 
 

@@ -16,6 +16,7 @@ codec) and never import each other; both stand on ``_core``::
       direct.py       transition scripts sent straight on connections of their own
       errors.py       redis-py errors translated at one boundary (translated, ErrorKinds)
       retry.py        call_until (callers: until connect_timeout), call_forever (workers)
+      watchdog.py     deadlines on every reply, the stall / round-trip check
       wire.py         bytes to text, default provider ids
       payload.py      what can be stored: JSON depth, valid Unicode, meta
       keys.py         the whole key schema, one hash tag per workflow / event

@@ -36,6 +36,7 @@ from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
+from .._core.watchdog import check_round_trip
 from .._core.wire import default_provider_id
 from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
@@ -238,6 +239,9 @@ class RedisWorkflowProvider:
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
+            if self._workers:
+                stall = self.options.stall_timeout.total_seconds()
+                tg.start_soon(check_round_trip, self._connection.client, stall, self.provider_id)
             self._runs.open()
             task_status.started()
             try:
