@@ -6,7 +6,7 @@ lives in :mod:`plait.providers.redis`.
 
 from ._consumer import WorkflowConsumer
 from ._context import StepContext, WorkflowContext
-from ._definition import RetryPolicy, Step, Workflow
+from ._definition import RetryPolicy, Sleep, Step, Wait, Workflow
 from ._errors import (
     PLAIT_CAUSES,
     AttemptSupersededError,
@@ -24,8 +24,10 @@ from ._errors import (
     ResultNotSerializableError,
     RunNotFoundError,
     RunStoppedError,
+    SignalRefusedError,
     StepTimeoutError,
     UnknownJobError,
+    WaitTimeoutError,
     WorkerLostError,
     WorkflowCancelledError,
     WorkflowError,
@@ -33,7 +35,7 @@ from ._errors import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
-from ._handle import RunEvent, RunInfo, StepInfo, WorkflowHandle, WorkflowStatus
+from ._handle import RunEvent, RunInfo, StepInfo, WaitInfo, WorkflowHandle, WorkflowStatus
 from ._protocols import RunBackend, WorkflowExecutor, WorkflowLifecycle
 
 __all__ = [
@@ -57,11 +59,16 @@ __all__ = [
     "RunInfo",
     "RunNotFoundError",
     "RunStoppedError",
+    "SignalRefusedError",
+    "Sleep",
     "Step",
     "StepContext",
     "StepInfo",
     "StepTimeoutError",
     "UnknownJobError",
+    "Wait",
+    "WaitInfo",
+    "WaitTimeoutError",
     "WorkerLostError",
     "Workflow",
     "WorkflowCancelledError",

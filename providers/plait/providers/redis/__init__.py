@@ -26,7 +26,7 @@ codec) and never import each other; both stand on ``_core``::
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
     _workflows/     the workflow engine
-      provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
+      provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, health
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
       worker.py       intake: read, reclaim, start in batches, hold and release entries
@@ -36,6 +36,7 @@ codec) and never import each other; both stand on ``_core``::
       lease.py        lease renewal from a thread
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
+      waits.py        waits and sleeps parked, signals delivered
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
