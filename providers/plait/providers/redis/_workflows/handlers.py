@@ -37,8 +37,15 @@ from .scripts import Job, Started
 class Handlers:
     """Calls the handlers of one consumer and judges their outcomes."""
 
-    def __init__(self, consumer: WorkflowConsumer[Any, Any], default_retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        consumer: WorkflowConsumer[Any, Any],
+        default_retry: RetryPolicy,
+        *,
+        events: Any = None,
+    ) -> None:
         self.consumer = consumer
+        self._emit = events.emit if events is not None else None
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
@@ -104,6 +111,7 @@ class Handlers:
                 if started.deadline_ms
                 else None
             ),
+            "emit": self._emit,
         }
         if job.name in (COMPLETE, ERROR):
             return WorkflowContext(**common)

@@ -100,7 +100,8 @@ class RedisWorkflowProvider:
         **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
-            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``); the provider
+            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``, ``events``: an
+            event provider for ``ctx.emit``); the provider
             keeps them as :attr:`options`.
     """
 
@@ -297,7 +298,7 @@ class RedisWorkflowProvider:
         worker = Worker(
             self._connection,
             self._scripts,
-            Handlers(consumer, self.options.retry),
+            Handlers(consumer, self.options.retry, events=self.options.events),
             options=self.options,
             caps=caps_of(consumer),
             leases=self._leases,
