@@ -12,6 +12,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: What each example must print, so a silently broken demo fails here.
 EXPECTED = {
+    "order_payment.py": [
+        "paid by ch_42, shipped",
+        "rollback: released R-43",
+        "WaitTimeoutError for wait 'payment'",
+        "the late payment is refused",
+    ],
     "order_saga.py": ["COMPLETED", "FAILED", "rollback: released R-43", "created=False"],
     "events_fanout.py": ["billing :", "shipping:", "quote for tea"],
     "tracing.py": ["span tree:", "execute book-trip  [PRODUCER", "(linked to attempt 1)"],
