@@ -81,8 +81,10 @@ async def main() -> None:
         unpaid = await workflows.execute(
             checkout, Order(order_id="43", amount_cents=1500), idempotency_key="order-43"
         )
-        while "payment" not in (await paid.describe()).waits:  # until the run reaches it
-            await asyncio.sleep(0.01)
+        async for event in paid.watch():  # until the run parks on its wait
+            if event.kind == "wait.waiting":
+                print(f"  watch(): {event.kind} on {event.step!r}")
+                break
         wait = (await paid.describe()).waits["payment"]
         print(f"  describe(): wait {wait.name!r} is {wait.state}, due {wait.due:%H:%M:%S}")
         # the payment provider's webhook, which knows the order, not the run:

@@ -149,6 +149,7 @@ class RedisWorkflowProvider:
             self._definitions,
             prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
+            max_payload=opts.max_payload_bytes,
         )
         self._supervisor = Supervisor(
             self._connection,
@@ -298,7 +299,12 @@ class RedisWorkflowProvider:
         worker = Worker(
             self._connection,
             self._scripts,
-            Handlers(consumer, self.options.retry, events=self.options.events),
+            Handlers(
+                consumer,
+                self.options.retry,
+                max_payload=self.options.max_payload_bytes,
+                events=self.options.events,
+            ),
             options=self.options,
             caps=caps_of(consumer),
             leases=self._leases,
@@ -356,7 +362,9 @@ class RedisWorkflowProvider:
         try:
             model = definition.input.model_validate(data)
             canonical = stored_json(
-                lambda: canonical_json(model.model_dump(mode="json")), "the input"
+                lambda: canonical_json(model.model_dump(mode="json")),
+                "the input",
+                limit=self.options.max_payload_bytes,
             )
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:

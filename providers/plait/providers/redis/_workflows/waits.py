@@ -34,7 +34,7 @@ from plait.workflows._definition import STEP_NAME
 from .._core.connection import Connection
 from .._core.errors import WORKFLOW_KINDS
 from .._core.keys import WorkflowKeys, workflow_of
-from .._core.payload import UnstorableError, check_key, stored_json
+from .._core.payload import DEFAULT_MAX_PAYLOAD, UnstorableError, check_key, stored_json
 from .._core.retry import call_until
 from .codec import canonical_json
 from .handlers import Handlers
@@ -105,7 +105,9 @@ class Signals:
         *,
         prefix: str,
         connect_timeout: float,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        self._max_payload = max_payload
         self._client: Any = connection.client
         self._scripts = scripts
         self._definitions = definitions
@@ -128,7 +130,7 @@ class Signals:
         else:
             workflow = workflow_of(target)
             definition = self._definitions.get(workflow)
-        payload = _payload(workflow, definition, name, data)
+        payload = _payload(workflow, definition, name, data, self._max_payload)
         sid = signal_id if signal_id is not None else uuid.uuid4().hex
         try:
             check_key(sid)
@@ -169,12 +171,14 @@ class Signals:
         return str(run_id)
 
 
-def _payload(workflow: str, definition: Workflow[Any, Any] | None, name: str, data: Any) -> str:
+def _payload(
+    workflow: str, definition: Workflow[Any, Any] | None, name: str, data: Any, limit: int
+) -> str:
     """A signal's payload as stored: validated as its wait's ``data`` when the workflow is known.
 
     Raises:
         InvalidInputError: the workflow has no wait ``name``, or ``data`` does not validate
-            (or is not JSON-able); nothing is written.
+            (or is not JSON-able, or is larger than ``limit`` bytes); nothing is written.
     """
     if not isinstance(name, str) or not STEP_NAME.match(name):
         raise InvalidInputError(workflow, f"invalid signal name {name!r}")
@@ -194,6 +198,6 @@ def _payload(workflow: str, definition: Workflow[Any, Any] | None, name: str, da
             value = data.model_dump(mode="json")
         else:
             value = data
-        return stored_json(lambda: canonical_json(value), f"signal {name!r}")
+        return stored_json(lambda: canonical_json(value), f"signal {name!r}", limit=limit)
     except (ValidationError, UnstorableError, TypeError, ValueError) as error:
         raise InvalidInputError(workflow, f"signal {name!r}: {error}") from None
