@@ -19,6 +19,7 @@ from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import (
     InvalidDefinitionError,
     InvalidInputError,
+    NonRetryableError,
     RunNotFoundError,
     SignalRefusedError,
     StepContext,
@@ -381,3 +382,31 @@ def test_a_wait_takes_no_handler() -> None:
     with pytest.raises(InvalidDefinitionError):
         Workflow("x", input=Order).parallel("a", "b").wait("a")
     assert isinstance(RedisWorkflowProvider, type)
+
+
+async def test_a_signal_kept_for_a_wait_the_run_never_reached_survives_retry(
+    open_provider: OpenProvider,
+) -> None:
+    flow = Workflow("pay-kept-retry", input=Order).step("check").wait("payment", data=Payment)
+    consumer: WorkflowConsumer[Order, Any] = WorkflowConsumer(flow)
+    refuse = [True]
+
+    @consumer.step("check")
+    async def check(ctx: StepContext[Order]) -> None:
+        if refuse[0]:
+            raise NonRetryableError("not yet")
+
+    @consumer.on_complete
+    async def done(ctx: Any) -> str:
+        return str(ctx.results["payment"].charge_id)
+
+    emitter = await open_provider()
+    handle = await emitter.execute(flow, Order(order_id="k-1"))
+    assert await emitter.signal(handle.run_id, "payment", Payment(charge_id="c-k", amount_cents=1))
+    assert (await handle.describe()).waits["payment"].state == "pending"
+    await open_provider(consumer)
+    with pytest.raises(WorkflowStepError):
+        await handle.result(timeout=10)
+    refuse[0] = False
+    again = await emitter.retry(handle.run_id)
+    assert await again.result(timeout=10) == "c-k"

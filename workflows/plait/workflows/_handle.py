@@ -53,7 +53,8 @@ class StepInfo:
     name: str
     """The step name; rollbacks are ``rollback:<step>``, plus ``on_complete`` and ``on_error``."""
     state: str
-    """queued, running, retrying, completed, failed, cancelled or skipped."""
+    """queued, running, retrying, completed, failed, cancelled or skipped; ``parked`` for a
+    wait or sleep while its run waits on it (see :attr:`RunInfo.waits`)."""
     attempts: int
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -47,7 +47,7 @@ from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
 from .scripts import RunScripts
 from .timers import Timers
-from .waits import Signals, signal_names
+from .waits import Signals, signal_names, start_of
 from .worker import Worker
 
 logger = logging.getLogger("plait.provider")
@@ -66,21 +66,6 @@ def _is_positive_duration(value: object) -> bool:
     if isinstance(value, timedelta):
         return value > timedelta(0)
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
-def _start_of(workflow: str, start_at: datetime | None, delay: timedelta | None) -> tuple[int, int]:
-    """(ms from now, Redis ms at) of a delayed start; (0, 0) to start now."""
-    if start_at is None and delay is None:
-        return 0, 0
-    if start_at is not None and delay is not None:
-        raise InvalidInputError(workflow, "give start_at or delay, not both")
-    if delay is not None:
-        if not isinstance(delay, timedelta) or delay < timedelta(0):
-            raise InvalidInputError(workflow, f"delay must be a timedelta >= 0, not {delay!r}")
-        return int(delay.total_seconds() * 1000), 0
-    if not isinstance(start_at, datetime) or start_at.tzinfo is None:
-        raise InvalidInputError(workflow, f"start_at must be an aware datetime, not {start_at!r}")
-    return 0, max(int(start_at.timestamp() * 1000), 1)
 
 
 class RedisWorkflowProvider:
@@ -373,7 +358,7 @@ class RedisWorkflowProvider:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
             raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
-        start_in_ms, start_at_ms = _start_of(name, start_at, delay)
+        start_in_ms, start_at_ms = start_of(name, start_at, delay)
         run_id = new_run_id(name)
         deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)

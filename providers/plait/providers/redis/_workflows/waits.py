@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -92,6 +92,26 @@ def _sleep_due(step: Sleep, handlers: Handlers, job: Job, started: Started) -> t
         raise TypeError(f"sleep {step.name!r}: until must return an aware datetime")
     # An aware datetime is a point in time: the same epoch ms on Redis's clock.
     return -1, max(int(until.timestamp() * 1000), 1)
+
+
+def start_of(workflow: str, start_at: datetime | None, delay: timedelta | None) -> tuple[int, int]:
+    """(ms from now, Redis ms at) of a delayed start (``execute(start_at=, delay=)``); (0, 0)
+    to start now.
+
+    Raises:
+        InvalidInputError: both are given, or one is not an aware datetime / a timedelta >= 0.
+    """
+    if start_at is None and delay is None:
+        return 0, 0
+    if start_at is not None and delay is not None:
+        raise InvalidInputError(workflow, "give start_at or delay, not both")
+    if delay is not None:
+        if not isinstance(delay, timedelta) or delay < timedelta(0):
+            raise InvalidInputError(workflow, f"delay must be a timedelta >= 0, not {delay!r}")
+        return int(delay.total_seconds() * 1000), 0
+    if not isinstance(start_at, datetime) or start_at.tzinfo is None:
+        raise InvalidInputError(workflow, f"start_at must be an aware datetime, not {start_at!r}")
+    return 0, max(int(start_at.timestamp() * 1000), 1)
 
 
 class Signals:
