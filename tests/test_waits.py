@@ -410,3 +410,30 @@ async def test_a_signal_kept_for_a_wait_the_run_never_reached_survives_retry(
     refuse[0] = False
     again = await emitter.retry(handle.run_id)
     assert await again.result(timeout=10) == "c-k"
+
+
+async def test_the_reconciler_leaves_parked_runs_and_delayed_starts_parked(
+    open_provider: OpenProvider,
+) -> None:
+    flow, consumer, ran = order_flow("pay-reconcile")
+    workflows = await open_provider(consumer)  # stall_timeout 2 s: older runs are reconciled
+    waiting = await workflows.execute(flow, Order(order_id="r-1"))
+    later = await workflows.execute(flow, Order(order_id="r-2"), delay=timedelta(seconds=4))
+    await parked(waiting)
+    created = (await later.describe()).created_at
+
+    async def old_enough() -> bool:
+        return datetime.now(tz=UTC) > created + timedelta(seconds=2.2)
+
+    await eventually(old_enough, what="both runs are older than the stall timeout")
+    stats = await workflows.reconcile()
+    assert stats.scanned >= 2
+    assert stats.reconciled == 0
+    assert await later.status() is WorkflowStatus.PENDING
+    assert (await later.describe()).starts_at is not None
+    assert (await waiting.describe()).waits["payment"].state == "waiting"
+    assert ran == ["reserve", "notify"]
+    assert await later.cancel()
+    await eventually(
+        lambda: _is(later, WorkflowStatus.CANCELLED), what="cancelled before it started"
+    )
