@@ -6,7 +6,8 @@
 -- order (completed steps, in completion order), comp (steps still to compensate, next first),
 -- rbact (the compensation job running now), infl (steps still running while compensating),
 -- err (the error that failed the run), result, jobs (every job, in scheduling order), and per
--- job J: J|st (queued running retrying done failed cancelling cancelled), J|at (attempt),
+-- job J: J|st (queued running retrying done failed cancelling cancelled, parked: a wait or
+-- sleep, see the waits section at the end), J|at (attempt),
 -- J|tk (token of the live attempt), J|en (its stream entry), J|ow (owner), J|ci (the call that
 -- started it, then the outcome of the one that completed it), J|t0, J|t1, J|er (last error),
 -- J|pg (progress), J|pc (the call that saved it), J|o<token> (the outcome of the run_fail call
