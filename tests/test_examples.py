@@ -15,6 +15,12 @@ EXPECTED = {
     # the series names depend on the exporter's version (units and suffixes), not their stems
     "prometheus_metrics.py": ["plait_runs_started", 'plait_status="COMPLETED"', "plait_step_dur"],
     "quickstart.py": ["order 42: COMPLETED", "released R-43", "order 43: FAILED"],
+    "order_payment.py": [
+        "paid by ch_42, shipped",
+        "rollback: released R-43",
+        "WaitTimeoutError for wait 'payment'",
+        "the late payment is refused",
+    ],
     "order_saga.py": ["COMPLETED", "FAILED", "rollback: released R-43", "created=False"],
     "events_fanout.py": ["billing :", "shipping:", "quote for tea"],
     "tracing.py": ["span tree:", "execute book-trip  [PRODUCER", "(linked to attempt 1)"],

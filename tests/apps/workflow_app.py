@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import redis.asyncio as aioredis
-from apps.definitions import Job, booking, capped, chain, crunch, hold, stuck
+from apps.definitions import Job, booking, capped, chain, crunch, hold, napper, stuck
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -138,6 +138,21 @@ def hang(ctx: StepContext[Job]) -> None:
     time.sleep(3600)  # a sync step that never returns: its thread cannot be stopped
 
 
+nappers: WorkflowConsumer[Job, Any] = WorkflowConsumer(napper)
+
+
+@nappers.step("before")
+async def before_nap(ctx: StepContext[Job]) -> str:
+    await count(ctx, "before")
+    return INSTANCE
+
+
+@nappers.step("after")
+async def after_nap(ctx: StepContext[Job]) -> str:
+    await count(ctx, "after")
+    return INSTANCE
+
+
 def _tracer_provider() -> Any:
     """Export spans as JSON lines to ``PLAIT_TRACE_FILE`` when it is set."""
     path = os.environ.get("PLAIT_TRACE_FILE")
@@ -162,5 +177,5 @@ provider = RedisWorkflowProvider.from_url(
     retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
     tracer_provider=_tracer_provider(),
 )
-for consumer in (chains, holds, bookings, crunches, cappeds, stucks):
+for consumer in (chains, holds, bookings, crunches, cappeds, stucks, nappers):
     provider.register(consumer)

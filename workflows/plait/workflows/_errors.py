@@ -17,6 +17,8 @@ Every error a caller can see derives from :class:`WorkflowError`::
     ├── IncompatibleSchemaError       the data under the prefix has another key schema version
     │   └── plait.events.EventIncompatibleSchemaError    (also an EventError)
     ├── WorkflowStepError             a step, hook or rollback failed for good
+    │   └── WaitTimeoutError          a wait's timeout passed before its signal came
+    ├── SignalRefusedError            a signal came too late (run ended, wait timed out)
     ├── WorkflowRollbackError         the run failed and some rollbacks failed too
     ├── WorkflowTimeoutError          the run passed its deadline
     ├── WorkflowCancelledError        the run was cancelled
@@ -65,8 +67,10 @@ __all__ = [
     "ResultNotSerializableError",
     "RunNotFoundError",
     "RunStoppedError",
+    "SignalRefusedError",
     "StepTimeoutError",
     "UnknownJobError",
+    "WaitTimeoutError",
     "WorkerLostError",
     "WorkflowCancelledError",
     "WorkflowError",
@@ -312,14 +316,51 @@ class WorkflowStepError(WorkflowError):
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> WorkflowStepError:
-        """Rebuild a step error from :meth:`to_wire`'s form."""
-        return cls(
+        """Rebuild a step error from :meth:`to_wire`'s form (a wait's timeout as
+        :class:`WaitTimeoutError`)."""
+        kind = WaitTimeoutError if data.get("type") == WaitTimeoutError.wire_name else cls
+        return kind(
             str(data.get("step", "?")),
             int(data.get("attempt", 0)),
             str(data.get("type", "Exception")),
             str(data.get("message", "")),
             str(data.get("traceback", "")),
         )
+
+
+class WaitTimeoutError(WorkflowStepError):
+    """A wait's ``timeout`` passed before its signal came (and the wait did not say
+    ``on_timeout="continue"``): the run failed and its completed steps were compensated.
+
+    Recorded with ``cause_type="plait.WaitTimeout"``; ``step`` and :attr:`wait` name the wait.
+    """
+
+    wire_name: ClassVar[str] = "plait.WaitTimeout"
+
+    @property
+    def wait(self) -> str:
+        """The name of the wait that timed out."""
+        return self.step
+
+
+class SignalRefusedError(WorkflowError):
+    """A signal was refused and nothing changed: its run has ended or is compensating, its
+    wait already timed out, or the wait was already signalled with another ``signal_id``.
+
+    Attributes:
+        run_id: the run the signal was for.
+        wait: the signal's (and its wait's) name.
+        reason: why (the run's status, ``"timed out"``, ``"already signalled"``).
+    """
+
+    def __init__(self, run_id: str, wait: str, reason: str) -> None:
+        super().__init__(f"signal {wait!r} to run {run_id} refused: {reason}")
+        self.run_id = run_id
+        self.wait = wait
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.wait, self.reason))
 
 
 class WorkflowRollbackError(WorkflowError):
@@ -371,6 +412,7 @@ PLAIT_CAUSES: dict[str, type[WorkflowError]] = {
         RunStoppedError,
         StepTimeoutError,
         UnknownJobError,
+        WaitTimeoutError,
         WorkerLostError,
     )
 }

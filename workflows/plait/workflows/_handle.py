@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from ._errors import WorkflowStepError
 from ._protocols import RunBackend
 
-__all__ = ["RunEvent", "RunInfo", "StepInfo", "WorkflowHandle", "WorkflowStatus"]
+__all__ = ["RunEvent", "RunInfo", "StepInfo", "WaitInfo", "WorkflowHandle", "WorkflowStatus"]
 
 OutputT = TypeVar("OutputT")
 
@@ -81,12 +81,32 @@ class StepInfo(_JSONable):
     name: str
     """The step name; rollbacks are ``rollback:<step>``, plus ``on_complete`` and ``on_error``."""
     state: str
-    """queued, running, retrying, completed, failed, cancelled or skipped."""
+    """queued, running, retrying, completed, failed, cancelled or skipped; ``parked`` for a
+    wait or sleep while its run waits on it (see :attr:`RunInfo.waits`)."""
     attempts: int
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: WorkflowStepError | None = None
     """The last failure of this job, if any."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitInfo(_JSONable):
+    """One wait or sleep of a run, as recorded (``RunInfo.waits``)."""
+
+    name: str
+    kind: str
+    """``signal`` (a wait) or ``sleep``."""
+    state: str
+    """``pending`` (not reached yet; ``signal_id`` set when a signal is kept for it),
+    ``waiting`` (parked), ``signalled``, ``timed_out``, ``woke`` (a sleep that ended) or
+    ``cancelled`` (its run stopped while it waited)."""
+    since: datetime | None = None
+    """When it began to wait (or, pending, when the kept signal came)."""
+    due: datetime | None = None
+    """When its timeout (or wake-up) is due, if it has one."""
+    signal_id: str | None = None
+    """The id of the signal it got (or keeps)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +127,10 @@ class RunInfo(_JSONable):
     error: WorkflowStepError | None = None
     """The step error that failed the run, if one did."""
     rollback_errors: tuple[WorkflowStepError, ...] = field(default=())
+    waits: Mapping[str, WaitInfo] = field(default_factory=dict)
+    """Every wait and sleep the run reached or got a signal for, by name."""
+    starts_at: datetime | None = None
+    """When a delayed start (``execute(start_at=, delay=)``) is or was due."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +138,10 @@ class RunEvent(_JSONable):
     """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
 
     ``kind`` is one of ``run.started``, ``step.started``, ``step.progress``, ``step.completed``,
-    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``.
+    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``; a run that waits
+    adds ``wait.waiting`` (parked; ``data["due"]``), ``wait.kept`` (a signal came before its
+    wait), ``wait.signalled`` (``data["signal_id"]``), ``wait.timed_out``, ``wait.woke`` (a
+    sleep ended) and ``run.woke`` (a delayed start began).
     """
 
     kind: str

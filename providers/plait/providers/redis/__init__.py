@@ -28,7 +28,7 @@ codec) and never import each other; both stand on ``_core``::
       telemetry.py    OpenTelemetry spans and metrics
       server.py       the Redis settings that may lose data (eviction, persistence)
     _workflows/     the workflow engine
-      provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
+      provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, health
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
       worker.py       intake: read, reclaim, start in batches, hold and release entries
@@ -38,6 +38,7 @@ codec) and never import each other; both stand on ``_core``::
       lease.py        lease renewal from a thread
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
+      waits.py        waits and sleeps parked, signals delivered
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine

@@ -8,7 +8,7 @@ abandoned sync steps). It exits with 0 after a signal, and with 1 when a provide
 itself (its background work died: the traceback is in the log); see :mod:`.worker`.
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
-cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
+cancel|signal``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
 They print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked
 for does not exist, a check fails or Redis refused a command, 2 on bad arguments (a bad URL, a
 database the server does not have) and 3 when Redis cannot be reached or refused the
@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a live run (its completed steps are rolled back)"),
     ):
         command(runs_do, name, text).add_argument("run_id", metavar="RUN_ID")
+    signalling = command(runs_do, "signal", "send a signal to a run's wait of that name")
+    signalling.add_argument("run_id", metavar="RUN_ID")
+    signalling.add_argument("name", metavar="NAME", help="the wait's name")
+    signalling.add_argument("--data", default="null", help="the payload, as JSON")
+    signalling.add_argument("--signal-id", help="names the signal: sent again, it is a no-op")
 
     events = command(top, "events", "follow events")
     events_do = events.add_subparsers(dest="action", required=True, metavar="ACTION")

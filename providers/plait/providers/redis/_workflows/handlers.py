@@ -19,7 +19,9 @@ from plait.workflows import (
     InvalidStoredInputError,
     ResultNotSerializableError,
     RetryPolicy,
+    Sleep,
     StepContext,
+    Wait,
     WorkflowConsumer,
     WorkflowContext,
     WorkflowError,
@@ -42,16 +44,20 @@ class Handlers:
         default_retry: RetryPolicy,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        events: Any = None,
     ) -> None:
         self.consumer = consumer
         self._max_payload = max_payload
+        self._emit = events.emit if events is not None else None
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
+        self.parks: dict[str, Wait | Sleep] = {step.name: step for step in self.definition.parks}
+        """The waits and sleeps, which plait parks instead of calling a handler."""
         self._timeouts = {
             step.name: step.timeout.total_seconds()
             for step in self.definition.steps
-            if step.timeout is not None
+            if step.timeout is not None and step.name not in self.parks
         }
 
     def knows(self, job: str) -> bool:
@@ -59,7 +65,7 @@ class Handlers:
         step = rollback_of(job)
         if step is not None:
             return step in self._outputs
-        return job in self.consumer.steps or job in (COMPLETE, ERROR)
+        return job in self.consumer.steps or job in (COMPLETE, ERROR) or job in self.parks
 
     def policy(self, job: str) -> RetryPolicy:
         """The retry policy of a job: its step's, its rollback's, or the provider default."""
@@ -108,6 +114,7 @@ class Handlers:
                 if started.deadline_ms
                 else None
             ),
+            "emit": self._emit,
         }
         if job.name in (COMPLETE, ERROR):
             return WorkflowContext(**common)

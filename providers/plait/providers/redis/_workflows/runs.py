@@ -231,6 +231,10 @@ def _run_event(entry: bytes, fields: Mapping[bytes, bytes]) -> RunEvent:
         data["status"] = raw
     elif kind == "compensating":
         data["reason"] = raw
+    elif kind in ("wait.signalled", "wait.kept") and raw:
+        data["signal_id"] = raw
+    elif kind == "wait.waiting" and raw:
+        data["due"] = datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
     millis = int(entry.split(b"-")[0])
     return RunEvent(
         kind=kind,
