@@ -390,9 +390,10 @@ class RedisEventProvider:
         """The backlog report: Redis reachability and latency, the queues and dead letters of
         every workflow and event of the registry, and the live instances.
 
-        Covers every workflow and event under this provider's prefix, and this instance's own
-        liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
-        not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
+        For alerting, not for probes (see :meth:`readiness`); read within ``connect_timeout``,
+        with this instance's own liveness (``alive``, see :attr:`alive`: a report of an
+        instance that is not alive is not ok). An unreachable Redis gives a report with
+        ``ok=False`` rather than an error.
 
         Raises:
             EventCommandError: Redis refused a command (a key of the wrong type under the

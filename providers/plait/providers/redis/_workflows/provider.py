@@ -445,8 +445,8 @@ class RedisWorkflowProvider:
         """The backlog report: Redis reachability and latency, the queues and dead letters of
         every workflow and event of the registry, and the live instances.
 
-        Covers every workflow and event under this provider's prefix (see
-        :func:`~plait.providers.redis._ops.health.check_health`), and this instance's own
+        For alerting, not for probes (see :meth:`readiness`); read within ``connect_timeout``
+        (see :func:`~plait.providers.redis._ops.health.check_health`), with this instance's own
         liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
         not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
 
