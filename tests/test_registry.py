@@ -26,7 +26,12 @@ from pydantic import BaseModel
 from plait.events import Event, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.providers.redis._core.connection import connect
-from plait.providers.redis._core.keys import EventKeys, WorkflowKeys
+from plait.providers.redis._core.keys import (
+    EventKeys,
+    WorkflowKeys,
+    event_registry,
+    workflow_registry,
+)
 from plait.providers.redis._ops.asgi import health_app
 from plait.providers.redis._ops.catalog import event_names, rebuild, workflow_names
 from plait.providers.redis._ops.health import check_health
@@ -266,3 +271,29 @@ async def test_three_concurrent_probes_succeed_beside_a_million_keys(
     assert (status, report["ok"]) == (200, True)
     assert [q["name"] for q in report["queues"]] == [consumed.name]
     assert took < BOUND
+
+
+async def test_a_registry_key_of_another_type_stops_no_consumer_and_no_handler(
+    url: str, prefix: str, client: Any
+) -> None:
+    await client.set(workflow_registry(prefix), "not a zset")
+    await client.set(event_registry(prefix), "not a zset")
+    seen = anyio.Event()
+
+    async def note(ctx: EventContext[Item]) -> None:
+        seen.set()
+
+    workflows = RedisWorkflowProvider.from_url(url, prefix=prefix)
+    workflows.register(consumer(consumed))
+    events = RedisEventProvider.from_url(url, group="billing", prefix=prefix)
+    events.on(handled, note)
+    async with workflows, events:
+        waiting = await (await workflows.execute(executed, Item(n=1))).status()
+        handle = await workflows.execute(consumed, Item(n=2))
+        await handle.result(timeout=10)
+        done = await handle.status()
+        await events.emit(handled, Item(n=3))
+        with anyio.fail_after(10):
+            await seen.wait()
+
+    assert (waiting.value, done.value) == ("PENDING", "COMPLETED")

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
+from redis import exceptions as redis_errors
 
 from .._core.keys import (
     EventKeys,
@@ -67,10 +68,16 @@ async def enroll_events(client: Any, prefix: str, names: Iterable[str]) -> None:
 
 
 async def _enroll(client: Any, key: str, names: Iterable[str]) -> None:
+    """``ZADD`` the names. Connection errors reach the caller (who retries); an error reply (a
+    key of another type) is logged: the registry is for tools, it never stops the work."""
     now_ms = int(time.time() * 1000)
     members = dict.fromkeys(names, now_ms)
-    if members:
+    if not members:
+        return
+    try:
         await client.zadd(key, members)
+    except redis_errors.ResponseError as error:
+        logger.error("cannot enroll %s in %s: %s", ", ".join(members), key, error)
 
 
 async def forget(
