@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio
-from redis import exceptions as redis_errors
 
 from .._core.errors import UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
@@ -47,6 +46,8 @@ LAG_CAP = 10_000
 """Longest range counted when Redis cannot tell a group's lag itself."""
 STALL_SAMPLE = 1_000
 """Most stalled entries counted per group."""
+BATCH = 200
+"""Queues looked at by one pipeline."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,20 +269,49 @@ class _Reader:
         self.instances: tuple[InstanceHealth, ...] = ()
 
     async def read(self) -> None:
-        """Fill :attr:`instances`, then :attr:`queues` one at a time (a report cut short by
+        """Fill :attr:`instances`, then :attr:`queues` a batch at a time (a report cut short by
         its bound keeps what was read)."""
         seconds, micros = await self._client.time()
         self._now_ms = int(seconds) * 1000 + int(micros) // 1000
         self.instances = await self._instances()
-        for name in await workflow_names(self._client, self._prefix):
-            self.queues.append(await self._workflow(name))
-        for name in await event_names(self._client, self._prefix):
-            self.queues.append(await self._event(name))
+        workflows = await workflow_names(self._client, self._prefix)
+        for at in range(0, len(workflows), BATCH):
+            keys = [WorkflowKeys(self._prefix, name) for name in workflows[at : at + BATCH]]
+            looks = await self._look([(one.jobs, one.dead) for one in keys])
+            self.queues += [
+                await self._workflow(one, *look) for one, look in zip(keys, looks, strict=True)
+            ]
+        events = await event_names(self._client, self._prefix)
+        for at in range(0, len(events), BATCH):
+            names = [EventKeys(self._prefix, name) for name in events[at : at + BATCH]]
+            looks = await self._look([(one.stream, one.dead) for one in names])
+            self.queues += [
+                await self._event(one, *look) for one, look in zip(names, looks, strict=True)
+            ]
 
-    async def _workflow(self, name: str) -> QueueHealth:
-        keys = WorkflowKeys(self._prefix, name)
-        length = int(await self._client.xlen(keys.jobs))
-        infos = await self._groups(keys.jobs)
+    async def _look(self, streams: list[tuple[str, str]]) -> list[tuple[int, list[Any], int]]:
+        """Length, groups and dead letters of each (stream, dead-letter stream), in one
+        pipeline: an idle queue costs no other command."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream, dead in streams:
+                pipe.xlen(stream)
+                pipe.xinfo_groups(stream)
+                pipe.xlen(dead)
+            replies = await pipe.execute(raise_on_error=False)
+        looks = []
+        for at in range(0, len(replies), 3):
+            length, infos, dead = replies[at : at + 3]
+            for reply in (length, dead):
+                if isinstance(reply, Exception):  # a key of another type
+                    raise reply
+            # XINFO GROUPS fails on a stream that does not exist (only dead letters are left).
+            groups = [] if isinstance(infos, Exception) else list(infos)
+            looks.append((int(length), groups, int(dead)))
+        return looks
+
+    async def _workflow(
+        self, keys: WorkflowKeys, length: int, infos: list[Any], dead: int
+    ) -> QueueHealth:
         groups = []
         for info in infos:
             if text(info.get("name")) != GROUP:
@@ -300,18 +330,19 @@ class _Reader:
             )
         queue = QueueHealth(
             kind="workflow",
-            name=name,
+            name=keys.workflow,
             length=length,
-            dead_letters=int(await self._client.xlen(keys.dead)),
+            dead_letters=dead,
             groups=tuple(groups),
         )
         self._judge(queue)
         return queue
 
-    async def _event(self, name: str) -> QueueHealth:
-        keys = EventKeys(self._prefix, name)
+    async def _event(
+        self, keys: EventKeys, length: int, infos: list[Any], dead: int
+    ) -> QueueHealth:
         groups = []
-        for info in await self._groups(keys.stream):
+        for info in infos:
             lag = info.get("lag")
             if lag is None:
                 last = text(info.get("last-delivered-id") or "0-0")
@@ -322,19 +353,13 @@ class _Reader:
             groups.append(await self._group(keys.stream, info, lag=int(lag), retry_key=retry_key))
         queue = QueueHealth(
             kind="event",
-            name=name,
-            length=int(await self._client.xlen(keys.stream)),
-            dead_letters=int(await self._client.xlen(keys.dead)),
+            name=keys.event,
+            length=length,
+            dead_letters=dead,
             groups=tuple(groups),
         )
         self._judge(queue)
         return queue
-
-    async def _groups(self, stream: str) -> list[dict[str, Any]]:
-        try:
-            return list(await self._client.xinfo_groups(stream))
-        except redis_errors.ResponseError:  # no such stream (only dead letters are left)
-            return []
 
     async def _group(
         self, stream: str, info: dict[str, Any], *, lag: int, retry_key: str | None
