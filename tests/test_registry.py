@@ -32,6 +32,7 @@ from plait.providers.redis._core.keys import (
     event_registry,
     workflow_registry,
 )
+from plait.providers.redis._ops import catalog
 from plait.providers.redis._ops.asgi import health_app
 from plait.providers.redis._ops.catalog import event_names, rebuild, workflow_names
 from plait.providers.redis._ops.health import check_health
@@ -93,6 +94,27 @@ async def test_a_started_consumer_and_a_first_execute_enroll_their_workflows(
 
     assert at_start == [consumed.name]
     assert await workflow_names(client, prefix) == sorted([consumed.name, executed.name])
+
+
+async def test_concurrent_first_executes_enroll_their_workflow_once(
+    open_provider: OpenProvider, client: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = await open_provider()
+    sent: list[list[str]] = []
+    enroll = catalog.enroll_workflows
+
+    async def counted(client: Any, prefix: str, names: Any) -> None:
+        sent.append(list(names))
+        await enroll(client, prefix, names)
+
+    monkeypatch.setattr(catalog, "enroll_workflows", counted)
+    async with anyio.create_task_group() as tg:
+        for n in range(50):
+            tg.start_soon(provider.execute, executed, Item(n=n))
+    await provider.execute(executed, Item(n=50))
+
+    assert sent == [[executed.name]]
+    assert await workflow_names(client, prefix) == [executed.name]
 
 
 async def test_a_consumer_registered_after_start_is_enrolled(

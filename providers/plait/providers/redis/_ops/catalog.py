@@ -143,10 +143,12 @@ class Enrollment:
         """``await call()``; the first time ``name`` is seen, enroll it concurrently.
 
         The ``ZADD`` travels beside the call (another pooled connection), so the caller waits
-        one round trip as before; a failure to enroll is logged and tried again next time.
+        one round trip as before; calls made meanwhile send none (a thousand concurrent first
+        executes send one); a failure to enroll is logged and tried again next time.
         """
         if name in self._enrolled:
             return await call()
+        self._enrolled.add(name)  # taken now: concurrent callers do not send it again
         failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._quietly, name)
@@ -160,9 +162,12 @@ class Enrollment:
         return result
 
     async def _quietly(self, name: str) -> None:
+        done = False
         try:
             await enroll_workflows(self._client, self._prefix, [name])
+            done = True
         except Exception as error:  # the run matters, its listing can wait for the next call
             logger.warning("enrolling workflow %r failed (tried again next time): %r", name, error)
-        else:
-            self._enrolled.add(name)
+        finally:
+            if not done:  # failed or cancelled: the next call tries again
+                self._enrolled.discard(name)
