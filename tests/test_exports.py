@@ -81,6 +81,7 @@ def test_redis_provider_exports_the_contract_names() -> None:
         "Health",
         "InstanceHealth",
         "QueueHealth",
+        "Readiness",
         "ReconcileStats",
         "RedisEventProvider",
         "RedisWorkflowProvider",

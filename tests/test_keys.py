@@ -29,10 +29,12 @@ from plait.providers.redis._core.keys import (
     EventKeys,
     KeyPattern,
     WorkflowKeys,
+    event_registry,
     instances,
     pattern_of,
     reconcile_lock,
     schema_version,
+    workflow_registry,
 )
 from plait.workflows import (
     NonRetryableError,
@@ -131,6 +133,8 @@ def test_the_key_builders_build_every_documented_key_and_channel() -> None:
         instances("p"): "instances",
         reconcile_lock("p"): "reconcile_lock",
         schema_version("p"): "schema_version",
+        workflow_registry("p"): "workflow_registry",
+        event_registry("p"): "event_registry",
     }
     for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev")):
         for name, member in inspect.getmembers(type(names)):
@@ -239,7 +243,11 @@ async def test_every_key_a_workflow_writes_is_documented(
         await eventually(locked_once, what="the reconciler lock sampled")
 
     assert classify(seen, prefix) == documented(
-        "<prefix>:{", "<prefix>:instances", "<prefix>:reconcile:lock", "<prefix>:schema"
+        "<prefix>:{",
+        "<prefix>:instances",
+        "<prefix>:reconcile:lock",
+        "<prefix>:schema",
+        "<prefix>:workflows",
     )
     assert sorted(log) == ["on_error 1", "on_error 2", "release 1", "release 2"]
     assert (watched[0], watched[-1]) == ("run.started", "finished")
@@ -293,7 +301,7 @@ async def test_every_key_an_event_provider_writes_is_documented(
         await eventually(settled, timeout=20, what="events handled and one dead-lettered")
 
     assert classify(seen, prefix) == documented(
-        "<prefix>:ev:{", "<prefix>:instances", "<prefix>:schema"
+        "<prefix>:ev:{", "<prefix>:instances", "<prefix>:schema", "<prefix>:events"
     )
     assert sorted(handled) == [(1, 2), (3, 1), (4, 1)]
     assert answer == Price(cents=500)

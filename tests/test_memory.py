@@ -27,7 +27,12 @@ from conftest import eventually
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
-from plait.providers.redis._core.keys import WorkflowKeys, instances, reconcile_lock
+from plait.providers.redis._core.keys import (
+    WorkflowKeys,
+    instances,
+    reconcile_lock,
+    workflow_registry,
+)
 from plait.workflows import StepContext, Workflow, WorkflowConsumer
 
 pytestmark = [
@@ -184,6 +189,7 @@ async def test_memory_returns_near_its_start_after_retention(client: Any, redis_
         + ", ".join(f"{what} {size:,.0f} B" for what, size in kept.items())
     )
     expected = [keys.jobs, keys.runs, keys.stats, keys.caps, instances(PREFIX), f"{PREFIX}:schema"]
+    expected.append(workflow_registry(PREFIX))
     assert sorted(set(left) - {reconcile_lock(PREFIX)}) == sorted(expected)
     assert await client.zcard(keys.runs) == WARM_UP + RUNS
     # All that grows is the run index (until the reconciler trims it), plus allocator noise

@@ -28,7 +28,8 @@ codec) and never import each other; both stand on ``_core``::
       telemetry.py    OpenTelemetry spans and metrics
       server.py       the Redis settings that may lose data (eviction, persistence)
     _workflows/     the workflow engine
-      provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, health
+      provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, readiness,
+                      health
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
       worker.py       intake: read, reclaim, start in batches, hold and release entries
@@ -42,7 +43,7 @@ codec) and never import each other; both stand on ``_core``::
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
-      provider.py     RedisEventProvider: on, emit, request, cancel, trim, health
+      provider.py     RedisEventProvider: on, emit, request, cancel, trim, readiness, health
       options.py      EventProviderOptions
       publisher.py    the caller side: emit and request
       worker.py       intake: readers, timers, leases, reclaim
@@ -50,16 +51,16 @@ codec) and never import each other; both stand on ``_core``::
       scripts.py      EventScripts: typed calls of lua/event_*.lua
       codec.py        events as stored: entries, replies
     _ops/           operating a deployment
-      health.py       the health report
+      health.py       readiness and the backlog report
       heartbeat.py    per-instance heartbeats
       asgi.py         health_app
       dead_letters.py listing, replaying and purging dead letters
       web.py          http_status (errors to HTTP), lifespan (ASGI apps)
-      catalog.py      the workflows and events that exist under a prefix
+      catalog.py      the registry of workflow and event names under a prefix
     _cli/           the plait command (python -m plait.providers.redis)
       main.py         arguments, dispatch, exit codes
       worker.py       plait worker: load, check flags, banner, run until a signal
-      commands.py     runs, events, dead-letters, reconcile, health
+      commands.py     runs, events, dead-letters, reconcile, health, registry
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them
 """
@@ -70,7 +71,7 @@ from importlib import metadata
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.asgi import health_app
-from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
+from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, Readiness
 from ._ops.web import http_status, lifespan
 from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
@@ -88,6 +89,7 @@ __all__ = [
     "Health",
     "InstanceHealth",
     "QueueHealth",
+    "Readiness",
     "ReconcileStats",
     "RedisEventProvider",
     "RedisWorkflowProvider",

@@ -27,9 +27,9 @@ from plait.workflows import (
 
 from .._core.connection import Connection
 from .._core.keys import EventKeys, WorkflowKeys, workflow_of
-from .._ops.catalog import workflow_names
+from .._ops.catalog import event_names, forget, rebuild, workflow_names
 from .._ops.dead_letters import DeadLetter, DeadLetters
-from .._ops.health import Health, check_health
+from .._ops.health import Health, check_health, check_readiness
 from .._workflows.codec import decode_record, run_info
 from .._workflows.reconciler import Reconciler
 from .._workflows.scripts import RunScripts
@@ -66,7 +66,7 @@ async def run(connection: Connection, args: argparse.Namespace) -> int:
 async def runs_list(connection: Connection, args: argparse.Namespace) -> int:
     """``runs list``: the newest runs of every workflow (or one), optionally of one status."""
     client = connection.client
-    names = [args.workflow] if args.workflow else await workflow_names(client, args.prefix, "runs")
+    names = [args.workflow] if args.workflow else await workflow_names(client, args.prefix)
     found: list[dict[str, Any]] = []
     for name in names:
         found += await _recent(client, WorkflowKeys(args.prefix, name), args.status, args.limit)
@@ -435,12 +435,19 @@ async def reconcile(connection: Connection, args: argparse.Namespace) -> int:
 
 
 async def health(connection: Connection, args: argparse.Namespace) -> int:
-    """``health``: exit 0 when ok, 1 when not, 3 when Redis is unreachable."""
+    """``health``: exit 0 when ok, 1 when not, 3 when Redis is unreachable (``--ready``: the
+    ``PING`` alone, 0 or 3)."""
+    if args.ready:
+        ready = await check_readiness(connection.client, timeout=args.timeout)
+        lines = [f"READY (ping {ready.latency_ms:.2f} ms)" if ready.ok else "NOT READY"]
+        emit(args, ready.to_json(), lambda: [*lines, *ready.problems])
+        return 0 if ready.ok else 3
     report = await check_health(
         connection.client,
         args.prefix,
         stalled_after=args.stalled_after,
         max_wait=args.max_wait,
+        timeout=args.timeout,
     )
     emit(args, report.to_json(), lambda: _health_lines(report))
     if not report.reachable:
@@ -485,6 +492,39 @@ def _health_lines(report: Health) -> list[str]:
     return lines
 
 
+async def registry_list(connection: Connection, args: argparse.Namespace) -> int:
+    """``registry list``: the workflows and events that tools look at."""
+    client, prefix = connection.client, args.prefix
+    data = {"workflows": await workflow_names(client, prefix),
+            "events": await event_names(client, prefix)}  # fmt: skip
+    emit(args, data, lambda: _names(data))
+    return 0
+
+
+async def registry_rebuild(connection: Connection, args: argparse.Namespace) -> int:
+    """``registry rebuild``: enroll every workflow and event found in the keyspace (SCAN)."""
+    workflows, events = await rebuild(connection.client, args.prefix)
+    data = {"workflows": workflows, "events": events}
+    emit(args, data, lambda: _names(data))
+    return 0
+
+
+async def registry_forget(connection: Connection, args: argparse.Namespace) -> int:
+    """``registry forget``: stop listing names (their keys are left alone)."""
+    if not (args.workflow or args.event):
+        raise UsageError("give --workflow NAME or --event NAME")
+    removed = await forget(
+        connection.client, args.prefix, workflows=args.workflow, events=args.event
+    )
+    emit(args, {"forgotten": removed}, lambda: [f"{removed} names forgotten"])
+    return 0
+
+
+def _names(data: dict[str, list[str]]) -> list[str]:
+    rows = [[kind[:-1], name] for kind, names in data.items() for name in names]
+    return table(["KIND", "NAME"], rows) if rows else ["no workflows or events"]
+
+
 COMMANDS: dict[str, Command] = {
     "runs list": runs_list,
     "runs show": runs_show,
@@ -497,4 +537,7 @@ COMMANDS: dict[str, Command] = {
     "dead-letters purge": dead_letters_purge,
     "reconcile": reconcile,
     "health": health,
+    "registry list": registry_list,
+    "registry rebuild": registry_rebuild,
+    "registry forget": registry_forget,
 }

@@ -8,11 +8,15 @@ abandoned sync steps). It exits with 0 after a signal, and with 1 when a provide
 itself (its background work died: the traceback is in the log); see :mod:`.worker`.
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
-cancel|signal``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
-They print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked
-for does not exist, a check fails or Redis refused a command, 2 on bad arguments (a bad URL, a
-database the server does not have) and 3 when Redis cannot be reached or refused the
-credentials. Messages never show a password, and never a traceback but the user module's.
+cancel|signal``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile``, ``health`` and
+``registry list|rebuild|forget``. They print tables, or JSON with ``--json``, and exit with 0
+on success, 1 when something asked for does not exist, a check fails or Redis refused a command,
+2 on bad arguments (a bad URL, a database the server does not have) and 3 when Redis cannot be
+reached or refused the credentials. Messages never show a password, and never a traceback but
+the user module's. ``health`` exits with 0 when the backlog report is ok, 1 when it names a
+problem (stalled or long-waiting entries, a report not read within ``--timeout``) and 3 when
+Redis does not answer ``PING`` within ``--timeout``; ``health --ready`` only sends that
+``PING`` (0 or 3).
 """
 
 from __future__ import annotations
@@ -162,11 +166,25 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--min-age", type=float, default=15.0, help="skip runs younger than S s (default 15)"
     )
-    health = command(top, "health", "Redis, queues, dead letters and live instances")
+    health = command(top, "health", "the backlog report: queues, dead letters, live instances")
     health.add_argument(
         "--stalled-after", type=float, default=30.0, help="pending without lease for S s"
     )
     health.add_argument("--max-wait", type=float, default=60.0, help="oldest unread entry, s")
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="bound of the whole check, s (default 5)"
+    )
+    health.add_argument(
+        "--ready", action="store_true", help="only check that Redis answers PING (a probe)"
+    )
+
+    registry = command(top, "registry", "the workflow and event names tools look at")
+    registry_do = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(registry_do, "list", "the enrolled workflows and events")
+    command(registry_do, "rebuild", "enroll what the keyspace holds (SCAN: once, after upgrading)")
+    forget = command(registry_do, "forget", "stop listing names (their data stays)")
+    forget.add_argument("--workflow", action="append", default=[], help="a workflow name")
+    forget.add_argument("--event", action="append", default=[], help="an event name")
     return parser
 
 

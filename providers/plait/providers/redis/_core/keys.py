@@ -73,8 +73,7 @@ event never shares keys with a workflow of the same name)::
 
 Event scripts declare every key they touch in KEYS too (the stream first when they touch it).
 
-Three keys belong to the whole deployment under a prefix (each used alone, outside any
-script)::
+Five keys belong to the whole deployment under a prefix (each used alone, outside any script)::
 
     <prefix>:schema                         string   the key schema version of the data under
                                                      the prefix (:data:`SCHEMA_VERSION`, set by
@@ -82,6 +81,13 @@ script)::
     <prefix>:instances                      zset     provider id -> last heartbeat ms
     <prefix>:reconcile:lock                 string   the provider doing a reconciler pass
                                                      (expires: 0.9 x the reconcile interval)
+    <prefix>:workflows                      zset     workflow name -> ms it was last enrolled
+                                                     (a consumer started, or a first execute)
+    <prefix>:events                         zset     event name -> ms it was last enrolled
+                                                     (a handler's group started)
+
+``workflows`` and ``events`` are the registry that tools read instead of scanning the keyspace
+(``_ops/catalog.py``); nothing removes a name but ``plait registry forget``.
 
 :data:`SCHEMA` holds these tables as data (``tests/test_keys.py`` checks that they agree and that
 every key a provider writes matches one of them).
@@ -266,6 +272,16 @@ def reconcile_lock(prefix: str) -> str:
     return f"{prefix}:reconcile:lock"
 
 
+def workflow_registry(prefix: str) -> str:
+    """Zset workflow name -> ms last enrolled: every workflow consumed or executed."""
+    return f"{prefix}:workflows"
+
+
+def event_registry(prefix: str) -> str:
+    """Zset event name -> ms last enrolled: every event a handler's group subscribes to."""
+    return f"{prefix}:events"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPattern:
     """One row of the tables above: a key (or pub/sub channel) of the schema."""
@@ -323,6 +339,8 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:schema", "string"),
     KeyPattern("<prefix>:instances", "zset"),
     KeyPattern("<prefix>:reconcile:lock", "string"),
+    KeyPattern("<prefix>:workflows", "zset"),
+    KeyPattern("<prefix>:events", "zset"),
 )
 """Every key and channel of the schema, in the order of the tables above."""
 
@@ -337,16 +355,6 @@ def pattern_of(key: str, prefix: str) -> KeyPattern | None:
     return max(
         matching, key=lambda pattern: len(_PLACEHOLDER.sub("", pattern.template)), default=None
     )
-
-
-def active_pattern(prefix: str) -> str:
-    """SCAN pattern of every workflow's set of live runs."""
-    return f"{prefix}:{{*}}:active"
-
-
-def runs_pattern(prefix: str) -> str:
-    """SCAN pattern of every workflow's index of runs."""
-    return f"{prefix}:{{*}}:runs"
 
 
 def workflow_pattern(prefix: str, suffix: str) -> str:

@@ -31,7 +31,7 @@ from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
-from .._ops.health import Health, check_health, with_liveness
+from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, request_seconds, validated
@@ -393,11 +393,13 @@ class RedisEventProvider:
         )
 
     async def health(self) -> Health:
-        """Redis reachability and latency, queues, dead letters and live instances.
+        """The backlog report: Redis reachability and latency, the queues and dead letters of
+        every workflow and event of the registry, and the live instances.
 
-        Covers every workflow and event under this provider's prefix, and this instance's own
-        liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
-        not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
+        For alerting, not for probes (see :meth:`readiness`); read within ``connect_timeout``,
+        with this instance's own liveness (``alive``, see :attr:`alive`: a report of an
+        instance that is not alive is not ok). An unreachable Redis gives a report with
+        ``ok=False`` rather than an error.
 
         Raises:
             EventCommandError: Redis refused a command (a key of the wrong type under the
@@ -410,6 +412,18 @@ class RedisEventProvider:
                 stalled_after=2 * self.options.stall_timeout.total_seconds(),
                 timeout=self.options.connect_timeout.total_seconds(),
             )
+        return with_liveness(report, self._supervisor.problem)
+
+    async def readiness(self) -> Readiness:
+        """Whether this instance may take traffic: it is :attr:`alive` and Redis answers a
+        ``PING`` within ``connect_timeout``.
+
+        One round trip and no read under the prefix, so no backlog (see :meth:`health`) and no
+        size of the keyspace changes the answer: the readiness probe of an API pod that only
+        emits. Never raises.
+        """
+        timeout = self.options.connect_timeout.total_seconds()
+        report = await check_readiness(self._connection.client, timeout=timeout)
         return with_liveness(report, self._supervisor.problem)
 
     @property

@@ -38,7 +38,8 @@ from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
 from .._core.watchdog import check_round_trip
 from .._core.wire import default_provider_id
-from .._ops.health import Health, check_health, with_liveness
+from .._ops.catalog import Enrollment
+from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
@@ -145,6 +146,7 @@ class RedisWorkflowProvider:
         )
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
+        self._enrollment = Enrollment(self._connection.client, opts.prefix)
 
     @classmethod
     def from_url(cls, url: str, **options: Unpack[WorkflowProviderKeywords]) -> Self:
@@ -247,6 +249,7 @@ class RedisWorkflowProvider:
             tg.start_soon(self._heartbeat.serve)
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
+            await self._enroll(list(self._workers))
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
             if self._workers:
@@ -271,6 +274,15 @@ class RedisWorkflowProvider:
         left = sum(worker.running for worker in self._workers.values())
         if left:
             logger.warning("%s: %d running steps left to be reclaimed", self.provider_id, left)
+
+    async def _enroll(self, names: list[str]) -> None:
+        """Add ``names`` to the registry of workflows (``_ops/catalog.py``)."""
+        await call_until(
+            lambda: self._enrollment.workflows(names),
+            timeout=self.options.connect_timeout.total_seconds(),
+            what="start",
+            kinds=WORKFLOW_KINDS,
+        )
 
     async def _run_worker(
         self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
@@ -309,8 +321,8 @@ class RedisWorkflowProvider:
         self._workers[name] = worker
         self._definitions[name] = consumer.definition
         self._timers.watch(name)
-        if self._tg is not None:
-            self._tg.start_soon(self._run_worker, worker)
+        if self._tg is not None:  # started: enroll it beside its worker's start
+            self._tg.start_soon(self._enrollment.alongside, name, lambda: self._run_worker(worker))
 
     # -- executing ---------------------------------------------------------------------------
 
@@ -376,25 +388,28 @@ class RedisWorkflowProvider:
         with self._telemetry.producing(
             f"execute {name}", operation="execute", destination=name, message_id=run_id
         ):
-            outcome, found, earliest = await call_until(
-                lambda: self._scripts.execute(
-                    keys,
-                    run_id,
-                    idempotency_key=idempotency_key or "",
-                    input_hash=input_hash(canonical),
-                    input_json=canonical,
-                    meta_json=canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
-                    plan_json=plan_of(definition),
-                    timeout_ms=int(deadline * 1000) if deadline else 0,
-                    retention_ms=int(self.options.retention.total_seconds() * 1000),
-                    limits_json=limits_of(definition),
-                    start_in_ms=start_in_ms,
-                    start_at_ms=start_at_ms,
-                    signals=signal_names(definition),
+            outcome, found, earliest = await self._enrollment.alongside(
+                name,
+                lambda: call_until(
+                    lambda: self._scripts.execute(
+                        keys,
+                        run_id,
+                        idempotency_key=idempotency_key or "",
+                        input_hash=input_hash(canonical),
+                        input_json=canonical,
+                        meta_json=canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
+                        plan_json=plan_of(definition),
+                        timeout_ms=int(deadline * 1000) if deadline else 0,
+                        retention_ms=int(self.options.retention.total_seconds() * 1000),
+                        limits_json=limits_of(definition),
+                        start_in_ms=start_in_ms,
+                        start_at_ms=start_at_ms,
+                        signals=signal_names(definition),
+                    ),
+                    timeout=self.options.connect_timeout.total_seconds(),
+                    what=f"execute {name}",
+                    kinds=WORKFLOW_KINDS,
                 ),
-                timeout=self.options.connect_timeout.total_seconds(),
-                what=f"execute {name}",
-                kinds=WORKFLOW_KINDS,
             )
         if outcome == "created":
             self._telemetry.runs_started.add(1, {"plait.workflow": name})
@@ -506,10 +521,11 @@ class RedisWorkflowProvider:
         )
 
     async def health(self) -> Health:
-        """Redis reachability and latency, queues, dead letters and live instances.
+        """The backlog report: Redis reachability and latency, the queues and dead letters of
+        every workflow and event of the registry, and the live instances.
 
-        Covers every workflow and event under this provider's prefix (see
-        :func:`~plait.providers.redis._ops.health.check_health`), and this instance's own
+        For alerting, not for probes (see :meth:`readiness`); read within ``connect_timeout``
+        (see :func:`~plait.providers.redis._ops.health.check_health`), with this instance's own
         liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
         not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
 
@@ -524,6 +540,18 @@ class RedisWorkflowProvider:
                 stalled_after=2 * self.options.stall_timeout.total_seconds(),
                 timeout=self.options.connect_timeout.total_seconds(),
             )
+        return with_liveness(report, self._problem())
+
+    async def readiness(self) -> Readiness:
+        """Whether this instance may take traffic: it is :attr:`alive` and Redis answers a
+        ``PING`` within ``connect_timeout``.
+
+        One round trip and no read under the prefix, so no backlog (see :meth:`health`) and no
+        size of the keyspace changes the answer: the readiness probe of an API pod that only
+        emits. Never raises.
+        """
+        timeout = self.options.connect_timeout.total_seconds()
+        report = await check_readiness(self._connection.client, timeout=timeout)
         return with_liveness(report, self._problem())
 
     @property
