@@ -41,6 +41,7 @@ from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
+from .intake import Intake
 from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
@@ -113,6 +114,7 @@ class RedisWorkflowProvider:
         )
         self._runs.close()
         self._timers = Timers(self._scripts, opts.prefix, self._notifications)
+        self._intake = Intake(self._connection, self._notifications)
         self._reconciler = Reconciler(
             self._connection,
             self._scripts,
@@ -230,8 +232,11 @@ class RedisWorkflowProvider:
             tg.start_soon(self._heartbeat.serve)
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
-            for worker in self._workers.values():
-                await tg.start(self._run_worker, worker)
+            tg.start_soon(self._intake.serve)
+            await self._intake.prepare(list(self._workers.values()))  # pipelined
+            async with anyio.create_task_group() as starting:  # thousands: not one by one
+                for worker in self._workers.values():
+                    starting.start_soon(tg.start, self._run_worker, worker)
             self._runs.open()
             task_status.started()
             try:
@@ -256,6 +261,7 @@ class RedisWorkflowProvider:
         self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
     ) -> None:
         async with anyio.create_task_group() as tg:
+            await self._intake.listen(worker.keys)  # before the worker first parks
             await tg.start(worker.serve)
             await self._notifications.listen(worker.keys.cancel_channel, worker.cancel_run)
             task_status.started()
@@ -280,6 +286,7 @@ class RedisWorkflowProvider:
             leases=self._leases,
             telemetry=self._telemetry,
             on_retry=self._timers.wake,
+            intake=self._intake,
         )
         self._workers[name] = worker
         self._definitions[name] = consumer.definition
