@@ -33,8 +33,9 @@ LOST_WAKE_UP = 5.0
 """The pickup delay the README states for an entry whose wake-up was lost (the intake's sweep
 period, ``SWEEP``, with fewer than 1,250 parked workflows)."""
 HANDFUL = 60
-"""Most connections the idle provider may hold: its pub/sub, heartbeat, lease and the few the
-bounded start-up burst opened (32 idle-path calls, 16 ticks); not one per workflow."""
+"""Most connections the idle provider may hold: its pub/sub, heartbeat and lease, and the few
+its bounded start-up burst opened (8 idle-path calls and 8 ticks at a time, per node); not one
+per workflow."""
 
 
 class Unit(BaseModel):

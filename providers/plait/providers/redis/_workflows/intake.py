@@ -41,7 +41,7 @@ SWEEP_RATE = 250
 """Most parked workflows one instance sweeps a second (more stretch the sweep's period)."""
 _BATCH = 250
 """Commands per pipeline of a sweep."""
-_STARTING = 32
+_STARTING = 8
 """Most idle-path calls (preparing a group, parking) in flight at once: thousands of workflows
 starting together must not take a pooled connection each."""
 

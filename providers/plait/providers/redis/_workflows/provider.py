@@ -261,7 +261,8 @@ class RedisWorkflowProvider:
         self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
     ) -> None:
         async with anyio.create_task_group() as tg:
-            await self._intake.listen(worker.keys)  # before the worker first parks
+            # Not waited for: the confirmation wakes the worker if it parked before it came.
+            tg.start_soon(self._intake.listen, worker.keys)
             await tg.start(worker.serve)
             await self._notifications.listen(worker.keys.cancel_channel, worker.cancel_run)
             task_status.started()

@@ -35,7 +35,7 @@ SWEEP_RATE = 20.0
 """Most fallback ticks a second (more workflows stretch :data:`SWEEP`)."""
 _RETRY = 1.0
 """Seconds before a tick that failed is tried again."""
-_TICKS = 16
+_TICKS = 8
 """Most ticks in flight at once."""
 
 
