@@ -14,13 +14,15 @@ What a lost message would miss is found by a sweep: every :data:`SWEEP` s (more 
 many parked workflows: at most :data:`SWEEP_RATE` of them a second) one pipelined
 ``XINFO GROUPS`` per parked workflow (split per node on a Cluster) measures its depth and wakes
 the workflows whose group has entries not delivered yet (lag) or pending ones (a reclaim pass
-takes over those of a dead instance). A channel subscribed again after pub/sub reconnected
-wakes its workflow at once.
+takes over those of a dead instance). The same check runs at once for the workflows whose
+channel was just subscribed (at start, and again after pub/sub reconnected, when messages may
+have been lost).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +42,8 @@ SWEEP = 5.0
 SWEEP_RATE = 250
 """Most parked workflows one instance sweeps a second (more stretch the sweep's period)."""
 _BATCH = 250
+_GATHER = 0.05
+"""Seconds a check of just-subscribed channels waits for more confirmations to come."""
 """Commands per pipeline of a sweep."""
 _STARTING = 8
 """Most idle-path calls (preparing a group, parking) in flight at once: thousands of workflows
@@ -80,6 +84,9 @@ class Intake:
         self._client: Any = connection.client
         self._notifications = notifications
         self._parked: dict[str, _Parked] = {}
+        self._recheck: set[str] = set()
+        """Streams whose wake channel was (re)subscribed since the last check."""
+        self._rechecking = anyio.Event()
         self.limiter = anyio.CapacityLimiter(_STARTING)
         """Bounds the idle-path calls in flight (shared by every worker of the provider)."""
 
@@ -123,7 +130,11 @@ class Intake:
         def woken(_message: str = "") -> None:
             self.wake(keys.jobs, "entries")
 
-        await self._notifications.listen(keys.wake_channel, woken, subscribed=woken)
+        def subscribed() -> None:  # a wake-up may have been missed until now: checked
+            self._recheck.add(keys.jobs)
+            self._rechecking.set()
+
+        await self._notifications.listen(keys.wake_channel, woken, subscribed=subscribed)
 
     def wake(self, jobs: str, reason: str) -> None:
         """Wake the worker parked on ``jobs`` (if any): ``entries`` or ``reclaim``."""
@@ -175,17 +186,28 @@ class Intake:
         return max(SWEEP, len(self._parked) / SWEEP_RATE)
 
     async def serve(self) -> None:
-        """Sweep the parked workflows until cancelled."""
+        """Sweep the parked workflows until cancelled, and those whose channel was just
+        subscribed (again) at once: one pipelined check instead of a read each."""
+        next_sweep = time.monotonic() + self.period()
         while True:
-            await anyio.sleep(self.period())
+            with anyio.move_on_after(max(next_sweep - time.monotonic(), 0.0)):
+                await self._rechecking.wait()
+            only: set[str] | None = None
+            if self._rechecking.is_set():
+                await anyio.sleep(_GATHER)  # confirmations come in bursts
+                self._rechecking = anyio.Event()
+                only, self._recheck = self._recheck, set()
+            else:
+                next_sweep = time.monotonic() + self.period()
             try:
-                await self.sweep()
+                await self.sweep(only)
             except Exception:  # a reply that does not decode: logged, the next sweep goes on
                 logger.exception("sweeping idle workflows failed")
 
-    async def sweep(self) -> None:
-        """Measure every parked workflow's group; wake those with entries to read or reclaim."""
-        parked = list(self._parked.items())
+    async def sweep(self, only: set[str] | None = None) -> None:
+        """Measure every parked workflow's group (or those of ``only``); wake those with
+        entries to read or reclaim."""
+        parked = [(jobs, p) for jobs, p in self._parked.items() if only is None or jobs in only]
         for start in range(0, len(parked), _BATCH):
             batch = parked[start : start + _BATCH]
             pipe = self._client.pipeline(transaction=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import random
 import time
 from typing import Any
 
@@ -114,7 +115,7 @@ class Timers:
         try:
             async with self._limiter:
                 _, _, next_due, now = await self._scripts.tick(keys)
-            after = self.sweep()
+            after = self.sweep() * random.uniform(0.5, 1.0)  # spread: not all at once
             if next_due >= 0:
                 after = min(max((next_due - now) / 1000, 0.0), after)
         except CONNECTION_ERRORS as error:
