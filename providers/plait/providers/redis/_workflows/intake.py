@@ -10,9 +10,10 @@ single Redis as on a Cluster (where one blocking read cannot cover streams of se
 On ``memory://`` the scripts' in-process wake-ups (:class:`~.._core.memory.WakeUps`) take the
 place of the channel.
 
-What a lost message would miss is found by a sweep: every :data:`SWEEP` s (more slowly with
-many parked workflows: at most :data:`SWEEP_RATE` of them a second) one pipelined
-``XINFO GROUPS`` per parked workflow (split per node on a Cluster) measures its depth and wakes
+What a lost message would miss is found by a sweep: every :data:`SWEEP` s, or every
+``stall_timeout / 2`` when that is shorter (more slowly with many parked workflows: at most
+:data:`SWEEP_RATE` of them a second), one pipelined ``XINFO GROUPS`` per parked workflow
+(split per node on a Cluster) measures its depth and wakes
 the workflows whose group has entries not delivered yet (lag) or pending ones (a reclaim pass
 takes over those of a dead instance). The same check runs at once for the workflows whose
 channel was just subscribed (at start, and again after pub/sub reconnected, when messages may
@@ -38,7 +39,8 @@ from .._core.wire import lenient_text
 logger = logging.getLogger("plait.worker")
 
 SWEEP = 5.0
-"""Seconds between two sweeps of the parked workflows (the pickup delay of a lost wake-up)."""
+"""Most seconds between two sweeps of the parked workflows (the pickup delay of a lost wake-up);
+``stall_timeout / 2`` when shorter, as often as a busy workflow's reclaim passes."""
 SWEEP_RATE = 250
 """Most parked workflows one instance sweeps a second (more stretch the sweep's period)."""
 _BATCH = 250
@@ -79,8 +81,11 @@ class _Parked:
 class Intake:
     """The wake-ups and the sweep of one provider's parked workflows."""
 
-    def __init__(self, connection: Connection, notifications: Notifications) -> None:
+    def __init__(
+        self, connection: Connection, notifications: Notifications, *, stall: float
+    ) -> None:
         self._connection = connection
+        self._every = min(SWEEP, stall / 2)  # a reclaim pass of a parked workflow is due so often
         self._client: Any = connection.client
         self._notifications = notifications
         self._parked: dict[str, _Parked] = {}
@@ -183,7 +188,7 @@ class Intake:
 
     def period(self) -> float:
         """Seconds until the next sweep."""
-        return max(SWEEP, len(self._parked) / SWEEP_RATE)
+        return max(self._every, len(self._parked) / SWEEP_RATE)
 
     async def serve(self) -> None:
         """Sweep the parked workflows until cancelled, and those whose channel was just

@@ -114,7 +114,9 @@ class RedisWorkflowProvider:
         )
         self._runs.close()
         self._timers = Timers(self._scripts, opts.prefix, self._notifications)
-        self._intake = Intake(self._connection, self._notifications)
+        self._intake = Intake(
+            self._connection, self._notifications, stall=opts.stall_timeout.total_seconds()
+        )
         self._reconciler = Reconciler(
             self._connection,
             self._scripts,
