@@ -90,8 +90,16 @@ class Servers:
                 check=True,
             )
         nodes = [sync_redis.Redis(port=port) for port in self.ports]
+        try:
+            self._form(nodes)
+        except BaseException:
+            self.stop()  # servers that never formed a cluster are not left running
+            raise
+        self.nodes = nodes
+
+    def _form(self, nodes: list[sync_redis.Redis]) -> None:
         _until(lambda: all(self._pong(n) for n in nodes), "nodes answer")
-        if cluster:
+        if self.cluster:
             subprocess.run(
                 [
                     *("redis-cli", "--cluster", "create"),
@@ -102,7 +110,6 @@ class Servers:
                 capture_output=True,
             )
             _until(lambda: all(self._ok(n) for n in nodes), "cluster ok")
-        self.nodes = nodes
 
     @staticmethod
     def _ok(node: sync_redis.Redis) -> bool:
