@@ -33,6 +33,7 @@ codec) and never import each other; both stand on ``_core``::
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
       worker.py       intake: read, reclaim, start in batches, hold and release entries
+      intake.py       idle workflows: parked on wake-ups, one sweep for all
       attempt.py      running one attempt and recording its outcome
       handlers.py     a consumer's handlers: contexts, policies, calls, results
       jobs.py         job names: steps, rollbacks, on_complete, on_error

@@ -24,7 +24,9 @@ one attempt of a job::
     <prefix>:{<wf>}:caps              string   JSON {oc, oe, rb}: which handlers (on_complete,
                                                on_error, rollbacks) the consumers have
     <prefix>:{<wf>}:stats             hash     status -> runs that ended so; ``fenced`` ->
-                                               writes refused because their attempt was stale
+                                               writes refused because their attempt was stale;
+                                               ``idle`` (present while an instance waits on
+                                               ``wake`` instead of reading the stream)
     <prefix>:{<wf>}:idem:<key>        string   "run|input hash" of the run owning the
                                                idempotency key (expires: retention after it ends)
     <prefix>:{<wf>}:run:<id>          hash     the run record: status, plan, per-job fields
@@ -35,7 +37,10 @@ one attempt of a job::
     <prefix>:{<wf>}:finished          channel  "run|STATUS" when a run ends
     <prefix>:{<wf>}:cancel            channel  run id when its running steps must stop
     <prefix>:{<wf>}:deadline          channel  deadline ms of a run whose deadline became the
-                                               workflow's earliest (wakes every timer)
+                                               workflow's earliest, or of the earliest retry
+                                               (wakes every timer)
+    <prefix>:{<wf>}:wake              channel  "" when an entry is added to ``jobs`` while
+                                               ``stats`` holds ``idle`` (wakes idle workers)
 
 A finished run's record, results, events and idempotency key expire ``retention`` after it
 ended. Lua scripts declare in KEYS every key they touch that the caller can name, so Redis
@@ -187,6 +192,12 @@ class WorkflowKeys:
         """Pub/sub channel told a deadline ms when it became the workflow's earliest."""
         return self.base + "deadline"
 
+    @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel told when an entry is added to :attr:`jobs` while an instance waits
+        for one without reading (the ``idle`` field of :attr:`stats`)."""
+        return self.base + "wake"
+
     def idempotency(self, key: str) -> str:
         """The run owning idempotency ``key`` (and its input hash)."""
         return f"{self.base}idem:{key}"
@@ -327,6 +338,7 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:finished", "channel"),
     KeyPattern("<prefix>:{<wf>}:cancel", "channel"),
     KeyPattern("<prefix>:{<wf>}:deadline", "channel"),
+    KeyPattern("<prefix>:{<wf>}:wake", "channel"),
     KeyPattern("<prefix>:ev:{<event>}:stream", "stream"),
     KeyPattern("<prefix>:ev:{<event>}:dead", "stream"),
     KeyPattern("<prefix>:ev:{<event>}:delayed", "zset"),

@@ -21,17 +21,21 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+
+class _Settable(Protocol):
+    def set(self) -> None: ...
 
 
 class WakeUps:
     """In-process "a job was enqueued on this stream" notifications for ``memory://``."""
 
     def __init__(self) -> None:
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[_Settable]] = {}
 
     def kick(self, key: str) -> None:
         """Wake every reader waiting on ``key``."""
@@ -42,9 +46,15 @@ class WakeUps:
     async def listening(self, key: str) -> AsyncIterator[asyncio.Event]:
         """An event set whenever ``key`` is kicked, for as long as the context lasts."""
         event = asyncio.Event()
+        with self.telling(key, event):
+            yield event
+
+    @contextmanager
+    def telling(self, key: str, event: _Settable) -> Iterator[None]:
+        """Set ``event`` whenever ``key`` is kicked, for as long as the context lasts."""
         self._events.setdefault(key, set()).add(event)
         try:
-            yield event
+            yield
         finally:
             waiting = self._events.get(key)
             if waiting is not None:

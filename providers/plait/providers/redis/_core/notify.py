@@ -48,6 +48,7 @@ class Notifications:
         # One SUBSCRIBE at a time: two at once on a fresh session would each open a connection
         # (redis-py connects lazily) and the listener would read only the last one.
         self._subscribing = anyio.Lock()
+        self._unsent: list[str] = []
 
     async def listen(
         self,
@@ -72,10 +73,15 @@ class Notifications:
             self._confirmed[channel] = anyio.Event()
             self._ready.set()
             if self._pubsub is not None:
-                # on failure, the session resubscribes every channel when it reconnects
+                # Channels asked for meanwhile go in one SUBSCRIBE (thousands of workflows
+                # start at once); on failure, the session resubscribes every channel when it
+                # reconnects.
+                self._unsent.append(channel)
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     async with self._subscribing:
-                        await self._pubsub.subscribe(channel)
+                        batch, self._unsent = self._unsent, []
+                        if batch and self._pubsub is not None:
+                            await self._pubsub.subscribe(*batch)
         with anyio.move_on_after(timeout) as waiting:
             await self._confirmed[channel].wait()
         if waiting.cancelled_caught:

@@ -43,6 +43,7 @@ from .._ops.health import Health, Readiness, check_health, check_readiness, with
 from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
+from .intake import Intake
 from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
@@ -117,6 +118,9 @@ class RedisWorkflowProvider:
         )
         self._runs.close()
         self._timers = Timers(self._scripts, opts.prefix, self._notifications)
+        self._intake = Intake(
+            self._connection, self._notifications, stall=opts.stall_timeout.total_seconds()
+        )
         self._reconciler = Reconciler(
             self._connection,
             self._scripts,
@@ -250,8 +254,11 @@ class RedisWorkflowProvider:
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
             await self._enroll(list(self._workers))
-            for worker in self._workers.values():
-                await tg.start(self._run_worker, worker)
+            tg.start_soon(self._intake.serve)
+            await self._intake.prepare(list(self._workers.values()))  # pipelined
+            async with anyio.create_task_group() as starting:  # thousands: not one by one
+                for worker in self._workers.values():
+                    starting.start_soon(tg.start, self._run_worker, worker)
             if self._workers:
                 stall = self.options.stall_timeout.total_seconds()
                 tg.start_soon(check_round_trip, self._connection.client, stall, self.provider_id)
@@ -288,6 +295,8 @@ class RedisWorkflowProvider:
         self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
     ) -> None:
         async with anyio.create_task_group() as tg:
+            # Not waited for: the confirmation wakes the worker if it parked before it came.
+            tg.start_soon(self._intake.listen, worker.keys)
             await tg.start(worker.serve)
             await self._notifications.listen(worker.keys.cancel_channel, worker.cancel_run)
             task_status.started()
@@ -317,6 +326,7 @@ class RedisWorkflowProvider:
             leases=self._leases,
             telemetry=self._telemetry,
             on_retry=self._timers.wake,
+            intake=self._intake,
         )
         self._workers[name] = worker
         self._definitions[name] = consumer.definition

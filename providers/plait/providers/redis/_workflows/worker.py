@@ -7,7 +7,9 @@ run deadline, then one Lua call that records the outcome and may take the next e
 first of which runs in the same task). While an entry is held, a lease thread keeps it fresh in
 the pending list (``XCLAIM JUSTID``, see ``lease``); entries left idle by a dead instance are
 taken over by the reclaim loop (``XAUTOCLAIM``) and the attempt they carried is failed as
-``plait.WorkerLost`` and retried.
+``plait.WorkerLost`` and retried. A workflow whose reads found nothing for :data:`_READ_WAIT`
+stops reading and parks in the provider's ``intake`` until an entry is added (no connection, no
+command while idle); it reads on its own again from the first entry it gets.
 Only the token-checked scripts acknowledge entries, so a zombie can never empty the pending list.
 """
 
@@ -33,6 +35,7 @@ from .._core.telemetry import Telemetry
 from .._core.wire import lenient_text
 from .attempt import Attempts, transition
 from .handlers import Handlers
+from .intake import Intake
 from .lease import Leases
 from .options import WorkflowProviderOptions
 from .scripts import Job, Refused, RunScripts, StartReply, Taken
@@ -45,7 +48,8 @@ _Runner = Callable[..., Awaitable[list[Taken]]]
 _Work = tuple[_Runner, str, tuple[Any, ...]]
 
 _READ_WAIT = 1.0
-"""Longest wait of an idle read for new entries (shorter when a reclaim pass is due sooner)."""
+"""Longest wait of an idle read for new entries (shorter when a reclaim pass is due sooner);
+a workflow whose reads found nothing for this long parks in the intake."""
 _RECLAIM_CALLS = 100
 """Most XAUTOCLAIM calls of one reclaim pass (each examines up to 10 x free slots entries)."""
 
@@ -64,6 +68,7 @@ class Worker:
         leases: Leases,
         telemetry: Telemetry,
         on_retry: Callable[[str], None],
+        intake: Intake | None = None,
     ) -> None:
         owner = options.provider_id or ""
         self.keys = WorkflowKeys(options.prefix, handlers.definition.name)
@@ -85,7 +90,7 @@ class Worker:
         self.concurrency = options.concurrency
         """Most jobs of this workflow running at once here (changes apply as jobs finish)."""
         self._stall = options.stall_timeout.total_seconds()
-        self._caps = caps
+        self.caps = caps
         self._leases = leases
         self.depth = 0
         self._held: set[str] = set()
@@ -97,6 +102,11 @@ class Worker:
         self._tg: TaskGroup | None = None
         self._reclaim_from = "0-0"
         """Where the next reclaim pass starts walking the pending list (XAUTOCLAIM cursor)."""
+        self._intake_of = intake
+        self.prepared = False
+        """Whether the group and caps were made for this worker already (see ``intake``)."""
+        self.armed = False
+        """Whether its ``idle`` field is set already (its first park need not set it)."""
 
     @property
     def running(self) -> int:
@@ -107,11 +117,15 @@ class Worker:
         """Create the consumer group (from the stream's start) and publish the handler caps."""
         with suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
             await self._client.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
-        await self._client.set(self.keys.caps, self._caps)
+        await self._client.set(self.keys.caps, self.caps)
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Take and run jobs until cancelled; :meth:`drain` stops the intake first."""
-        await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
+        if self._intake_of is None:
+            await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
+        elif not self.prepared:
+            async with self._intake_of.limiter:
+                await call_forever(self.prepare, what="prepare", stopping=lambda: self._stopping)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._keep_taking)
@@ -144,7 +158,9 @@ class Worker:
                 await anyio.sleep(1.0)
 
     async def _take_loop(self) -> None:
-        next_reclaim = 0.0
+        # Parked from the start, the intake's sweep does the first reclaim pass.
+        next_reclaim = 0.0 if self._intake_of is None else time.monotonic() + self._stall / 2
+        quiet_since = float("-inf")  # reads found nothing since then (a new worker: parks)
         while not self._stopping:
             # A drain cancels the waiting and reading, never a start call already made: the
             # attempts it marked running are run, not left to be reclaimed as lost.
@@ -156,24 +172,44 @@ class Worker:
                     self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
                     continue
-                if time.monotonic() >= next_reclaim:
-                    await self._measure_depth()
-                    entries = await self._reclaim(free)
+                now = time.monotonic()
+                if now >= next_reclaim:
+                    entries = await self._reclaim_pass(free)
                     # Counted from the pass's end: a pass slower than stall/2 (a long round
                     # trip) still leaves the reads their time, so the worker is slow, not stuck.
                     next_reclaim = time.monotonic() + self._stall / 2
+                elif self._intake_of is not None and now - quiet_since >= _READ_WAIT:
+                    # Idle: wait in the intake (its sweep does the reclaim passes meanwhile).
+                    entries, why = await self._intake_of.park(self, self._reader(free))
+                    next_reclaim = 0.0 if why == "reclaim" else time.monotonic() + self._stall / 2
+                    if why == "entries" and not entries:  # woken: read before arming again
+                        entries = await self._read(free, 0)
                 else:
                     # An idle read waits no longer than the next reclaim pass is due.
-                    wait = min(max(next_reclaim - time.monotonic(), 0.01), _READ_WAIT)
+                    wait = min(max(next_reclaim - now, 0.01), _READ_WAIT)
                     entries = await self._read(free, wait)
+                if entries:
+                    quiet_since = time.monotonic()
             await self._take(entries)
+
+    def _reader(self, count: int) -> Callable[[], Awaitable[list[tuple[bytes, Any]]]]:
+        return lambda: self._read(count, 0)
+
+    async def _reclaim_pass(self, free: int) -> list[tuple[bytes, Any]]:
+        if self._intake_of is None:
+            await self._measure_depth()
+            return await self._reclaim(free)
+        async with self._intake_of.limiter:  # thousands of workflows starting at once
+            await self._measure_depth()
+            return await self._reclaim(free)
 
     async def _read(self, count: int, wait: float) -> list[tuple[bytes, Any]]:
         streams: dict[Any, Any] = {self.keys.jobs: ">"}
         try:
-            if self._connection.wakeups is None:
+            if self._connection.wakeups is None or not wait:
+                block = int(wait * 1000) if wait else None
                 reply = await self._client.xreadgroup(
-                    GROUP, self._owner, streams, count=count, block=int(wait * 1000)
+                    GROUP, self._owner, streams, count=count, block=block
                 )
                 return _entries(reply)
             async with self._connection.wakeups.listening(self.keys.jobs) as kicked:

@@ -132,10 +132,13 @@ local function ack(c, entry)
   end
 end
 
--- Put an attempt of `job` with token `tok` on the stream and remember its entry.
+-- Put an attempt of `job` with token `tok` on the stream and remember its entry. An instance
+-- that waits for this workflow's jobs without a read of its own (it set STATS 'idle' before a
+-- read that found nothing) is told on the workflow's 'wake' channel; the flag goes with it.
 local function push(c, job, tok)
   local id = redis.call('XADD', JOBS, '*', 'r', c.run, 'j', job, 't', tok)
   redis.call('HSET', c.r, job .. '|st', 'queued', job .. '|tk', tok, job .. '|en', id)
+  if redis.call('HDEL', STATS, 'idle') == 1 then redis.call('PUBLISH', c.base .. 'wake', '') end
 end
 
 -- A job put aside by a global limit ("run|job|token" in the waiting or delayed set) may try
