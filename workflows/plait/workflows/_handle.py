@@ -86,7 +86,9 @@ class RunEvent:
     """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
 
     ``kind`` is one of ``run.started``, ``step.started``, ``step.progress``, ``step.completed``,
-    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``.
+    ``step.failed``, ``step.retrying``, ``step.released`` (a stopping instance handed the
+    attempt back, or one that cannot run the job put it back: it runs again as the same
+    attempt), ``compensating`` and ``finished``.
     """
 
     kind: str

@@ -74,6 +74,16 @@ class Attempts:
         self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
         self._run_stopped: set[str] = set()
         """Entries whose attempt ``cancel_run`` cancelled (not their timeout or deadline)."""
+        self.interrupting = False
+        """Whether the worker's stop interrupts attempts: they are handed back, not run."""
+
+    def interrupt(self) -> None:
+        """Cancel every running attempt for the stop: each hands its job back to the group
+        (queued again at once, no attempt spent), and attempts started from now on too."""
+        self.interrupting = True
+        for attempts in list(self._scopes.values()):
+            for _, scope in list(attempts.values()):
+                scope.cancel()
 
     def cancel_run(self, run_id: str) -> None:
         """Cancel the running attempts of ``run_id`` (not its compensation)."""
@@ -142,7 +152,22 @@ class Attempts:
             self._keys.workflow,
         )
 
+    async def hand_back(self, job: Job, *, started: bool = True) -> None:
+        """Release a job this worker took for another instance, at once and without spending an
+        attempt (see ``run_release.lua``); ``started=False`` releases it only while it is
+        queued (never an attempt marked running, which may be another process's of the same
+        provider id)."""
+        released = await transition(
+            lambda: self._scripts.release(self._keys, job, self._owner, started=started),
+            self._keys.workflow,
+        )
+        if released:
+            logger.info("run %s: %s handed back for another instance", job.run_id, job.name)
+
     async def _attempt(self, job: Job, started: Started) -> list[Taken]:
+        if self.interrupting:
+            await self.hand_back(job)
+            return []
         limit, deadline_ms = self._limit(job, started)
         # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
@@ -167,7 +192,9 @@ class Attempts:
                             result = await self._call(job, started, base, thread)
                     except Exception as raised:
                         error = raised
-                if scope.cancelled_caught:
+                if scope.cancelled_caught and self.interrupting:
+                    error = None  # the stop interrupted it: handed back below, not failed
+                elif scope.cancelled_caught:
                     error = await self._stopped(job, limit, deadline_ms)
                     if isinstance(error, RunStoppedError) and thread.left:
                         result, error = await self._outlived(job, thread, began)
@@ -193,6 +220,8 @@ class Attempts:
             await self._record_failure(job, started.attempt, error, span=span_id)
             return []
         if result is None:
+            if scope.cancelled_caught and self.interrupting:
+                await self.hand_back(job)
             return []
         return await self._complete(job, started, result)
 

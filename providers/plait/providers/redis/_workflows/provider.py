@@ -188,7 +188,9 @@ class RedisWorkflowProvider:
     async def stop(self) -> None:
         """Stop taking steps, wait up to ``shutdown_timeout`` for running ones, release Redis.
 
-        Steps still running after the timeout are left to be reclaimed by other instances;
+        Steps still running after the timeout are interrupted and handed back at once, without
+        spending an attempt, for other instances to run (what cannot be handed back within a
+        second is reclaimed after ``stall_timeout``);
         pending ``result()`` and ``watch()`` calls on this instance raise
         :class:`~plait.workflows.ProviderClosedError`. Also ends a running :meth:`serve`.
         """
@@ -250,7 +252,9 @@ class RedisWorkflowProvider:
                 tg.start_soon(worker.drain, timeout)
         left = sum(worker.running for worker in self._workers.values())
         if left:
-            logger.warning("%s: %d running steps left to be reclaimed", self.provider_id, left)
+            logger.warning(
+                "%s: %d running steps not handed back, left to be reclaimed", self.provider_id, left
+            )
 
     async def _run_worker(
         self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED

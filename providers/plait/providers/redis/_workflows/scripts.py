@@ -150,6 +150,7 @@ class RunScripts:
         self._progress = register(client, "run_progress", "run_lib")
         self._retry = register(client, "run_retry", "run_lib")
         self._reconcile = register(client, "run_reconcile", "run_lib")
+        self._release = register(client, "run_release", "run_lib")
         self._dead_letter = register(client, "run_dead_letter")
 
     def call_id(self) -> str:
@@ -295,6 +296,20 @@ class RunScripts:
         if outcome == "repaired":
             self._connection.kick(keys.jobs)
         return outcome, text(reply[1])
+
+    async def release(
+        self, keys: WorkflowKeys, job: Job, owner: str, *, delay_ms: int = 0, started: bool = True
+    ) -> bool:
+        """Hand a held job back to the group without spending an attempt (queued again under a
+        new token, at once or after ``delay_ms``); False when it was no longer this worker's
+        to hand back (superseded, finished, another instance's attempt; with
+        ``started=False``, an attempt marked running)."""
+        args = [keys.base, job.run_id, job.name, job.token, job.entry, owner, delay_ms]
+        reply = await self._connection.run(
+            self._release, keys=_run_keys(keys, job.run_id), args=[*args, int(started)]
+        )
+        self._connection.kick(keys.jobs)
+        return text(reply[0]) == "released"
 
     async def dead_letter(
         self, stream: str, dead: str, entry: str, reason: str, fields: dict[str, str]

@@ -35,6 +35,7 @@ from .attempt import Attempts, transition
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderOptions
+from .release import HAND_BACK, hand_back
 from .scripts import Job, Refused, RunScripts, StartReply, Taken
 
 logger = logging.getLogger("plait.worker")
@@ -85,6 +86,7 @@ class Worker:
         self.concurrency = options.concurrency
         """Most jobs of this workflow running at once here (changes apply as jobs finish)."""
         self._stall = options.stall_timeout.total_seconds()
+        self._hand_back_bound = min(options.connect_timeout.total_seconds(), HAND_BACK)
         self._caps = caps
         self._leases = leases
         self.depth = 0
@@ -103,6 +105,25 @@ class Worker:
         """Jobs held by this worker now."""
         return len(self._held)
 
+    @property
+    def idle(self) -> anyio.Event:
+        """Set while this worker holds no job."""
+        return self._idle
+
+    @property
+    def client(self) -> Any:
+        """The Redis client of this worker."""
+        return self._client
+
+    @property
+    def owner(self) -> str:
+        """This instance's consumer name in the group."""
+        return self._owner
+
+    def holds(self, entry: str) -> bool:
+        """Whether a task of this worker holds ``entry`` now."""
+        return entry in self._held
+
     async def prepare(self) -> None:
         """Create the consumer group (from the stream's start) and publish the handler caps."""
         with suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
@@ -118,14 +139,15 @@ class Worker:
             task_status.started()
 
     async def drain(self, timeout: float) -> bool:
-        """Stop taking jobs and wait up to ``timeout`` s for running ones; True when idle."""
+        """Stop taking jobs and wait up to ``timeout`` s for running ones, then hand back what
+        is left (see :mod:`.release`); True when every job ended or was handed back."""
         self._stopping = True
         self._attempts.taking = False
         if self._intake is not None:
             self._intake.cancel()
         with anyio.move_on_after(timeout):
             await self._idle.wait()
-        return self._idle.is_set()
+        return await hand_back(self, self._attempts, self._hand_back_bound)
 
     def cancel_run(self, run_id: str) -> None:
         """Cancel this instance's running attempts of ``run_id`` (not its compensation)."""
