@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from apps.deploy_app import shipping_v1
+from apps.definitions import shipping_v1
 from conftest import REDIS_URL, Spawn, eventually, ready
 
 from plait.providers.redis import RedisWorkflowProvider

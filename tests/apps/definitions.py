@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from plait.workflows import Workflow
+from plait.workflows import RetryPolicy, Workflow
 
 
 class Job(BaseModel):
@@ -19,3 +19,10 @@ booking: Workflow[Job, Any] = Workflow("booking", input=Job).step("book").step("
 crunch: Workflow[Job, Any] = Workflow("crunch", input=Job).step("crunch")
 capped: Workflow[Job, Any] = Workflow("capped", input=Job, concurrency=2).step("work")
 stuck: Workflow[Job, Any] = Workflow("stuck", input=Job).parallel("done", "hang")
+
+ONCE = RetryPolicy(max_attempts=1)
+shipping_v1: Workflow[Job, Any] = (
+    Workflow("shipping", input=Job).step("pack", retry=ONCE).step("label", retry=ONCE)
+)
+"""Version 1 of a workflow deployed in place: version 2 adds the step ``ship``."""
+shipping_v2: Workflow[Job, Any] = shipping_v1.step("ship", retry=ONCE)

@@ -20,21 +20,15 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from apps.definitions import Job
+from apps.definitions import Job, shipping_v1, shipping_v2
 
 from plait.providers.redis import RedisWorkflowProvider
-from plait.workflows import NonRetryableError, RetryPolicy, StepContext, Workflow, WorkflowConsumer
+from plait.workflows import NonRetryableError, StepContext, WorkflowConsumer
 
 URL = os.environ.get("PLAIT_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("PLAIT_PREFIX", "plait-test")
 VERSION = os.environ.get("PLAIT_VERSION", "2")
 STEP_SECONDS = float(os.environ.get("PLAIT_STEP_SECONDS", "0.01"))
-
-ONCE = RetryPolicy(max_attempts=1)
-shipping_v1: Workflow[Job, Any] = (
-    Workflow("shipping", input=Job).step("pack", retry=ONCE).step("label", retry=ONCE)
-)
-shipping_v2: Workflow[Job, Any] = shipping_v1.step("ship", retry=ONCE)
 
 _counter: list[Any] = []
 
@@ -86,5 +80,6 @@ provider = RedisWorkflowProvider.from_url(
     provider_id=os.environ.get("PLAIT_ID", f"deploy-{os.getpid()}"),
     stall_timeout=timedelta(seconds=float(os.environ.get("PLAIT_STALL", "30"))),
     shutdown_timeout=timedelta(seconds=float(os.environ.get("PLAIT_SHUTDOWN", "1"))),
+    missing_handler_grace=timedelta(seconds=float(os.environ.get("PLAIT_GRACE", "600"))),
 )
 provider.register(consumer(VERSION))

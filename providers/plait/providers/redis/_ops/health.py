@@ -10,7 +10,10 @@ subscribing group). Health is not ok when Redis cannot be reached, when entries 
 *stalled* (pending without a lease renewal for ``stalled_after``: their consumer died and no
 live instance took them over), or when the oldest entry a group has not read yet has waited
 longer than ``max_wait`` (no live consumer, or too few); a provider's own report is also not ok
-when that provider is not alive (:func:`with_liveness`).
+when that provider is not alive (:func:`with_liveness`), or when a workflow's jobs wait for a
+consumer that can run them (put back lately because no live instance announced their step,
+rollback or hook, see ``_workflows/capabilities``). A workflow's queue lists the versions its
+live consumers announced.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from redis import exceptions as redis_errors
 from .._core.errors import UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
 from .._core.wire import text
+from .._workflows.jobs import display_name
 from .catalog import event_names, workflow_names
-from .heartbeat import FORGET_AFTER, HEARTBEAT
+from .heartbeat import ANNOUNCED_FOR, FORGET_AFTER, HEARTBEAT
 
 LIVE_BEATS = 3
 """An instance is live while its last heartbeat is at most this many periods old."""
@@ -35,6 +39,8 @@ LAG_CAP = 10_000
 """Longest range counted when Redis cannot tell a group's lag itself."""
 STALL_SAMPLE = 1_000
 """Most stalled entries counted per group."""
+WAITED_LATELY = 10.0
+"""Seconds after its last put-back that a job still counts as waiting for a consumer."""
 WF = ("jobs", "dead")
 EV = ("stream", "dead")
 
@@ -72,6 +78,11 @@ class QueueHealth:
     dead_letters: int
     """Entries in the dead-letter stream."""
     groups: tuple[GroupHealth, ...] = ()
+    versions: tuple[str, ...] = ()
+    """The definition versions the workflow's live consumers announced (workflows only)."""
+    waiting_for: tuple[str, ...] = ()
+    """Jobs (``ship``, ``rollback:ship``, ``on_error``...) put back lately because no live
+    instance announced them: runs wait for a consumer that can run them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,15 +245,35 @@ class _Reader:
                     name=GROUP, lag=length, pending=0, stalled=0, oldest_waiting=self._age(first)
                 )
             )
+        versions, waiting_for = await self._consumers(keys)
         queue = QueueHealth(
             kind="workflow",
             name=name,
             length=length,
             dead_letters=int(await self._client.xlen(keys.dead)),
             groups=tuple(groups),
+            versions=versions,
+            waiting_for=waiting_for,
         )
         self._judge(queue)
         return queue
+
+    async def _consumers(self, keys: WorkflowKeys) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The versions live consumers of a workflow announced, and the jobs waiting lately
+        for a consumer that can run them."""
+        versions: set[str] = set()
+        for row in (await self._client.hgetall(keys.consumers)).values():
+            seen, _, rest = text(row).partition("|")
+            live = seen.isdigit() and self._now_ms - int(seen) <= ANNOUNCED_FOR * 1000
+            if live:
+                versions.add(rest.partition("|")[0])
+        waiting = []
+        for field_name, value in (await self._client.hgetall(keys.stats)).items():
+            name, at = text(field_name), text(value)
+            lately = at.isdigit() and self._now_ms - int(at) <= WAITED_LATELY * 1000
+            if name.startswith("wait:") and lately:
+                waiting.append(display_name(name[len("wait:") :]))
+        return tuple(sorted(versions)), tuple(sorted(waiting))
 
     async def _event(self, name: str) -> QueueHealth:
         keys = EventKeys(self._prefix, name)
@@ -308,6 +339,11 @@ class _Reader:
 
     def _judge(self, queue: QueueHealth) -> None:
         what = f"{queue.kind} {queue.name!r}"
+        for job in queue.waiting_for:
+            self.problems.append(
+                f"{what}: waiting for a consumer that can run {job!r} (no live instance "
+                "announced it; its runs wait, see missing_handler_grace)"
+            )
         for group in queue.groups:
             where = what if queue.kind == "workflow" else f"{what} (group {group.name!r})"
             if group.stalled:

@@ -40,6 +40,11 @@ class WorkflowProviderOptions:
     reconcile_interval: timedelta = timedelta(seconds=30)
     """How often the reconciler looks for runs that cannot advance by themselves (one
     instance at a time does a pass)."""
+    missing_handler_grace: timedelta = timedelta(minutes=10)
+    """How long a job whose step, rollback or hook no live instance has announced waits for
+    one before it is dead-lettered and fails (``plait.UnknownJob``). Meanwhile an instance
+    without the handler puts the job back (no attempt spent) and health reports "waiting for a
+    consumer that can run" it: a rolling deploy that adds a step never fails a run."""
     tracer_provider: Any = None
     """The OpenTelemetry tracer provider (default: the global one)."""
     meter_provider: Any = None
@@ -65,5 +70,6 @@ class WorkflowProviderKeywords(TypedDict, total=False):
     shutdown_timeout: timedelta
     connect_timeout: timedelta
     reconcile_interval: timedelta
+    missing_handler_grace: timedelta
     tracer_provider: Any
     meter_provider: Any

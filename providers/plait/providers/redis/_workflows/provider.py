@@ -39,7 +39,8 @@ from .._core.tracing import outgoing_meta
 from .._core.wire import default_provider_id
 from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
-from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
+from .capabilities import Pins, announcement, pins_of
+from .codec import canonical_json, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
@@ -84,7 +85,8 @@ class RedisWorkflowProvider:
         **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
-            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``); the provider
+            ``reconcile_interval``, ``missing_handler_grace``, ``tracer_provider``,
+            ``meter_provider``); the provider
             keeps them as :attr:`options`.
     """
 
@@ -132,7 +134,11 @@ class RedisWorkflowProvider:
             kinds=WORKFLOW_KINDS,
         )
         self._tg: anyio.abc.TaskGroup | None = None
-        self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
+        self._heartbeat = Heartbeat(
+            self._connection.client, opts.prefix, self.provider_id, announcements=self._announced
+        )
+        self._pins: dict[Workflow[Any, Any], Pins] = {}
+        """What runs of each definition executed here record (computed once per definition)."""
 
     @classmethod
     def from_url(cls, url: str, **options: Unpack[WorkflowProviderKeywords]) -> Self:
@@ -275,17 +281,19 @@ class RedisWorkflowProvider:
         name = consumer.definition.name
         if name in self._workers:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
+        handlers = Handlers(consumer, self.options.retry)
         worker = Worker(
             self._connection,
             self._scripts,
-            Handlers(consumer, self.options.retry),
+            handlers,
             options=self.options,
-            caps=caps_of(consumer),
+            announcement=announcement(handlers.jobs(), consumer.definition.version),
             leases=self._leases,
             telemetry=self._telemetry,
             on_retry=self._timers.wake,
         )
         self._workers[name] = worker
+        self._pins = {d: pin for d, pin in self._pins.items() if d.name != name}
         self._definitions[name] = consumer.definition
         self._timers.watch(name)
         if self._tg is not None:
@@ -358,6 +366,7 @@ class RedisWorkflowProvider:
                     timeout_ms=int(deadline * 1000) if deadline else 0,
                     retention_ms=int(self.options.retention.total_seconds() * 1000),
                     limits_json=limits_of(definition),
+                    pinned=self._pinned(definition).args(),
                 ),
                 timeout=self.options.connect_timeout.total_seconds(),
                 what=f"execute {name}",
@@ -492,6 +501,19 @@ class RedisWorkflowProvider:
             if failure is not None:
                 raise ProviderClosedError(f"the workflow provider stopped: it died of {failure}")
             raise ProviderClosedError("the workflow provider is not started")
+
+    def _pinned(self, definition: Workflow[Any, Any]) -> Pins:
+        """What a run of ``definition`` executed here records (see ``capabilities``)."""
+        try:
+            return self._pins[definition]
+        except KeyError:
+            worker = self._workers.get(definition.name)
+            consumer = worker.consumer if worker is not None else None
+            return self._pins.setdefault(definition, pins_of(definition, consumer))
+
+    def _announced(self) -> list[tuple[str, str]]:
+        """What this instance announces with each heartbeat: one per registered workflow."""
+        return [(worker.keys.consumers, worker.announcement) for worker in self._workers.values()]
 
     def _depths(self) -> list[tuple[str, int]]:
         return [(name, worker.depth) for name, worker in self._workers.items()]

@@ -9,6 +9,8 @@ the pending list (``XCLAIM JUSTID``, see ``lease``); entries left idle by a dead
 taken over by the reclaim loop (``XAUTOCLAIM``) and the attempt they carried is failed as
 ``plait.WorkerLost`` and retried.
 Only the token-checked scripts acknowledge entries, so a zombie can never empty the pending list.
+An entry naming a job this consumer has no handler for is put back for another instance (see
+``capabilities``); a stopping worker hands its unfinished work back (see ``release``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import anyio
 from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 
+from plait.workflows import WorkflowConsumer
 from plait.workflows._errors import describe_exception
 
 from .._core.connection import Connection
@@ -31,12 +34,14 @@ from .._core.keys import GROUP, WorkflowKeys
 from .._core.retry import call_forever
 from .._core.telemetry import Telemetry
 from .._core.wire import lenient_text
+from .._ops.heartbeat import announce
 from .attempt import Attempts, transition
+from .capabilities import PutBack
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderOptions
 from .release import HAND_BACK, hand_back
-from .scripts import Job, Refused, RunScripts, StartReply, Taken
+from .scripts import Job, Refused, RunScripts, Started, StartReply, Taken
 
 logger = logging.getLogger("plait.worker")
 
@@ -61,7 +66,7 @@ class Worker:
         handlers: Handlers,
         *,
         options: WorkflowProviderOptions,
-        caps: str,
+        announcement: str,
         leases: Leases,
         telemetry: Telemetry,
         on_retry: Callable[[str], None],
@@ -87,7 +92,15 @@ class Worker:
         """Most jobs of this workflow running at once here (changes apply as jobs finish)."""
         self._stall = options.stall_timeout.total_seconds()
         self._hand_back_bound = min(options.connect_timeout.total_seconds(), HAND_BACK)
-        self._caps = caps
+        self.announcement = announcement
+        """What this instance announces it can run (see ``capabilities``), without its time."""
+        self._put_back = PutBack(
+            scripts,
+            self._attempts,
+            self,
+            grace_ms=int(options.missing_handler_grace.total_seconds() * 1000),
+            on_retry=on_retry,
+        )
         self._leases = leases
         self.depth = 0
         self._held: set[str] = set()
@@ -104,6 +117,11 @@ class Worker:
     def running(self) -> int:
         """Jobs held by this worker now."""
         return len(self._held)
+
+    @property
+    def consumer(self) -> WorkflowConsumer[Any, Any]:
+        """The consumer this worker runs."""
+        return self._handlers.consumer
 
     @property
     def idle(self) -> anyio.Event:
@@ -125,10 +143,11 @@ class Worker:
         return entry in self._held
 
     async def prepare(self) -> None:
-        """Create the consumer group (from the stream's start) and publish the handler caps."""
+        """Create the consumer group (from the stream's start) and announce what this
+        instance can run (the heartbeat refreshes it)."""
         with suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
             await self._client.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
-        await self._client.set(self.keys.caps, self._caps)
+        await announce(self._client, self.keys.consumers, self._owner, self.announcement)
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Take and run jobs until cancelled; :meth:`drain` stops the intake first."""
@@ -269,8 +288,10 @@ class Worker:
             entry, fields = lenient_text(raw_entry), raw_fields or {}
             self._hold(entry)
             job = _parse(entry, fields)
-            if isinstance(job, str) or not self._handlers.knows(job.name):
+            if isinstance(job, str):
                 self._spawn(self._refuse, entry, job, fields)
+            elif not self._handlers.knows(job.name):
+                self._spawn(self._put_back, entry, job, None)
             else:
                 batch.append(job)
         if not batch:
@@ -307,9 +328,11 @@ class Worker:
             )  # fmt: skip
         # Entries before the refused one were started by the failed call: starting them again
         # finds them running, so their attempts are recorded as lost and retried.
-        return [await self._start_alone(job) for job in batch]
+        return [await self.start_alone(job) for job in batch]
 
-    async def _start_alone(self, job: Job) -> StartReply:
+    async def start_alone(self, job: Job) -> StartReply:
+        """Mark one entry's attempt running (resent with its call id until Redis answers); a
+        refusal of Redis gives :class:`Refused`."""
         call = self._scripts.call_id()
         try:
             return await transition(
@@ -323,9 +346,11 @@ class Worker:
     def _work_of(self, item: Taken) -> _Work:
         """What to run for an entry a transition took for this worker (already started)."""
         if item.job is None:
-            return self._refuse, item.entry, (_parse(item.entry, item.fields), item.fields)
-        if not self._handlers.knows(item.job.name):
-            return self._refuse, item.entry, (item.job, item.fields)
+            parsed = _parse(item.entry, item.fields)
+            reason = parsed if isinstance(parsed, str) else "malformed entry: fields are not UTF-8"
+            return self._refuse, item.entry, (reason, item.fields)
+        if not self._handlers.knows(item.job.name) and isinstance(item.started, Started):
+            return self._put_back, item.entry, (item.job, item.started)
         return self._process, item.entry, (item.job, item.started)
 
     def _hold(self, entry: str) -> None:
@@ -377,13 +402,10 @@ class Worker:
 
     # -- entries that cannot run -------------------------------------------------------------
 
-    async def _refuse(self, entry: str, job: Job | str, fields: dict[bytes, bytes]) -> list[Taken]:
-        """Dead-letter a malformed entry, or the job of a step this consumer cannot run."""
+    async def _refuse(self, entry: str, reason: str, fields: dict[bytes, bytes]) -> list[Taken]:
+        """Dead-letter a malformed entry."""
         text = {lenient_text(k): lenient_text(v) for k, v in fields.items()}
-        if isinstance(job, str):
-            await self._attempts.dead_letter(entry, job, text)
-        else:
-            await self._attempts.reject(job, text)
+        await self._attempts.dead_letter(entry, reason, text)
         return []
 
 

@@ -5,6 +5,9 @@
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
+-- ARGV[11] the hooks and rollbacks the executing instance's consumer has, JSON {oc, oe, rb}
+--   ('' when it has none of this workflow)  ARGV[12] the step options, JSON {step = {r = retry,
+--   rr = rollback retry, t = timeout ms}} ('' when no step has any)  ARGV[13] the version
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
 local base = ARGV[1]
@@ -17,6 +20,9 @@ local plan = ARGV[7]
 local timeout = tonumber(ARGV[8])
 local retention = ARGV[9]
 local limits = ARGV[10]
+local pinned = ARGV[11] or ''
+local options = ARGV[12] or ''
+local version = ARGV[13] or ''
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -34,7 +40,7 @@ if c.idem then redis.call('SET', c.idem, c.run .. '|' .. ihash) end
 local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
-  'lim', limits)
+  'lim', limits, 'caps', pinned, 'opts', options, 'ver', version)
 local earliest = timeout > 0 and set_deadline(c, now + timeout)
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)

@@ -9,7 +9,12 @@
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id  ARGV[6] owner
 -- ARGV[7] delay ms (0: queued again at once)  ARGV[8] '1': an attempt this owner marked
 --   running may be released; '0': only a job still queued (an entry read and never started)
--- returns {'released', due ms} | {'stale'} (the token was superseded, the attempt is another
+-- ARGV[9] grace ms, only when this consumer has no handler for the job (put back, not handed
+--   back): unless a live instance announces the job (CONSUMERS), the job is put back only
+--   while it waits for one for less than `grace` since the first such put-back (<job>|ws)
+-- returns {'released', due ms} | {'noop'} (no handler anywhere for a hook or rollback the run
+--   did not record: the caller runs it as a no-op) | {'dead', ms waited} (nothing released:
+--   the caller dead-letters the entry and fails the job) | {'stale'} (the token was superseded, the attempt is another
 --   instance's, or the job is not live: nothing changed but the entry's acknowledgement; the
 --   same call made again after its reply was lost finds its new token and answers 'stale')
 local base = ARGV[1]
@@ -20,6 +25,7 @@ local entry = ARGV[5]
 local owner = ARGV[6]
 local delay = tonumber(ARGV[7] or '0') or 0
 local started = ARGV[8] == '1'
+local grace = tonumber(ARGV[9] or '')
 
 local c = ctx(base, run_id, RUN)
 local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st', job .. '|en', job .. '|ow',
@@ -35,6 +41,34 @@ if st == 'queued' and v[3] ~= entry then
 end
 if st ~= 'queued' and (v[4] ~= owner or not started) then return {'stale'} end
 local now = now_ms()
+
+-- Whether the run recorded that `job` exists (a step of its plan always does).
+local function recorded()
+  if string.sub(job, 1, 1) ~= '~' then return true end
+  local cp = caps(c)
+  local step = string.match(job, '^~rb:(.*)$')
+  if step then
+    return (cp and cp.rb[step]) or redis.call('HGET', c.r, step .. '|rb') == '1'
+  end
+  if job == '~complete' then return cp and cp.oc end
+  return cp and cp.oe
+end
+
+if grace then
+  if announced(job, now) then
+    redis.call('HDEL', c.r, job .. '|ws')
+  elseif not recorded() then
+    return {'noop'}
+  else
+    local since = tonumber(redis.call('HGET', c.r, job .. '|ws') or '')
+    if not since then
+      since = now
+      redis.call('HSET', c.r, job .. '|ws', now)
+    end
+    redis.call('HSET', STATS, 'wait:' .. job, now)
+    if now - since >= grace then return {'dead', now - since} end
+  end
+end
 if st == 'cancelling' then
   -- Its run is compensating: the interrupted attempt is cancelled, and compensation goes on.
   local halt = ready(c, job)
