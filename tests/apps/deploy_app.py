@@ -74,12 +74,15 @@ def consumer(version: str) -> WorkflowConsumer[Job, Any]:
     return shipping
 
 
+options: dict[str, Any] = {}
+if "PLAIT_GRACE" in os.environ:
+    options["missing_handler_grace"] = timedelta(seconds=float(os.environ["PLAIT_GRACE"]))
 provider = RedisWorkflowProvider.from_url(
     URL,
     prefix=PREFIX,
     provider_id=os.environ.get("PLAIT_ID", f"deploy-{os.getpid()}"),
     stall_timeout=timedelta(seconds=float(os.environ.get("PLAIT_STALL", "30"))),
     shutdown_timeout=timedelta(seconds=float(os.environ.get("PLAIT_SHUTDOWN", "1"))),
-    missing_handler_grace=timedelta(seconds=float(os.environ.get("PLAIT_GRACE", "600"))),
+    **options,
 )
 provider.register(consumer(VERSION))
