@@ -18,6 +18,7 @@ from apps.definitions import Job, shipping_v1, shipping_v2
 from conftest import OpenProvider, eventually
 
 from plait.workflows import (
+    InvalidDefinitionError,
     NonRetryableError,
     RetryPolicy,
     StepContext,
@@ -150,3 +151,36 @@ async def test_attempts_follow_the_step_options_their_run_recorded(
 
     assert await handle.result(timeout=10) is None
     assert (await handle.describe()).steps["flaky"].attempts == 3
+
+
+async def test_each_run_records_the_version_that_executed_it(open_provider: OpenProvider) -> None:
+    ran: Counter[str] = Counter()
+    named = Workflow("named", input=Job, version="2026-12.1").step("only")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(named)
+    consumer.step("only")(lambda ctx: None)
+    workflows = await open_provider(consumer, shipping(1, ran))
+    old = await workflows.execute(shipping_v1, {"n": 1})
+    new = await workflows.execute(shipping_v2, {"n": 2})
+    mine = await workflows.execute(named, {"n": 3})
+    await old.result(timeout=10)
+    report = await workflows.health()
+
+    assert shipping_v1.version != shipping_v2.version  # the default: a hash of plan and options
+    assert (
+        shipping_v1.version
+        == Workflow("shipping", input=Job)
+        .step("pack", retry=RetryPolicy(max_attempts=1))
+        .step("label", retry=RetryPolicy(max_attempts=1))
+        .version
+    )  # stable, wherever defined
+    assert (await old.describe()).version == shipping_v1.version
+    assert (await new.describe()).version == shipping_v2.version
+    assert (await mine.describe()).version == "2026-12.1"
+    versions = {queue.name: queue.versions for queue in report.queues}
+    assert versions["shipping"] == (shipping_v1.version,)
+    assert versions["named"] == ("2026-12.1",)
+
+
+def test_a_version_must_be_a_short_name() -> None:
+    with pytest.raises(InvalidDefinitionError, match="invalid version"):
+        Workflow("named", input=Job, version="two words")

@@ -79,6 +79,10 @@ class RunInfo:
     error: WorkflowStepError | None = None
     """The step error that failed the run, if one did."""
     rollback_errors: tuple[WorkflowStepError, ...] = field(default=())
+    version: str = ""
+    """The version of the definition that executed the run (``Workflow.version``): its plan
+    and step options are the run's, whichever version runs an attempt ('' for a run executed
+    before versions were recorded)."""
 
 
 @dataclass(frozen=True, kw_only=True)

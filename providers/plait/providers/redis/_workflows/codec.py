@@ -188,6 +188,7 @@ def run_info(run_id: str, workflow: str, record: Mapping[str, str]) -> RunInfo:
         completion_order=tuple(filter(None, record.get("order", "").split(","))),
         error=_error(record.get("err")),
         rollback_errors=tuple(rollback_errors(record)),
+        version=record.get("ver", ""),
     )
 
 
