@@ -18,7 +18,13 @@ from pydantic import BaseModel
 from plait.events import Event, EventContext, InvalidEventError
 from plait.providers.redis import RedisEventProvider
 from plait.providers.redis._core.payload import MAX_DEPTH
-from plait.workflows import InvalidInputError, Workflow, WorkflowConsumer, WorkflowContext
+from plait.workflows import (
+    InvalidInputError,
+    Workflow,
+    WorkflowConsumer,
+    WorkflowContext,
+    WorkflowStepError,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -228,3 +234,59 @@ async def test_event_options_of_the_wrong_type_are_refused_and_nothing_is_writte
                 await provider.request(deep_question, {}, timeout=timeout)  # type: ignore[arg-type]
 
         assert nothing_but_heartbeats(await keys_under(provider, prefix), prefix)
+
+
+# -- sizes ---------------------------------------------------------------------------------
+
+big_flow = Workflow("big", input=Tree)
+big_event = Event("big.made", data=Tree)
+
+
+async def test_an_input_over_max_payload_bytes_is_refused_and_nothing_is_written(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    workflows = await open_provider(max_payload_bytes=10_000)
+    fits = {"label": "x" * 9_000}
+
+    with pytest.raises(InvalidInputError, match="max_payload_bytes"):
+        await workflows.execute(big_flow, {"label": "x" * 10_001}, idempotency_key="too-big")
+    assert nothing_but_heartbeats(await keys_under(workflows, prefix), prefix)
+    assert (await workflows.execute(big_flow, fits)).run_id
+
+
+async def test_the_default_limit_refuses_a_ten_megabyte_input(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    workflows = await open_provider()
+
+    with pytest.raises(InvalidInputError, match="max_payload_bytes"):
+        await workflows.execute(big_flow, {"label": "x" * 10_000_000})
+    assert nothing_but_heartbeats(await keys_under(workflows, prefix), prefix)
+
+
+async def test_a_result_over_max_payload_bytes_fails_the_step_as_not_serializable(
+    open_provider: OpenProvider,
+) -> None:
+    consumer: WorkflowConsumer[Tree, Any] = WorkflowConsumer(
+        Workflow("big-out", input=Tree).step("a")
+    )
+    consumer.step("a")(lambda ctx: "y" * 20_000)
+    workflows = await open_provider(consumer, max_payload_bytes=10_000)
+
+    handle = await workflows.execute(consumer.definition, {})
+    with pytest.raises(WorkflowStepError) as failed:
+        await handle.result(timeout=10)
+    assert failed.value.cause_type == "plait.ResultNotSerializable"
+    assert "max_payload_bytes" in failed.value.cause_message
+
+
+async def test_event_data_over_max_payload_bytes_is_refused_and_nothing_is_written(
+    url: str, prefix: str
+) -> None:
+    async with RedisEventProvider.from_url(
+        url, group="tests", prefix=prefix, max_payload_bytes=10_000
+    ) as provider:
+        with pytest.raises(InvalidEventError, match="max_payload_bytes"):
+            await provider.emit(big_event, {"label": "x" * 10_001}, idempotency_key="too-big")
+        assert nothing_but_heartbeats(await keys_under(provider, prefix), prefix)
+        assert await provider.emit(big_event, {"label": "x" * 9_000})

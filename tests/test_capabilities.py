@@ -184,3 +184,30 @@ async def test_each_run_records_the_version_that_executed_it(open_provider: Open
 def test_a_version_must_be_a_short_name() -> None:
     with pytest.raises(InvalidDefinitionError, match="invalid version"):
         Workflow("named", input=Job, version="two words")
+
+
+async def test_the_heartbeat_refreshes_the_announcement_and_stop_withdraws_it(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    ran: Counter[str] = Counter()
+    workflows = await open_provider(shipping(2, ran))
+    client: Any = workflows._connection.client
+    key = f"{prefix}:{{shipping}}:consumers"
+    first = (await client.hget(key, workflows.provider_id)).decode()
+    seconds, micros = await client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    while now_ms <= int(first.partition("|")[0]):  # the next beat must read a later time
+        seconds, micros = await client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+
+    await workflows._heartbeat.beat()
+    beaten = (await client.hget(key, workflows.provider_id)).decode()
+    await workflows.stop()
+
+    seen, version, jobs = beaten.split("|")
+    assert int(seen) > int(first.partition("|")[0])
+    assert version == shipping_v2.version
+    assert set(jobs.strip(",").split(",")) == {
+        "pack", "label", "ship", "~rb:pack", "~rb:label"
+    }  # fmt: skip
+    assert await client.hget(key, workflows.provider_id) is None

@@ -4,6 +4,8 @@ Define events here and import them wherever they are emitted or handled; the Red
 delivers them lives in :mod:`plait.providers.redis` (``RedisEventProvider``).
 """
 
+from importlib import metadata
+
 from ._context import EventContext
 from ._definition import Event
 from ._errors import (
@@ -16,6 +18,9 @@ from ._errors import (
     InvalidEventError,
 )
 from ._protocols import EventEmitter, EventHandler, EventSubscriber
+
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
 
 __all__ = [
     "Event",

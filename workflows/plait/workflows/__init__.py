@@ -4,6 +4,8 @@ Import this package everywhere a workflow is defined, executed or consumed; the 
 lives in :mod:`plait.providers.redis`.
 """
 
+from importlib import metadata
+
 from ._consumer import WorkflowConsumer
 from ._context import StepContext, WorkflowContext
 from ._definition import RetryPolicy, Step, Workflow
@@ -35,6 +37,9 @@ from ._errors import (
 )
 from ._handle import RunEvent, RunInfo, StepInfo, WorkflowHandle, WorkflowStatus
 from ._protocols import RunBackend, WorkflowExecutor, WorkflowLifecycle
+
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
 
 __all__ = [
     "PLAIT_CAUSES",

@@ -25,6 +25,7 @@ codec) and never import each other; both stand on ``_core``::
       notify.py       pub/sub notifications (run ends, cancellations, replies)
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
+      server.py       the Redis settings that may lose data (eviction, persistence)
     _workflows/     the workflow engine
       provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
       options.py      WorkflowProviderOptions
@@ -62,6 +63,7 @@ codec) and never import each other; both stand on ``_core``::
 """
 
 import logging
+from importlib import metadata
 
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
@@ -73,6 +75,9 @@ from ._workflows.reconciler import ReconcileStats
 
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())
+
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
 
 __all__ = [
     "EventProviderOptions",

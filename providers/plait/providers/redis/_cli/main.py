@@ -25,12 +25,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 import anyio
 
 from plait.workflows import ProviderUnavailableError, WorkflowStatus
 
+from .._core import memory
 from .._core.connection import connect
 from .._core.errors import CONNECTION_ERRORS
 from .._workflows.provider import RedisWorkflowProvider
@@ -98,6 +100,7 @@ async def run_worker(providers: Sequence[Any]) -> int:
         for provider in providers:
             await provider.start()
             started.append(provider)
+            _warn_if_embedded(provider)
         logger.info("worker ready: %d provider(s), pid %d", len(started), os.getpid())
         while not stop.is_set() and not dead:
             with anyio.move_on_after(LIVENESS_POLL):
@@ -116,6 +119,16 @@ async def run_worker(providers: Sequence[Any]) -> int:
                     raise
                 # what it died of was logged when it died
     return EXIT_FAILED if dead else 0
+
+
+def _warn_if_embedded(provider: Any) -> None:
+    connection = getattr(provider, "_connection", None)
+    if connection is not None and memory.is_embedded(connection.client):
+        logger.warning(
+            "%s runs on memory://, an embedded server inside this process: nothing it stores "
+            "survives the process, and no other process sees it (use redis:// to share work)",
+            getattr(provider, "provider_id", "a provider"),
+        )
 
 
 def leave_abandoned_threads(status: int) -> None:
@@ -188,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plait", description=(__doc__ or "").split("\n\n")[0], parents=[_common(True)]
     )
+    parser.add_argument("--version", action="version", version=f"plait {metadata.version('plait')}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(parent: Any, name: str, text: str) -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fakeredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -130,6 +129,6 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
 def wrap(client: aioredis.Redis | RedisCluster) -> Connection:
     """A connection around a client the caller owns (never closed by plait)."""
     wakeups = None
-    if isinstance(client, fakeredis.FakeAsyncRedis):
+    if memory.is_embedded(client):
         wakeups = WakeUps()
     return Connection(client, wakeups, owned=False)

@@ -28,6 +28,7 @@ from plait.workflows._errors import describe_exception
 from .connection import Connection
 from .errors import ErrorKinds, translated
 from .retry import call_until
+from .server import warn_of_data_loss
 
 logger = logging.getLogger("plait.provider")
 
@@ -104,6 +105,7 @@ class Supervisor:
                 self._connection.client.ping, timeout=self._timeout, what="start", kinds=self._kinds
             )
             self._answered = True
+            await warn_of_data_loss(self._connection, timeout=self._timeout)
             async with anyio.create_task_group() as tg:
                 try:
                     if not stopping.is_set():  # else stop() came while Redis was checked

@@ -98,6 +98,7 @@ class RedisEventProvider:
             retention=opts.retention,
             connect_timeout=opts.connect_timeout,
             published=self._published,
+            max_payload=opts.max_payload_bytes,
         )
         self._supervisor = Supervisor(
             self._connection,

@@ -291,7 +291,7 @@ class Attempts:
         handler's thread is followed by ``thread``."""
 
         async def save(value: Any) -> None:
-            text = encode_result(value)
+            text = self._handlers.stored(encode_result(value), "progress")
             call = self._scripts.call_id()
             saved = await transition(
                 lambda: self._scripts.progress(self._keys, job, text, call=call),

@@ -27,6 +27,7 @@ from plait.workflows import (
 )
 
 from .._core.calls import Straggler, invoke
+from .._core.payload import DEFAULT_MAX_PAYLOAD, UnstorableError, check_size
 from .codec import decode_result, encode_result, policy_of
 from .jobs import COMPLETE, ERROR, ROLLBACK, error_step_name, is_step, rollback_of, step_of
 from .scripts import Job, Started
@@ -35,8 +36,15 @@ from .scripts import Job, Started
 class Handlers:
     """Calls the handlers of one consumer and judges their outcomes."""
 
-    def __init__(self, consumer: WorkflowConsumer[Any, Any], default_retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        consumer: WorkflowConsumer[Any, Any],
+        default_retry: RetryPolicy,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
         self.consumer = consumer
+        self._max_payload = max_payload
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
@@ -200,11 +208,25 @@ class Handlers:
             return self._step_result(job, value)
         return "null"  # on_error and rollbacks return nothing
 
+    def stored(self, text: str, what: str) -> str:
+        """``text`` (a result or progress as JSON), refused when over ``max_payload_bytes``.
+
+        Raises:
+            ResultNotSerializableError: ``text`` is too large to store.
+        """
+        size = len(text) if text.isascii() else len(text.encode(errors="surrogatepass"))
+        try:
+            check_size(size, what, self._max_payload)
+        except UnstorableError as error:
+            raise ResultNotSerializableError(str(error)) from None
+        return text
+
     def _step_result(self, job: str, value: Any) -> str:
         try:
-            return encode_result(value)
+            text = encode_result(value)
         except TypeError as error:
             raise ResultNotSerializableError(f"step {job!r}: {error}") from None
+        return self.stored(text, f"the result of step {job!r}")
 
     def _complete_result(self, value: Any) -> str:
         output = self.definition.output
@@ -216,9 +238,10 @@ class Handlers:
                     f"on_complete result does not validate as {output.__name__}: {error}"
                 ) from None
         try:
-            return encode_result(value)
+            text = encode_result(value)
         except TypeError as error:
             raise ResultNotSerializableError(f"on_complete: {error}") from None
+        return self.stored(text, "the result of on_complete")
 
 
 def wire_error(

@@ -13,6 +13,8 @@ from typing import Any, TypedDict
 
 from plait.workflows import RetryPolicy
 
+from .._core.payload import DEFAULT_MAX_PAYLOAD
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkflowProviderOptions:
@@ -45,6 +47,10 @@ class WorkflowProviderOptions:
     one before it is dead-lettered and fails (``plait.UnknownJob``). Meanwhile an instance
     without the handler puts the job back (no attempt spent) and health reports "waiting for a
     consumer that can run" it: a rolling deploy that adds a step never fails a run."""
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    """The largest payload stored, in bytes of JSON (default 2 MiB): a larger input is refused
+    with ``InvalidInputError`` before anything is written; a larger step or on_complete result
+    or progress fails the attempt as ``plait.ResultNotSerializable``."""
     tracer_provider: Any = None
     """The OpenTelemetry tracer provider (default: the global one)."""
     meter_provider: Any = None
@@ -53,6 +59,8 @@ class WorkflowProviderOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.max_payload_bytes < 1:
+            raise ValueError("max_payload_bytes must be >= 1")
         if self.retry is None:  # an explicit ``retry=None`` means the default policy
             object.__setattr__(self, "retry", RetryPolicy())
 
@@ -71,5 +79,6 @@ class WorkflowProviderKeywords(TypedDict, total=False):
     connect_timeout: timedelta
     reconcile_interval: timedelta
     missing_handler_grace: timedelta
+    max_payload_bytes: int
     tracer_provider: Any
     meter_provider: Any

@@ -281,7 +281,9 @@ class RedisWorkflowProvider:
         name = consumer.definition.name
         if name in self._workers:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
-        handlers = Handlers(consumer, self.options.retry)
+        handlers = Handlers(
+            consumer, self.options.retry, max_payload=self.options.max_payload_bytes
+        )
         worker = Worker(
             self._connection,
             self._scripts,
@@ -338,7 +340,9 @@ class RedisWorkflowProvider:
         try:
             model = definition.input.model_validate(data)
             canonical = stored_json(
-                lambda: canonical_json(model.model_dump(mode="json")), "the input"
+                lambda: canonical_json(model.model_dump(mode="json")),
+                "the input",
+                limit=self.options.max_payload_bytes,
             )
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
