@@ -136,12 +136,13 @@ local function announced(job, now)
   return false, live
 end
 
--- Whether a job the run recorded nothing about should be queued: a live instance announced it,
--- or no instance is live (then nothing is known: it is queued, and the first instance to take
--- it decides, see run_release.lua).
-local function wanted(job, now)
+-- Whether a hook or rollback is queued: the run recorded it (`pinned`), or a live instance
+-- announces it, or the run recorded no caps (`cp` nil) and no instance is live to say (then it
+-- is queued, and the first instance to take it decides, see run_release.lua).
+local function runs(pinned, cp, job, now)
+  if pinned then return true end
   local yes, live = announced(job, now)
-  return yes or not live
+  return yes or (not cp and not live)
 end
 
 -- Returns the job's state and the run's status when `tok` is the live attempt's token, else
@@ -333,16 +334,15 @@ local function comp_next(c, now)
     local step = table.remove(queue, 1)
     -- A rollback runs when the run recorded it (at execute, or when the instance that
     -- completed the step had it: <step>|rb) or a live instance announces it.
-    if (cp and cp.rb[step]) or redis.call('HGET', c.r, step .. '|rb') == '1'
-        or (not cp and wanted('~rb:' .. step, now)) or announced('~rb:' .. step, now) then
+    local pinned = (cp and cp.rb[step]) or redis.call('HGET', c.r, step .. '|rb') == '1'
+    if runs(pinned, cp, '~rb:' .. step, now) then
       redis.call('HSET', c.r, 'comp', table.concat(queue, ','), 'rbact', '~rb:' .. step)
       enqueue(c, '~rb:' .. step)
       return
     end
   end
   redis.call('HSET', c.r, 'comp', '')
-  if redis.call('HEXISTS', c.r, '~error|at') == 0
-      and ((cp and cp.oe) or (not cp and wanted('~error', now)) or announced('~error', now)) then
+  if redis.call('HEXISTS', c.r, '~error|at') == 0 and runs(cp and cp.oe, cp, '~error', now) then
     redis.call('HSET', c.r, 'rbact', '~error')
     enqueue(c, '~error')
     return
@@ -407,8 +407,7 @@ local function advance(c, now)
     return
   end
   local cp = caps(c)
-  local hook = (cp and cp.oc) or (not cp and wanted('~complete', now))
-  if not hook and not announced('~complete', now) then
+  if not runs(cp and cp.oc, cp, '~complete', now) then
     redis.call('HSET', c.r, 'result', 'null')
     finalize(c, 'COMPLETED', now)
   else
