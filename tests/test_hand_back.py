@@ -70,3 +70,31 @@ async def test_a_stopping_instance_hands_interrupted_steps_back_without_spending
     assert {info.steps["pack"].attempts for info in infos} == {1}
     assert sorted(log) == ["leaving:1:None"] * 3 + ["staying:1:half"] * 3  # progress kept
     assert took < stall.total_seconds() / 2
+
+
+async def test_entries_read_but_never_started_are_handed_back_by_the_stop(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    stall = timedelta(seconds=30)
+    log: list[str] = []
+    caller = await open_provider()
+    handles = [await caller.execute(parcel, {"n": n}) for n in range(3)]
+    client: Any = caller._connection.client
+    jobs = f"{prefix}:{{parcel}}:jobs"
+    await client.xgroup_create(jobs, "plait", id="0", mkstream=True)
+    # What a read cut off by the stop leaves: entries delivered to the instance, never started.
+    read = await client.xreadgroup("plait", "leaving", {jobs: ">"}, count=10)
+    leaving = await open_provider(packer(0, log, "leaving"), provider_id="leaving",
+                                  stall_timeout=stall)  # fmt: skip
+    began = time.monotonic()
+    await leaving.stop()
+    await open_provider(packer(0, log, "staying"), stall_timeout=stall)
+    for handle in handles:
+        await handle.result(timeout=15)
+    took = time.monotonic() - began
+    infos = [await handle.describe() for handle in handles]
+
+    assert sum(len(entries) for _, entries in read) == 3
+    assert sorted(log) == ["staying:1:None"] * 3
+    assert {info.steps["pack"].attempts for info in infos} == {1}
+    assert took < stall.total_seconds() / 2
