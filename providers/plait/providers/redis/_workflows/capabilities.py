@@ -15,7 +15,8 @@ skips such a job:
   instance that completes a step whose rollback it has records that too, so the rollback runs
   whichever version compensates the run. Attempts are retried and timed by the run's options.
 - **Put back.** A job this consumer has no handler for is released for another instance after
-  a short backoff, without spending an attempt (``run_release.lua``). While no live instance
+  a short backoff (longer while no live instance can take it), without spending an attempt
+  (``run_release.lua``). While no live instance
   announces it, the run records since when it waits; after ``missing_handler_grace`` the entry
   is dead-lettered with a reason naming the handler and the job fails (``plait.UnknownJob``).
   A hook or rollback that no instance has and that the run did not record runs as a no-op.
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("plait.worker")
 
-PUT_BACK_MS = 1000
-"""Backoff of a job put back while no live instance announces it (ms, with jitter)."""
 PASS_ON_MS = 100
-"""Backoff of a job put back for another live instance that announced it (ms, with jitter)."""
+"""Backoff of a job put back for another live instance that announced it (ms, with jitter);
+while none does, ``run_release.lua`` waits ten times as long, and longer as the job waits
+(up to 4 s more), so waiting jobs cost little."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class PutBack:
         this worker; None when it was read and not started)."""
         keys = self._worker.keys
         running = isinstance(started, Started)
-        delay = int(PUT_BACK_MS * random.uniform(0.75, 1.25))
+        delay = int(PASS_ON_MS * random.uniform(0.75, 1.25))
         outcome = await transition(
             lambda: self._scripts.release(
                 keys,

@@ -11,7 +11,8 @@
 --   running may be released; '0': only a job still queued (an entry read and never started)
 -- ARGV[9] grace ms, only when this consumer has no handler for the job (put back, not handed
 --   back): unless a live instance announces the job (CONSUMERS), the job is put back only
---   while it waits for one for less than `grace` since the first such put-back (<job>|ws)
+--   while it waits for one for less than `grace` since the first such put-back (<job>|ws),
+--   after a longer backoff: 10 x `delay`, plus half the time it waited so far (at most 4 s)
 -- returns {'released', due ms} | {'noop'} (no handler anywhere for a hook or rollback the run
 --   did not record: the caller runs it as a no-op) | {'dead', ms waited} (nothing released:
 --   the caller dead-letters the entry and fails the job) | {'stale'} (the token was superseded, the attempt is another
@@ -67,6 +68,8 @@ if grace then
     end
     redis.call('HSET', STATS, 'wait:' .. job, now)
     if now - since >= grace then return {'dead', now - since} end
+    -- Nobody can take it now: back off, 10 x `delay` at first, up to 4 s more as it waits.
+    delay = delay * 10 + math.min(math.floor((now - since) / 2), 4000)
   end
 end
 if st == 'cancelling' then
