@@ -111,6 +111,13 @@ class PutBack:
             ),
             keys.workflow,
         )
+        if outcome == "stale" and started is None:
+            # Not queued: an attempt reclaimed from an instance that died while running it.
+            # Started the usual way, its loss is recorded (and retried) like any other.
+            started = await self._worker.start_alone(job)
+            if isinstance(started, Started):  # cannot be run here: put it back, started
+                return await self(entry, job, started)
+            return await self._attempts.process(entry, job, started)
         if outcome == "released":
             logger.debug("run %s: %s put back for another instance", job.run_id, job.name)
             self._on_retry(keys.workflow)
