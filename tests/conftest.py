@@ -238,6 +238,12 @@ async def keys_under(
     return [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
 
 
+def only_provider_keys(keys: list[bytes], prefix: str) -> bool:
+    """Whether ``keys`` hold nothing but what a started provider writes under ``prefix`` by
+    itself: its heartbeat and the key schema version (no run, no event)."""
+    return set(keys) <= {f"{prefix}:instances".encode(), f"{prefix}:schema".encode()}
+
+
 TESTS = Path(__file__).resolve().parent
 WORKER = [sys.executable, "-m", "plait.providers.redis", "--log-level", "INFO", "worker"]
 

@@ -569,3 +569,35 @@ async def test_concurrency_set_before_start_limits_running_steps(prefix: str) ->
 
     assert provider.concurrency == 1
     assert running[1] == 1
+
+
+waiting = Workflow("cli-waiting", input=Item).wait("approval", timeout=timedelta(seconds=60))
+
+
+async def test_runs_signal_resumes_a_waiting_run_and_show_lists_its_wait(
+    open_provider: OpenProvider,
+) -> None:
+    consumer: WorkflowConsumer[Item, Any] = WorkflowConsumer(waiting)
+
+    @consumer.on_complete
+    async def done(ctx: Any) -> Any:
+        return ctx.results["approval"]
+
+    provider = await open_provider(consumer)
+    handle = await provider.execute(waiting, Item(n=1))
+
+    async def parked() -> bool:
+        waits = (await handle.describe()).waits
+        return "approval" in waits and waits["approval"].state == "waiting"
+
+    await eventually(parked, what="the run waits")
+    shown = await plait(provider.prefix, "runs", "show", handle.run_id)
+    assert "signal approval: waiting since" in shown.stdout
+    sent = await plait_json(
+        provider.prefix, "runs", "signal", handle.run_id, "approval", "--data", '{"ok": true}'
+    )
+    assert sent["sent"] is True
+    assert await handle.result(timeout=10) == {"ok": True}
+    late = await plait(provider.prefix, "runs", "signal", handle.run_id, "approval")
+    assert late.returncode == 1
+    assert "refused" in late.stderr

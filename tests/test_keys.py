@@ -32,6 +32,7 @@ from plait.providers.redis._core.keys import (
     instances,
     pattern_of,
     reconcile_lock,
+    schema_version,
 )
 from plait.workflows import (
     NonRetryableError,
@@ -126,7 +127,11 @@ def test_the_docstring_tables_list_exactly_the_schema_data() -> None:
 
 
 def test_the_key_builders_build_every_documented_key_and_channel() -> None:
-    built: dict[str, str] = {instances("p"): "instances", reconcile_lock("p"): "reconcile_lock"}
+    built: dict[str, str] = {
+        instances("p"): "instances",
+        reconcile_lock("p"): "reconcile_lock",
+        schema_version("p"): "schema_version",
+    }
     for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev")):
         for name, member in inspect.getmembers(type(names)):
             if name.startswith("_") or name in ("base", "prefix", "workflow", "event"):
@@ -234,7 +239,7 @@ async def test_every_key_a_workflow_writes_is_documented(
         await eventually(locked_once, what="the reconciler lock sampled")
 
     assert classify(seen, prefix) == documented(
-        "<prefix>:{", "<prefix>:instances", "<prefix>:reconcile:lock"
+        "<prefix>:{", "<prefix>:instances", "<prefix>:reconcile:lock", "<prefix>:schema"
     )
     assert sorted(log) == ["on_error 1", "on_error 2", "release 1", "release 2"]
     assert (watched[0], watched[-1]) == ("run.started", "finished")
@@ -287,6 +292,8 @@ async def test_every_key_an_event_provider_writes_is_documented(
 
         await eventually(settled, timeout=20, what="events handled and one dead-lettered")
 
-    assert classify(seen, prefix) == documented("<prefix>:ev:{", "<prefix>:instances")
+    assert classify(seen, prefix) == documented(
+        "<prefix>:ev:{", "<prefix>:instances", "<prefix>:schema"
+    )
     assert sorted(handled) == [(1, 2), (3, 1), (4, 1)]
     assert answer == Price(cents=500)

@@ -184,6 +184,7 @@ async def test_memory_returns_near_its_start_after_retention(client: Any, redis_
         + ", ".join(f"{what} {size:,.0f} B" for what, size in kept.items())
     )
     expected = [keys.jobs, keys.runs, keys.stats, keys.consumers, instances(PREFIX)]
+    expected.append(f"{PREFIX}:schema")
     assert sorted(set(left) - {reconcile_lock(PREFIX)}) == sorted(expected)
     assert await client.zcard(keys.runs) == WARM_UP + RUNS
     # All that grows is the run index (until the reconciler trims it), plus allocator noise

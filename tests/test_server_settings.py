@@ -7,14 +7,18 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
 from conftest import REDIS_URL, eventually, redis_server
 from test_events_processes import free_port
 
+from plait.events import EventIncompatibleSchemaError
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
+from plait.providers.redis._core import keys
 from plait.providers.redis._core import server as server_checks
+from plait.workflows import IncompatibleSchemaError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -88,3 +92,33 @@ async def test_the_embedded_server_is_not_checked(caplog: pytest.LogCaptureFixtu
         pass
 
     assert caplog.records == []
+
+
+# -- the key schema's version ----------------------------------------------------------------
+
+
+async def test_a_provider_records_the_key_schema_version_under_its_prefix(
+    url: str, prefix: str
+) -> None:
+    async with RedisWorkflowProvider.from_url(url, prefix=prefix) as provider:
+        client: Any = provider._connection.client
+        assert await client.get(keys.schema_version(prefix)) == str(keys.SCHEMA_VERSION).encode()
+
+
+async def test_a_provider_refuses_to_start_on_data_of_another_schema_version(
+    url: str, prefix: str
+) -> None:
+    async with RedisEventProvider.from_url(url, prefix=prefix, group="g") as first:
+        client: Any = first._connection.client
+        await client.set(keys.schema_version(prefix), str(keys.SCHEMA_VERSION + 1))
+        workflows = RedisWorkflowProvider.from_url(url, prefix=prefix)
+        with pytest.raises(IncompatibleSchemaError, match="schema version") as refused:
+            await workflows.start()
+        assert (refused.value.found, refused.value.expected) == (
+            str(keys.SCHEMA_VERSION + 1),
+            str(keys.SCHEMA_VERSION),
+        )
+        assert not workflows.alive
+        events = RedisEventProvider.from_url(url, prefix=prefix, group="g")
+        with pytest.raises(EventIncompatibleSchemaError):
+            await events.start()

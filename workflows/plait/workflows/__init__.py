@@ -8,12 +8,13 @@ from importlib import metadata
 
 from ._consumer import WorkflowConsumer
 from ._context import StepContext, WorkflowContext
-from ._definition import RetryPolicy, Step, Workflow
+from ._definition import RetryPolicy, Sleep, Step, Wait, Workflow
 from ._errors import (
     PLAIT_CAUSES,
     AttemptSupersededError,
     CorruptRunError,
     IdempotencyConflictError,
+    IncompatibleSchemaError,
     InvalidDefinitionError,
     InvalidInputError,
     InvalidResultError,
@@ -26,8 +27,10 @@ from ._errors import (
     ResultNotSerializableError,
     RunNotFoundError,
     RunStoppedError,
+    SignalRefusedError,
     StepTimeoutError,
     UnknownJobError,
+    WaitTimeoutError,
     WorkerLostError,
     WorkflowCancelledError,
     WorkflowError,
@@ -35,7 +38,7 @@ from ._errors import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
-from ._handle import RunEvent, RunInfo, StepInfo, WorkflowHandle, WorkflowStatus
+from ._handle import RunEvent, RunInfo, StepInfo, WaitInfo, WorkflowHandle, WorkflowStatus
 from ._protocols import RunBackend, WorkflowExecutor, WorkflowLifecycle
 
 __version__ = metadata.version("plait")
@@ -46,6 +49,7 @@ __all__ = [
     "AttemptSupersededError",
     "CorruptRunError",
     "IdempotencyConflictError",
+    "IncompatibleSchemaError",
     "InvalidDefinitionError",
     "InvalidInputError",
     "InvalidResultError",
@@ -62,11 +66,16 @@ __all__ = [
     "RunInfo",
     "RunNotFoundError",
     "RunStoppedError",
+    "SignalRefusedError",
+    "Sleep",
     "Step",
     "StepContext",
     "StepInfo",
     "StepTimeoutError",
     "UnknownJobError",
+    "Wait",
+    "WaitInfo",
+    "WaitTimeoutError",
     "WorkerLostError",
     "Workflow",
     "WorkflowCancelledError",

@@ -16,6 +16,7 @@ codec) and never import each other; both stand on ``_core``::
       direct.py       transition scripts sent straight on connections of their own
       errors.py       redis-py errors translated at one boundary (translated, ErrorKinds)
       retry.py        call_until (callers: until connect_timeout), call_forever (workers)
+      watchdog.py     deadlines on every reply, the stall / round-trip check
       wire.py         bytes to text, default provider ids
       payload.py      what can be stored: JSON depth, valid Unicode, meta
       keys.py         the whole key schema, one hash tag per workflow / event
@@ -27,7 +28,7 @@ codec) and never import each other; both stand on ``_core``::
       telemetry.py    OpenTelemetry spans and metrics
       server.py       the Redis settings that may lose data (eviction, persistence)
     _workflows/     the workflow engine
-      provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
+      provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, health
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
       worker.py       intake: read, reclaim, start in batches, hold and release entries
@@ -39,6 +40,7 @@ codec) and never import each other; both stand on ``_core``::
       capabilities.py what each instance can run (announced), each run needs (pinned)
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
+      waits.py        waits and sleeps parked, signals delivered
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
@@ -54,9 +56,11 @@ codec) and never import each other; both stand on ``_core``::
       heartbeat.py    per-instance heartbeats
       asgi.py         health_app
       dead_letters.py listing, replaying and purging dead letters
+      web.py          http_status (errors to HTTP), lifespan (ASGI apps)
       catalog.py      the workflows and events that exist under a prefix
     _cli/           the plait command (python -m plait.providers.redis)
-      main.py         arguments and the worker command
+      main.py         arguments, dispatch, exit codes
+      worker.py       plait worker: load, check flags, banner, run until a signal
       commands.py     runs, events, dead-letters, reconcile, health
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them
@@ -69,6 +73,7 @@ from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.asgi import health_app
 from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
+from ._ops.web import http_status, lifespan
 from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
 from ._workflows.reconciler import ReconcileStats
@@ -90,4 +95,6 @@ __all__ = [
     "RedisWorkflowProvider",
     "WorkflowProviderOptions",
     "health_app",
+    "http_status",
+    "lifespan",
 ]

@@ -17,7 +17,13 @@ from typing import Any
 
 import anyio
 
-from plait.workflows import RunInfo, WorkflowStepError
+from plait.workflows import (
+    InvalidInputError,
+    RunInfo,
+    RunNotFoundError,
+    SignalRefusedError,
+    WorkflowStepError,
+)
 
 from .._core.connection import Connection
 from .._core.keys import EventKeys, WorkflowKeys, workflow_of
@@ -27,6 +33,7 @@ from .._ops.health import Health, check_health
 from .._workflows.codec import decode_record, run_info
 from .._workflows.reconciler import Reconciler
 from .._workflows.scripts import RunScripts
+from .._workflows.waits import Signals
 from .output import ago, clock, emit, moment, span, table
 
 PAGE = 500
@@ -167,6 +174,10 @@ def _describe(info: RunInfo) -> list[str]:
         for step in info.steps.values()
     ]
     lines += table(["STEP", "STATE", "ATTEMPTS", "STARTED", "TOOK", "LAST ERROR"], rows)
+    for wait in info.waits.values():
+        got = f", signal {wait.signal_id}" if wait.signal_id else ""
+        due = f", due {moment(wait.due)}" if wait.due else ""
+        lines.append(f"{wait.kind} {wait.name}: {wait.state} since {moment(wait.since)}{due}{got}")
     if info.completion_order:
         lines.append(f"\ncompleted in order: {', '.join(info.completion_order)}")
     if info.error is not None:
@@ -222,6 +233,17 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "completion_order": list(info.completion_order),
         "error": _error_json(info.error),
         "rollback_errors": [_error_json(error) for error in info.rollback_errors],
+        "waits": [
+            {
+                "name": wait.name,
+                "kind": wait.kind,
+                "state": wait.state,
+                "since": iso(wait.since),
+                "due": iso(wait.due),
+                "signal_id": wait.signal_id,
+            }
+            for wait in info.waits.values()
+        ],
     }
 
 
@@ -237,6 +259,23 @@ async def runs_retry(connection: Connection, args: argparse.Namespace) -> int:
         raise CommandError(f"run {run_id} is {status}: only FAILED or TIMED_OUT runs can retry")
     data = {"run_id": run_id, "retried": True, "status": status}
     emit(args, data, lambda: [f"run {run_id} resumed ({status})"])
+    return 0
+
+
+async def runs_signal(connection: Connection, args: argparse.Namespace) -> int:
+    """``runs signal``: send a signal (its payload as JSON) to a run's wait."""
+    run_id: str = args.run_id
+    try:
+        data = json.loads(args.data)
+    except ValueError as error:
+        raise UsageError(f"--data is not JSON: {error}") from None
+    signals = Signals(connection, RunScripts(connection), {}, prefix=args.prefix, connect_timeout=5)
+    try:
+        sent = await signals.signal(run_id, args.name, data, signal_id=args.signal_id)
+    except (RunNotFoundError, InvalidInputError, SignalRefusedError) as error:
+        raise CommandError(str(error)) from None
+    text = f"signal {args.name} sent to run {run_id}" if sent else "already sent (same signal id)"
+    emit(args, {"run_id": run_id, "signal": args.name, "sent": sent}, lambda: [text])
     return 0
 
 
@@ -460,6 +499,7 @@ COMMANDS: dict[str, Command] = {
     "runs show": runs_show,
     "runs retry": runs_retry,
     "runs cancel": runs_cancel,
+    "runs signal": runs_signal,
     "events tail": events_tail,
     "dead-letters list": dead_letters_list,
     "dead-letters replay": dead_letters_replay,

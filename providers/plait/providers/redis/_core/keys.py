@@ -77,8 +77,12 @@ event never shares keys with a workflow of the same name)::
 
 Event scripts declare every key they touch in KEYS too (the stream first when they touch it).
 
-Two keys belong to the whole deployment under a prefix (each used alone, outside any script)::
+Three keys belong to the whole deployment under a prefix (each used alone, outside any
+script)::
 
+    <prefix>:schema                         string   the key schema version of the data under
+                                                     the prefix (:data:`SCHEMA_VERSION`, set by
+                                                     the first provider to start)
     <prefix>:instances                      zset     provider id -> last heartbeat ms
     <prefix>:reconcile:lock                 string   the provider doing a reconciler pass
                                                      (expires: 0.9 x the reconcile interval)
@@ -91,6 +95,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+"""The version of this key schema. A change that an older plait cannot read, or would damage,
+raises it; a provider refuses to start on data recorded with another version."""
 
 GROUP = "plait"
 """The consumer group every instance reads step streams through."""
@@ -247,6 +255,11 @@ class EventKeys:
         return f"{self.base}reply:{provider_id}"
 
 
+def schema_version(prefix: str) -> str:
+    """String: the key schema version of the data under ``prefix``."""
+    return f"{prefix}:schema"
+
+
 def instances(prefix: str) -> str:
     """Zset provider id -> last heartbeat ms of every started provider (live instances)."""
     return f"{prefix}:instances"
@@ -311,6 +324,7 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:ev:{<event>}:attempts:<group>", "hash"),
     KeyPattern("<prefix>:ev:{<event>}:answer:<request>", "string"),
     KeyPattern("<prefix>:ev:{<event>}:reply:<provider>", "channel"),
+    KeyPattern("<prefix>:schema", "string"),
     KeyPattern("<prefix>:instances", "zset"),
     KeyPattern("<prefix>:reconcile:lock", "string"),
 )

@@ -1,4 +1,9 @@
-"""What plait checks of the Redis it runs on: settings under which Redis may lose runs.
+"""What plait checks of the Redis it runs on: the key schema of the data under the prefix,
+and settings under which Redis may lose runs.
+
+The first provider to start under a prefix records :data:`~.keys.SCHEMA_VERSION` there; a
+provider that finds another version refuses to start (:func:`claim_schema`), so two versions
+of plait never write one set of keys in two ways.
 
 plait keeps every run, job and event in Redis. Two server settings can lose them without an
 error: a ``maxmemory-policy`` other than ``noeviction`` lets Redis delete keys under memory
@@ -16,12 +21,30 @@ from typing import Any
 import anyio
 from redis import exceptions as redis_errors
 
+from . import keys
 from .connection import Connection
+from .errors import ErrorKinds
 
 logger = logging.getLogger("plait.redis")
 
 _CHECKED: set[str] = set()
 """The servers (by address) already checked by this process."""
+
+
+async def claim_schema(connection: Connection, prefix: str, kinds: ErrorKinds) -> None:
+    """Record this plait's key schema version under ``prefix``, or check the one recorded.
+
+    Raises:
+        IncompatibleSchemaError: (``kinds.schema``) another version is recorded.
+    """
+    client: Any = connection.client
+    key, expected = keys.schema_version(prefix), str(keys.SCHEMA_VERSION)
+    if await client.set(key, expected, nx=True):
+        return
+    recorded = await client.get(key)
+    found = expected if recorded is None else recorded.decode(errors="replace")
+    if found != expected:
+        raise kinds.schema(prefix, found, expected)
 
 
 async def warn_of_data_loss(connection: Connection, *, timeout: float) -> None:

@@ -102,6 +102,7 @@ class RedisEventProvider:
         )
         self._supervisor = Supervisor(
             self._connection,
+            prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=EVENT_KINDS,
         )
@@ -143,6 +144,11 @@ class RedisEventProvider:
     def concurrency(self) -> int:
         """Handlers running at once on this instance."""
         return self.options.concurrency
+
+    @property
+    def subscriptions(self) -> tuple[tuple[str, str], ...]:
+        """``(event, group)`` of every handler registered here, in registration order."""
+        return tuple(self._worker.subscriptions)
 
     def _new_worker(self) -> EventWorker:
         options = WorkerOptions(

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from redis import exceptions as redis_errors
 
-from .._core.errors import UNREACHABLE
+from .._core.errors import REFUSED_CREDENTIALS, UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
 from .._core.wire import text
 from .._workflows.jobs import display_name
@@ -188,12 +188,10 @@ async def check_health(
             return await _Reader(client, prefix, stalled_after, max_wait).read(latency)
     except UNREACHABLE as error:
         reason = "timed out" if isinstance(error, TimeoutError) else str(error)
-        return Health(
-            ok=False,
-            reachable=False,
-            latency_ms=None,
-            problems=(f"Redis unreachable: {reason or type(error).__name__}",),
-        )
+        problem = f"Redis unreachable: {reason or type(error).__name__}"
+        if isinstance(error, REFUSED_CREDENTIALS):
+            problem = f"Redis refused the credentials: {error}"
+        return Health(ok=False, reachable=False, latency_ms=None, problems=(problem,))
 
 
 class _Reader:

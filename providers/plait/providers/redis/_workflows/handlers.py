@@ -19,7 +19,9 @@ from plait.workflows import (
     InvalidStoredInputError,
     ResultNotSerializableError,
     RetryPolicy,
+    Sleep,
     StepContext,
+    Wait,
     WorkflowConsumer,
     WorkflowContext,
     WorkflowError,
@@ -42,17 +44,21 @@ class Handlers:
         default_retry: RetryPolicy,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        events: Any = None,
     ) -> None:
         self.consumer = consumer
         self._max_payload = max_payload
+        self._emit = events.emit if events is not None else None
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
         self._decoded: dict[str, dict[str, Any] | None] = {}
+        self.parks: dict[str, Wait | Sleep] = {step.name: step for step in self.definition.parks}
+        """The waits and sleeps, which plait parks instead of calling a handler."""
         self._timeouts = {
             step.name: step.timeout.total_seconds()
             for step in self.definition.steps
-            if step.timeout is not None
+            if step.timeout is not None and step.name not in self.parks
         }
 
     def knows(self, job: str) -> bool:
@@ -65,11 +71,12 @@ class Handlers:
             return self.consumer.complete_handler is not None
         if job == ERROR:
             return self.consumer.error_handler is not None
-        return job in self.consumer.steps
+        return job in self.consumer.steps or job in self.parks
 
     def jobs(self) -> list[str]:
         """Every job this consumer can run (what its instance announces)."""
-        jobs = [*self.consumer.steps, *(ROLLBACK + step for step in self.consumer.rollbacks)]
+        jobs = [*self.consumer.steps, *self.parks]
+        jobs += [ROLLBACK + step for step in self.consumer.rollbacks]
         if self.consumer.complete_handler is not None:
             jobs.append(COMPLETE)
         if self.consumer.error_handler is not None:
@@ -159,6 +166,7 @@ class Handlers:
                 if started.deadline_ms
                 else None
             ),
+            "emit": self._emit,
         }
         if job.name in (COMPLETE, ERROR):
             return WorkflowContext(**common)

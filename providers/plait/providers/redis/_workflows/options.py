@@ -55,6 +55,9 @@ class WorkflowProviderOptions:
     """The OpenTelemetry tracer provider (default: the global one)."""
     meter_provider: Any = None
     """The OpenTelemetry meter provider (default: the global one)."""
+    events: Any = None
+    """An event provider (``RedisEventProvider``) that steps and hooks emit through with
+    ``await ctx.emit(event, data)`` (None: ``ctx.emit`` raises ``RuntimeError``)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -82,3 +85,4 @@ class WorkflowProviderKeywords(TypedDict, total=False):
     max_payload_bytes: int
     tracer_provider: Any
     meter_provider: Any
+    events: Any

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -36,6 +36,7 @@ from .._core.retry import call_until
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
+from .._core.watchdog import check_round_trip
 from .._core.wire import default_provider_id
 from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
@@ -48,6 +49,7 @@ from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
 from .scripts import RunScripts
 from .timers import Timers
+from .waits import Signals, signal_names, start_of
 from .worker import Worker
 
 logger = logging.getLogger("plait.provider")
@@ -86,7 +88,7 @@ class RedisWorkflowProvider:
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
             ``reconcile_interval``, ``missing_handler_grace``, ``tracer_provider``,
-            ``meter_provider``); the provider
+            ``meter_provider``, ``events``: an event provider for ``ctx.emit``); the provider
             keeps them as :attr:`options`.
     """
 
@@ -128,8 +130,17 @@ class RedisWorkflowProvider:
             self._connection, owner=self.provider_id, period=opts.stall_timeout.total_seconds() / 4
         )
         self._definitions: dict[str, Workflow[Any, Any]] = {}
+        self._signals = Signals(
+            self._connection,
+            self._scripts,
+            self._definitions,
+            prefix=opts.prefix,
+            connect_timeout=opts.connect_timeout.total_seconds(),
+            max_payload=opts.max_payload_bytes,
+        )
         self._supervisor = Supervisor(
             self._connection,
+            prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=WORKFLOW_KINDS,
         )
@@ -165,6 +176,11 @@ class RedisWorkflowProvider:
         """This instance's name in consumer groups, heartbeats and errors."""
         assert self.options.provider_id is not None  # resolved in __init__
         return self.options.provider_id
+
+    @property
+    def registered(self) -> tuple[str, ...]:
+        """The workflows whose steps this instance runs, in registration order."""
+        return tuple(self._workers)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -240,6 +256,9 @@ class RedisWorkflowProvider:
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
+            if self._workers:
+                stall = self.options.stall_timeout.total_seconds()
+                tg.start_soon(check_round_trip, self._connection.client, stall, self.provider_id)
             self._runs.open()
             task_status.started()
             try:
@@ -282,7 +301,10 @@ class RedisWorkflowProvider:
         if name in self._workers:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
         handlers = Handlers(
-            consumer, self.options.retry, max_payload=self.options.max_payload_bytes
+            consumer,
+            self.options.retry,
+            max_payload=self.options.max_payload_bytes,
+            events=self.options.events,
         )
         worker = Worker(
             self._connection,
@@ -311,6 +333,8 @@ class RedisWorkflowProvider:
         idempotency_key: str | None = None,
         timeout: timedelta | None = None,
         meta: Mapping[str, str] | None = None,
+        start_at: datetime | None = None,
+        delay: timedelta | None = None,
     ) -> WorkflowHandle[OutputT]:
         """Start a run of ``definition`` (or attach to the run owning ``idempotency_key``).
 
@@ -326,6 +350,10 @@ class RedisWorkflowProvider:
             timeout: the run's deadline, counted from now (default: ``default_timeout``).
             meta: string pairs carried to every step, with ``correlation_id`` and
                 ``traceparent``.
+            start_at: start the run at this (aware) time instead of now, on Redis's clock.
+                The run is created now, PENDING (so its idempotency key holds at once), and
+                parked until then; its ``timeout`` counts from its start.
+            delay: start the run this long from now (the same, relative).
 
         Raises:
             InvalidInputError: ``data`` does not validate (nothing is written).
@@ -351,6 +379,7 @@ class RedisWorkflowProvider:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
             raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
+        start_in_ms, start_at_ms = start_of(name, start_at, delay)
         run_id = new_run_id(name)
         deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
@@ -370,6 +399,9 @@ class RedisWorkflowProvider:
                     timeout_ms=int(deadline * 1000) if deadline else 0,
                     retention_ms=int(self.options.retention.total_seconds() * 1000),
                     limits_json=limits_of(definition),
+                    start_in_ms=start_in_ms,
+                    start_at_ms=start_at_ms,
+                    signals=signal_names(definition),
                     pinned=self._pinned(definition).args(),
                 ),
                 timeout=self.options.connect_timeout.total_seconds(),
@@ -380,12 +412,56 @@ class RedisWorkflowProvider:
             self._telemetry.runs_started.add(1, {"plait.workflow": name})
         if outcome == "conflict":
             raise IdempotencyConflictError(idempotency_key or "", found)
-        if deadline:
+        if deadline or start_in_ms or start_at_ms:
             self._timers.watch(name)
-        if earliest:  # the timer may be asleep until a later time: it must see this deadline
+        if (
+            earliest or start_in_ms or start_at_ms
+        ):  # the timer may be asleep until a later time: it must see this deadline
             self._timers.wake(name)
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
+        )
+
+    async def signal(
+        self,
+        target: str | Workflow[Any, Any],
+        name: str,
+        data: Any = None,
+        *,
+        signal_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send signal ``name`` to a run's wait of that name, from any instance.
+
+        ``signal(run_id, "approval", Approval(...))`` names the run;
+        ``signal(workflow, "approval", data, idempotency_key="order-42")`` names the run by the
+        idempotency key it was executed with (what a webhook knows). The payload, validated as
+        the wait's ``data`` model when the workflow is known here (passed, executed or
+        registered on this instance), becomes the wait's result. A signal that comes before
+        its run reaches the wait is kept and taken when it does.
+
+        Args:
+            target: the run id, or the workflow (with ``idempotency_key``).
+            name: the wait's name.
+            data: the payload (a model instance or a mapping for it).
+            signal_id: names this signal: the same id again is a no-op (default: a new one).
+            idempotency_key: the run's idempotency key, with ``target`` a workflow.
+
+        Returns:
+            True when this call delivered the signal (or kept it for its wait), False when a
+            signal with the same ``signal_id`` already was.
+
+        Raises:
+            SignalRefusedError: too late: the run ended or is compensating, the wait timed
+                out, or it got another signal; nothing changed.
+            InvalidInputError: the run has no wait ``name``, or ``data`` does not validate
+                (nothing is written).
+            RunNotFoundError: no such run (or no run owns the key).
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        self._check_started()
+        return await self._signals.signal(
+            target, name, data, signal_id=signal_id, idempotency_key=idempotency_key
         )
 
     async def get_handle(

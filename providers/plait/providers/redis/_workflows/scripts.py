@@ -156,6 +156,8 @@ class RunScripts:
         self._reconcile = register(client, "run_reconcile", "run_lib")
         self._release = register(client, "run_release", "run_lib")
         self._dead_letter = register(client, "run_dead_letter")
+        self._wait = register(client, "run_wait", "run_lib")
+        self._signal = register(client, "run_signal", "run_lib")
 
     def call_id(self) -> str:
         """A new call id: make one per transition, before its retry loop, and resend with it."""
@@ -174,22 +176,25 @@ class RunScripts:
         timeout_ms: int,
         retention_ms: int,
         limits_json: str = "",
+        start_in_ms: int = 0,
+        start_at_ms: int = 0,
+        signals: str = "",
         pinned: tuple[str, str, str] = ("", "", ""),
     ) -> tuple[str, str, bool]:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told).
 
-        ``pinned``: what the run records of its definition (see ``codec.Pins``): the hooks and
-        rollbacks of this instance's consumer, the step options, the version."""
-        args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
+        ``start_in_ms`` / ``start_at_ms`` (Redis ms) delay its start; ``signals`` names its
+        signal waits (",a,b,"); ``pinned``: what the run records of its definition (see
+        ``capabilities.Pins``): the hooks and rollbacks of this instance's consumer, the step
+        options, the version."""
+        args: list[Any] = [keys.base, run_id, idempotency_key, input_hash, input_json]
+        args += [meta_json, plan_json]
         declared = _run_keys(keys, run_id)
         if idempotency_key:
             declared.append(keys.idempotency(idempotency_key))
-        reply = await self._connection.run(
-            self._execute,
-            keys=declared,
-            args=[*args, timeout_ms, retention_ms, limits_json, *pinned],
-        )
+        args += [timeout_ms, retention_ms, limits_json, start_in_ms, start_at_ms, signals]
+        reply = await self._connection.run(self._execute, keys=declared, args=[*args, *pinned])
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
@@ -340,6 +345,41 @@ class RunScripts:
         if outcome == "released":
             self._connection.kick(keys.jobs)
         return outcome
+
+    async def park(
+        self,
+        keys: WorkflowKeys,
+        job: Job,
+        *,
+        call: str,
+        kind: str,
+        due_in_ms: int = -1,
+        due_at_ms: int = 0,
+        goes_on: bool = False,
+    ) -> tuple[str, str, int]:
+        """Park a started wait or sleep: ("parked", status, due ms or -1) | ("ok", status, -1)
+        (it went on at once) | ("stale", "", -1)."""
+        args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry, kind]
+        args += [due_in_ms, due_at_ms, "1" if goes_on else "", call]
+        reply = await self._connection.run(self._wait, keys=_run_keys(keys, job.run_id), args=args)
+        self._connection.kick(keys.jobs)
+        due = int(reply[2]) if len(reply) > 2 else -1
+        return text(reply[0]), text(reply[1]), due
+
+    async def signal(
+        self, keys: WorkflowKeys, run_id: str, name: str, *, signal_id: str, data: str
+    ) -> tuple[str, str]:
+        """Deliver (or keep) a signal: ("delivered" | "kept" | "duplicate" | "refused" |
+        "nowait" | "unknown", status or why)."""
+        reply = await self._connection.run(
+            self._signal,
+            keys=_run_keys(keys, run_id),
+            args=[keys.base, run_id, name, signal_id, data],
+        )
+        outcome = text(reply[0])
+        if outcome == "delivered":
+            self._connection.kick(keys.jobs)
+        return outcome, text(reply[1])
 
     async def dead_letter(
         self, stream: str, dead: str, entry: str, reason: str, fields: dict[str, str]

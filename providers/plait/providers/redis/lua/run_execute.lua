@@ -5,9 +5,11 @@
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
--- ARGV[11] the hooks and rollbacks the executing instance's consumer has, JSON {oc, oe, rb}
---   ('' when it has none of this workflow)  ARGV[12] the step options, JSON {step = {r = retry,
---   rr = rollback retry, t = timeout ms}} ('' when no step has any)  ARGV[13] the version
+-- ARGV[11] start in ms from now (0: now)  ARGV[12] start at, Redis ms (0: now; wins over 11)
+-- ARGV[13] the names of its signal waits, ",a,b," ('' for none)
+-- ARGV[14] the hooks and rollbacks the executing instance's consumer has, JSON {oc, oe, rb}
+--   ('' when it has none of this workflow)  ARGV[15] the step options, JSON {step = {r = retry,
+--   rr = rollback retry, t = timeout ms}} ('' when no step has any)  ARGV[16] the version
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
 local base = ARGV[1]
@@ -20,9 +22,12 @@ local plan = ARGV[7]
 local timeout = tonumber(ARGV[8])
 local retention = ARGV[9]
 local limits = ARGV[10]
-local pinned = ARGV[11] or ''
-local options = ARGV[12] or ''
-local version = ARGV[13] or ''
+local start_in = tonumber(ARGV[11] or '0') or 0
+local start_at = tonumber(ARGV[12] or '0') or 0
+local sigs = ARGV[13] or ''
+local pinned = ARGV[14] or ''
+local options = ARGV[15] or ''
+local version = ARGV[16] or ''
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -41,9 +46,16 @@ local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
   'lim', limits, 'caps', pinned, 'opts', options, 'ver', version)
-local earliest = timeout > 0 and set_deadline(c, now + timeout)
+if sigs ~= '' then redis.call('HSET', c.r, 'sigs', sigs) end
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)
 event(c, 'run.started', '', '', '')
+local due = start_at > 0 and start_at or (start_in > 0 and now + start_in) or 0
+if due > now then  -- a delayed start: parked until then, its deadline counted from then
+  redis.call('HSET', c.r, 'sat', due, '~start|st', 'parked', '~start|tk', '0')
+  redis.call('ZADD', DELAYED, due, c.run .. '|~start|0')
+  return {'created', c.run, 0}
+end
+local earliest = timeout > 0 and set_deadline(c, now + timeout)
 advance(c, now)
 return {'created', c.run, earliest and 1 or 0}

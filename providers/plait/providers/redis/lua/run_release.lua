@@ -11,7 +11,7 @@
 --   running may be released; '0': only a job still queued (an entry read and never started)
 -- ARGV[9] grace ms, only when this consumer has no handler for the job (put back, not handed
 --   back): unless a live instance announces the job (CONSUMERS), the job is put back only
---   while it waits for one for less than `grace` since the first such put-back (<job>|ws),
+--   while it waits for one for less than `grace` since the first such put-back (<job>|nc),
 --   after a longer backoff: 10 x `delay`, plus half the time it waited so far (at most 4 s)
 -- returns {'released', due ms} | {'noop'} (no handler anywhere for a hook or rollback the run
 --   did not record: the caller runs it as a no-op) | {'dead', ms waited} (nothing released:
@@ -57,14 +57,14 @@ end
 
 if grace then
   if announced(job, now) then
-    redis.call('HDEL', c.r, job .. '|ws')
+    redis.call('HDEL', c.r, job .. '|nc')
   elseif not recorded() then
     return {'noop'}
   else
-    local since = tonumber(redis.call('HGET', c.r, job .. '|ws') or '')
+    local since = tonumber(redis.call('HGET', c.r, job .. '|nc') or '')
     if not since then
       since = now
-      redis.call('HSET', c.r, job .. '|ws', now)
+      redis.call('HSET', c.r, job .. '|nc', now)
     end
     redis.call('HSET', STATS, 'wait:' .. job, now)
     if now - since >= grace then return {'dead', now - since} end
