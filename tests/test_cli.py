@@ -159,8 +159,8 @@ async def test_runs_list_prints_a_table(open_provider: OpenProvider) -> None:
 
     assert done.returncode == 0
     header, row = done.stdout.splitlines()
-    assert header.split() == ["RUN", "WORKFLOW", "STATUS", "CREATED", "TOOK"]
-    assert row.split()[:3] == [handle.run_id, "cli-flow", "COMPLETED"]
+    assert header.split() == ["RUN", "WORKFLOW", "STATUS", "VERSION", "CREATED", "TOOK"]
+    assert row.split()[:4] == [handle.run_id, "cli-flow", "COMPLETED", flow.version]
 
 
 async def test_runs_show_prints_the_step_timeline_errors_and_rollbacks(
@@ -178,6 +178,7 @@ async def test_runs_show_prints_the_step_timeline_errors_and_rollbacks(
     steps = {step["name"]: step for step in shown["steps"]}
     assert shown["status"] == "FAILED"
     assert shown["meta"]["request_id"] == "r-7"
+    assert shown["version"] == flow.version
     assert steps["first"]["state"] == "completed"
     assert steps["second"]["attempts"] == 3
     assert steps["second"]["error"]["cause_message"] == "no second for -2"

@@ -11,6 +11,7 @@ import pytest
 from conftest import OpenProvider, eventually
 from pydantic import BaseModel
 
+from plait.providers.redis._workflows import worker as worker_module
 from plait.providers.redis._workflows.scripts import RunScripts
 from plait.workflows import (
     InvalidRunStateError,
@@ -200,7 +201,9 @@ async def test_retry_resumes_a_failed_run_without_rerunning_kept_steps(
     assert caught.value.status == "COMPLETED"
 
 
-async def test_progress_survives_a_reclaim(open_provider: OpenProvider) -> None:
+async def test_progress_survives_a_reclaim(
+    open_provider: OpenProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
     flow = Workflow("long", input=Job).step("copy")
     seen: list[Any] = []
     saved = anyio.Event()
@@ -221,10 +224,13 @@ async def test_progress_survives_a_reclaim(open_provider: OpenProvider) -> None:
 
     fast = {"stall_timeout": timedelta(milliseconds=300), "shutdown_timeout": timedelta(0)}
     caller = await open_provider()
+    # No time to hand the attempt back: the stop abandons it, as a crashed instance would.
+    monkeypatch.setattr(worker_module, "HAND_BACK", 0.0)
     doomed = await open_provider(consumer_for(block=True), **fast)
+    monkeypatch.undo()
     handle = await caller.execute(flow, Job())
     await saved.wait()
-    await doomed.stop()  # abandons the running attempt, as a crashed instance would
+    await doomed.stop()
 
     await open_provider(consumer_for(block=False), **fast)
 

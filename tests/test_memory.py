@@ -5,7 +5,7 @@ measures plait alone. It records ``used_memory`` after a warm-up (scripts loaded
 its group and the stats hash exist), after 10,000 runs have finished (their records, results,
 event streams and idempotency keys kept for ``retention``), and after ``retention`` expired
 plus one reconciler pass. What may remain is bounded: the workflow's stream (its entries are
-deleted as steps end), stats and caps, and the run index (``runs``: one id per run, trimmed by
+deleted as steps end), stats and consumers, and the run index (``runs``: one id per run, trimmed by
 the reconciler ``2 x retention + 1 h`` after the run started).
 """
 
@@ -188,8 +188,8 @@ async def test_memory_returns_near_its_start_after_retention(client: Any, redis_
         f"a finished run during its retention: {sum(kept.values()):,.0f} B "
         + ", ".join(f"{what} {size:,.0f} B" for what, size in kept.items())
     )
-    expected = [keys.jobs, keys.runs, keys.stats, keys.caps, instances(PREFIX), f"{PREFIX}:schema"]
-    expected.append(workflow_registry(PREFIX))
+    expected = [keys.jobs, keys.runs, keys.stats, keys.consumers, instances(PREFIX)]
+    expected += [f"{PREFIX}:schema", workflow_registry(PREFIX)]
     assert sorted(set(left) - {reconcile_lock(PREFIX)}) == sorted(expected)
     assert await client.zcard(keys.runs) == WARM_UP + RUNS
     # All that grows is the run index (until the reconciler trims it), plus allocator noise

@@ -337,26 +337,6 @@ async def test_a_malformed_entry_is_dead_lettered_and_work_goes_on(
     ]
 
 
-async def test_a_job_for_an_unknown_step_is_dead_lettered_and_fails_its_run(
-    open_provider: OpenProvider, prefix: str
-) -> None:
-    old = Workflow("versioned", input=Order).step("legacy")
-    new = Workflow("versioned", input=Order).step("current")
-    consumer: WorkflowConsumer[Order, None] = WorkflowConsumer(new)
-    consumer.step("current")(lambda ctx: None)
-    workflows = await open_provider(consumer)
-
-    handle = await workflows.execute(old, Order(order_id="o"))
-
-    with pytest.raises(WorkflowStepError, match="no handler for job 'legacy'"):
-        await handle.result(timeout=10)
-    client: Any = workflows._connection.client
-    dead = await client.xrange(f"{prefix}:{{versioned}}:dead")
-    assert [fields[b"reason"] for _, fields in dead] == [
-        b"no handler for job 'legacy' of workflow 'versioned'"
-    ]
-
-
 async def test_two_instances_share_the_steps_of_many_runs(open_provider: OpenProvider) -> None:
     flow = Workflow("shared", input=Order).step("one").step("two")
     ran: dict[str, list[str]] = {"left": [], "right": []}

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from plait.workflows import Workflow
+from plait.workflows import RetryPolicy, Workflow
 
 
 class Job(BaseModel):
@@ -23,3 +23,10 @@ stuck: Workflow[Job, Any] = Workflow("stuck", input=Job).parallel("done", "hang"
 napper: Workflow[Job, Any] = (
     Workflow("napper", input=Job).step("before").sleep("nap", timedelta(seconds=2)).step("after")
 )
+
+ONCE = RetryPolicy(max_attempts=1)
+shipping_v1: Workflow[Job, Any] = (
+    Workflow("shipping", input=Job).step("pack", retry=ONCE).step("label", retry=ONCE)
+)
+"""Version 1 of a workflow deployed in place: version 2 adds the step ``ship``."""
+shipping_v2: Workflow[Job, Any] = shipping_v1.step("ship", retry=ONCE)

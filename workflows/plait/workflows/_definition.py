@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ OutputT = TypeVar("OutputT")
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +103,33 @@ def _resolves_to_base(dotted: str, error: BaseException) -> bool:
     except (ImportError, AttributeError):
         return False
     return isinstance(kind, type) and isinstance(error, kind)
+
+
+def _policy(policy: RetryPolicy | None) -> list[Any] | None:
+    if policy is None:
+        return None
+    return [
+        policy.max_attempts,
+        policy.initial_interval.total_seconds(),
+        policy.backoff,
+        policy.max_interval.total_seconds(),
+        sorted(
+            entry if isinstance(entry, str) else cause_name(entry) for entry in policy.non_retryable
+        ),
+    ]
+
+
+def _step_options(step: Step) -> list[Any]:
+    """What of a step makes a definition's version: its name and options."""
+    return [
+        step.name,
+        _policy(step.retry),
+        _policy(step.rollback_retry),
+        None if step.timeout is None else step.timeout.total_seconds(),
+        None
+        if step.rate_limit is None
+        else [step.rate_limit[0], step.rate_limit[1].total_seconds()],
+    ]
 
 
 @dataclass(frozen=True)
@@ -215,9 +245,13 @@ class Workflow(Generic[InputT, OutputT]):
         input: the pydantic model of the run's input.
         output: the model the run's result is validated into (``None``: plain JSON).
         concurrency: at most this many running steps of this workflow across all instances.
+        version: the definition's version, recorded on every run it executes and announced
+            by every instance consuming it (default: a stable hash of the plan and the step
+            options, so a change of either is a new version). Runs keep the plan and step
+            options of the version that executed them, whichever version runs an attempt.
     """
 
-    __slots__ = ("concurrency", "groups", "input", "name", "output")
+    __slots__ = ("_version", "concurrency", "groups", "input", "name", "output")
 
     @overload
     def __init__(
@@ -227,6 +261,7 @@ class Workflow(Generic[InputT, OutputT]):
         input: type[InputT],
         output: None = None,
         concurrency: int | None = None,
+        version: str | None = None,
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None: ...
 
@@ -238,6 +273,7 @@ class Workflow(Generic[InputT, OutputT]):
         input: type[InputT],
         output: type[OutputT],
         concurrency: int | None = None,
+        version: str | None = None,
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None: ...
 
@@ -248,6 +284,7 @@ class Workflow(Generic[InputT, OutputT]):
         input: type[InputT],
         output: type[OutputT] | None = None,
         concurrency: int | None = None,
+        version: str | None = None,
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None:
         if not isinstance(name, str) or not WORKFLOW_NAME.match(name):
@@ -258,10 +295,15 @@ class Workflow(Generic[InputT, OutputT]):
             raise InvalidDefinitionError(f"workflow {name!r}: input must be a pydantic model")
         if concurrency is not None and concurrency < 1:
             raise InvalidDefinitionError(f"workflow {name!r}: concurrency must be >= 1")
+        if version is not None and (not isinstance(version, str) or not VERSION.match(version)):
+            raise InvalidDefinitionError(
+                f"workflow {name!r}: invalid version {version!r}: must match {VERSION.pattern}"
+            )
         self.name = name
         self.input: type[InputT] = input
         self.output: type[OutputT] | None = output
         self.concurrency = concurrency
+        self._version = version
         self.groups: tuple[tuple[Step, ...], ...] = _groups
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -350,9 +392,19 @@ class Workflow(Generic[InputT, OutputT]):
             input=self.input,
             output=self.output,
             concurrency=self.concurrency,
+            version=self._version,
             _groups=(*self.groups, group),
         )
         return extended
+
+    @property
+    def version(self) -> str:
+        """The version given to the constructor, or a stable hash of the plan and the step
+        options (12 hex digits): the same on every instance that defines the same workflow."""
+        if self._version is not None:
+            return self._version
+        text = json.dumps([[_step_options(step) for step in group] for group in self.groups])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
     def steps(self) -> tuple[Step, ...]:

@@ -131,6 +131,10 @@ class RunInfo(_JSONable):
     """Every wait and sleep the run reached or got a signal for, by name."""
     starts_at: datetime | None = None
     """When a delayed start (``execute(start_at=, delay=)``) is or was due."""
+    version: str = ""
+    """The version of the definition that executed the run (``Workflow.version``): its plan
+    and step options are the run's, whichever version runs an attempt ('' for a run executed
+    before versions were recorded)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +142,9 @@ class RunEvent(_JSONable):
     """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
 
     ``kind`` is one of ``run.started``, ``step.started``, ``step.progress``, ``step.completed``,
-    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``; a run that waits
+    ``step.failed``, ``step.retrying``, ``step.released`` (a stopping instance handed the
+    attempt back, or one that cannot run the job put it back: it runs again as the same
+    attempt), ``compensating`` and ``finished``; a run that waits
     adds ``wait.waiting`` (parked; ``data["due"]``), ``wait.kept`` (a signal came before its
     wait), ``wait.signalled`` (``data["signal_id"]``), ``wait.timed_out``, ``wait.woke`` (a
     sleep ended) and ``run.woke`` (a delayed start began).

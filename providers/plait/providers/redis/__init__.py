@@ -38,6 +38,8 @@ codec) and never import each other; both stand on ``_core``::
       handlers.py     a consumer's handlers: contexts, policies, calls, results
       jobs.py         job names: steps, rollbacks, on_complete, on_error
       lease.py        lease renewal from a thread
+      release.py      handing work back: what a stopping worker will not finish
+      capabilities.py what each instance can run (announced), each run needs (pinned)
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
       waits.py        waits and sleeps parked, signals delivered

@@ -77,6 +77,7 @@ async def runs_list(connection: Connection, args: argparse.Namespace) -> int:
             row["run_id"],
             row["workflow"],
             row["status"],
+            row["version"] or "-",
             moment(row["created"]),
             span(row["created"], row["finished"]),
         ]
@@ -89,7 +90,7 @@ async def runs_list(connection: Connection, args: argparse.Namespace) -> int:
 def _listing(rows: list[list[str]]) -> list[str]:
     if not rows:
         return ["no runs"]
-    return table(["RUN", "WORKFLOW", "STATUS", "CREATED", "TOOK"], rows)
+    return table(["RUN", "WORKFLOW", "STATUS", "VERSION", "CREATED", "TOOK"], rows)
 
 
 async def _recent(
@@ -105,9 +106,9 @@ async def _recent(
         start += PAGE
         async with client.pipeline(transaction=False) as pipe:
             for run_id in ids:
-                pipe.hmget(keys.run(run_id.decode()), "status", "created", "finished")
+                pipe.hmget(keys.run(run_id.decode()), "status", "created", "finished", "ver")
             records = await pipe.execute()
-        for run_id, (stored, created, finished) in zip(ids, records, strict=True):
+        for run_id, (stored, created, finished, version) in zip(ids, records, strict=True):
             if stored is None or (status and stored.decode() != status):
                 continue  # expired after its retention, or another status
             found.append(
@@ -115,6 +116,7 @@ async def _recent(
                     "run_id": run_id.decode(),
                     "workflow": keys.workflow,
                     "status": stored.decode(),
+                    "version": version.decode() if version else "",
                     "created": _time(created),
                     "finished": _time(finished),
                 }
@@ -153,6 +155,7 @@ def _describe(info: RunInfo) -> list[str]:
         f"run       {info.run_id}",
         f"workflow  {info.workflow}",
         f"status    {info.status.value}",
+        f"version   {info.version or '-'}",
         f"created   {moment(info.created_at)}",
         f"finished  {moment(info.finished_at)}{took}",
         f"deadline  {moment(info.deadline)}",
@@ -211,6 +214,7 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "run_id": info.run_id,
         "workflow": info.workflow,
         "status": info.status.value,
+        "version": info.version,
         "created_at": iso(info.created_at),
         "finished_at": iso(info.finished_at),
         "deadline": iso(info.deadline),
@@ -488,6 +492,11 @@ def _health_lines(report: Health) -> list[str]:
     headers = ["QUEUE", "GROUP", "LAG", "PENDING", "STALLED", "RETRYING", "OLDEST PENDING",
                "OLDEST WAITING", "DEAD"]  # fmt: skip
     lines += table(headers, rows) if rows else ["no queues"]
+    lines += [
+        f"versions of {queue.name}: {', '.join(queue.versions)}"
+        for queue in report.queues
+        if queue.versions
+    ]
     lines += [f"problem: {problem}" for problem in report.problems]
     return lines
 

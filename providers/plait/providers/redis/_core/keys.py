@@ -21,12 +21,16 @@ one attempt of a job::
     <prefix>:{<wf>}:active            zset     run id -> created ms (runs not finished yet)
     <prefix>:{<wf>}:runs              zset     run id -> created ms (every run; trimmed by the
                                                reconciler ``2 x retention + 1 h`` after that)
-    <prefix>:{<wf>}:caps              string   JSON {oc, oe, rb}: which handlers (on_complete,
-                                               on_error, rollbacks) the consumers have
+    <prefix>:{<wf>}:consumers         hash     provider id -> "<seen ms>|<version>|,<job>,...,":
+                                               what each instance consuming the workflow can
+                                               run, refreshed by its heartbeat (an entry not
+                                               refreshed for ``ANNOUNCED_FOR`` is not live)
     <prefix>:{<wf>}:stats             hash     status -> runs that ended so; ``fenced`` ->
                                                writes refused because their attempt was stale;
                                                ``idle`` (present while an instance waits on
                                                ``wake`` instead of reading the stream)
+                                               ``wait:<job>`` -> last ms a job was put back
+                                               because no live instance announced it
     <prefix>:{<wf>}:idem:<key>        string   "run|input hash" of the run owning the
                                                idempotency key (expires: retention after it ends)
     <prefix>:{<wf>}:run:<id>          hash     the run record: status, plan, per-job fields
@@ -168,9 +172,9 @@ class WorkflowKeys:
         return self.base + "runs"
 
     @property
-    def caps(self) -> str:
-        """JSON of the handlers the consumers have."""
-        return self.base + "caps"
+    def consumers(self) -> str:
+        """Hash of what each instance consuming the workflow can run (its announcement)."""
+        return self.base + "consumers"
 
     @property
     def stats(self) -> str:
@@ -329,7 +333,7 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:deadlines", "zset"),
     KeyPattern("<prefix>:{<wf>}:active", "zset"),
     KeyPattern("<prefix>:{<wf>}:runs", "zset"),
-    KeyPattern("<prefix>:{<wf>}:caps", "string"),
+    KeyPattern("<prefix>:{<wf>}:consumers", "hash"),
     KeyPattern("<prefix>:{<wf>}:stats", "hash"),
     KeyPattern("<prefix>:{<wf>}:idem:<key>", "string"),
     KeyPattern("<prefix>:{<wf>}:run:<id>", "hash"),

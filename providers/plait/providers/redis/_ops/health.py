@@ -18,7 +18,10 @@ are *stalled* (pending without a lease renewal for ``stalled_after``: their cons
 no live instance took them over), when the oldest entry a group has not read yet has waited
 longer than ``max_wait`` (no live consumer, or too few), or when the report could not be read
 within its bound (it then holds what was read); a provider's own report is also not ok when
-that provider is not alive (:func:`with_liveness`). Live instances are those whose
+that provider is not alive (:func:`with_liveness`), or when a workflow's jobs wait for a
+consumer that can run them (put back lately because no live instance announced their step,
+rollback or hook, see ``_workflows/capabilities``). A workflow's queue lists the versions its
+live consumers announced. Live instances are those whose
 :class:`~plait.providers.redis._ops.heartbeat.Heartbeat` beat recently; :mod:`.asgi` serves all
 three over HTTP.
 """
@@ -35,8 +38,9 @@ import anyio
 from .._core.errors import REFUSED_CREDENTIALS, UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
 from .._core.wire import text
+from .._workflows.jobs import display_name
 from .catalog import event_names, workflow_names
-from .heartbeat import FORGET_AFTER, HEARTBEAT
+from .heartbeat import ANNOUNCED_FOR, FORGET_AFTER, HEARTBEAT
 
 Report = TypeVar("Report", "Health", "Readiness")
 
@@ -48,6 +52,8 @@ STALL_SAMPLE = 1_000
 """Most stalled entries counted per group."""
 BATCH = 200
 """Queues looked at by one pipeline."""
+WAITED_LATELY = 10.0
+"""Seconds after its last put-back that a job still counts as waiting for a consumer."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +89,11 @@ class QueueHealth:
     dead_letters: int
     """Entries in the dead-letter stream."""
     groups: tuple[GroupHealth, ...] = ()
+    versions: tuple[str, ...] = ()
+    """The definition versions the workflow's live consumers announced (workflows only)."""
+    waiting_for: tuple[str, ...] = ()
+    """Jobs (``ship``, ``rollback:ship``, ``on_error``...) put back lately because no live
+    instance announced them: runs wait for a consumer that can run them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,6 +268,10 @@ async def check_health(
     )
 
 
+_Announced = tuple[tuple[str, ...], tuple[str, ...]]
+"""A workflow's live versions, and the jobs waiting lately for a consumer that can run them."""
+
+
 class _Reader:
     """One health check: the streams, groups, dead letters and heartbeats under a prefix."""
 
@@ -280,8 +295,10 @@ class _Reader:
         for at in range(0, len(workflows), BATCH):
             keys = [WorkflowKeys(self._prefix, name) for name in workflows[at : at + BATCH]]
             looks = await self._look([(one.jobs, one.dead) for one in keys])
+            announced = await self._consumers(keys)
             self.queues += [
-                await self._workflow(one, *look) for one, look in zip(keys, looks, strict=True)
+                await self._workflow(one, *look, seen)
+                for one, look, seen in zip(keys, looks, announced, strict=True)
             ]
         events = await event_names(self._client, self._prefix)
         for at in range(0, len(events), BATCH):
@@ -312,7 +329,7 @@ class _Reader:
         return looks
 
     async def _workflow(
-        self, keys: WorkflowKeys, length: int, infos: list[Any], dead: int
+        self, keys: WorkflowKeys, length: int, infos: list[Any], dead: int, announced: _Announced
     ) -> QueueHealth:
         groups = []
         for info in infos:
@@ -330,15 +347,46 @@ class _Reader:
                     name=GROUP, lag=length, pending=0, stalled=0, oldest_waiting=self._age(first)
                 )
             )
+        versions, waiting_for = announced
         queue = QueueHealth(
             kind="workflow",
             name=keys.workflow,
             length=length,
             dead_letters=dead,
             groups=tuple(groups),
+            versions=versions,
+            waiting_for=waiting_for,
         )
         self._judge(queue)
         return queue
+
+    async def _consumers(self, keys: list[WorkflowKeys]) -> list[_Announced]:
+        """For each workflow, the versions its live consumers announced and the jobs waiting
+        lately for a consumer that can run them (one pipeline)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for one in keys:
+                pipe.hgetall(one.consumers)
+                pipe.hgetall(one.stats)
+            replies = await pipe.execute(raise_on_error=False)
+        return [
+            self._announced(*(reply if isinstance(reply, dict) else {} for reply in pair))
+            for pair in zip(replies[::2], replies[1::2], strict=True)
+        ]
+
+    def _announced(self, consumers: dict[Any, Any], stats: dict[Any, Any]) -> _Announced:
+        versions: set[str] = set()
+        for row in consumers.values():
+            seen, _, rest = text(row).partition("|")
+            live = seen.isdigit() and self._now_ms - int(seen) <= ANNOUNCED_FOR * 1000
+            if live:
+                versions.add(rest.partition("|")[0])
+        waiting = []
+        for field_name, value in stats.items():
+            name, at = text(field_name), text(value)
+            lately = at.isdigit() and self._now_ms - int(at) <= WAITED_LATELY * 1000
+            if name.startswith("wait:") and lately:
+                waiting.append(display_name(name[len("wait:") :]))
+        return tuple(sorted(versions)), tuple(sorted(waiting))
 
     async def _event(
         self, keys: EventKeys, length: int, infos: list[Any], dead: int
@@ -399,6 +447,11 @@ class _Reader:
 
     def _judge(self, queue: QueueHealth) -> None:
         what = f"{queue.kind} {queue.name!r}"
+        for job in queue.waiting_for:
+            self.problems.append(
+                f"{what}: waiting for a consumer that can run {job!r} (no live instance "
+                "announced it; its runs wait, see missing_handler_grace)"
+            )
         for group in queue.groups:
             where = what if queue.kind == "workflow" else f"{what} (group {group.name!r})"
             if group.stalled:

@@ -75,6 +75,16 @@ class Attempts:
         self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
         self._run_stopped: set[str] = set()
         """Entries whose attempt ``cancel_run`` cancelled (not their timeout or deadline)."""
+        self.interrupting = False
+        """Whether the worker's stop interrupts attempts: they are handed back, not run."""
+
+    def interrupt(self) -> None:
+        """Cancel every running attempt for the stop: each hands its job back to the group
+        (queued again at once, no attempt spent), and attempts started from now on too."""
+        self.interrupting = True
+        for attempts in list(self._scopes.values()):
+            for _, scope in list(attempts.values()):
+                scope.cancel()
 
     def cancel_run(self, run_id: str) -> None:
         """Cancel the running attempts of ``run_id`` (not its compensation)."""
@@ -145,9 +155,9 @@ class Attempts:
         elif isinstance(started, Deferred):
             self._on_retry(self._keys.workflow)
 
-    async def reject(self, job: Job, fields: dict[str, str]) -> None:
-        """A job this consumer has no handler for: dead-letter it and fail its attempt."""
-        reason = f"no handler for job {job.name!r} of workflow {self._keys.workflow!r}"
+    async def reject(self, job: Job, fields: dict[str, str], *, reason: str = "") -> None:
+        """A job no instance can run: dead-letter it and fail its attempt with ``reason``."""
+        reason = reason or f"no handler for job {job.name!r} of workflow {self._keys.workflow!r}"
         await self.dead_letter(job.entry, reason, fields)
         detached = Job("", job.run_id, job.name, job.token)
         call = self._scripts.call_id()
@@ -169,7 +179,22 @@ class Attempts:
             self._keys.workflow,
         )
 
+    async def hand_back(self, job: Job, *, started: bool = True) -> None:
+        """Release a job this worker took for another instance, at once and without spending an
+        attempt (see ``run_release.lua``); ``started=False`` releases it only while it is
+        queued (never an attempt marked running, which may be another process's of the same
+        provider id)."""
+        released = await transition(
+            lambda: self._scripts.release(self._keys, job, self._owner, started=started),
+            self._keys.workflow,
+        )
+        if released == "released":
+            logger.info("run %s: %s handed back for another instance", job.run_id, job.name)
+
     async def _attempt(self, job: Job, started: Started) -> list[Taken]:
+        if self.interrupting:
+            await self.hand_back(job)
+            return []
         limit, deadline_ms = self._limit(job, started)
         # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
@@ -194,10 +219,12 @@ class Attempts:
                             result = await self._call(job, started, base, thread)
                     except Exception as raised:
                         error = raised
-                if scope.cancelled_caught:
+                if scope.cancelled_caught and self.interrupting:
+                    error = None  # the stop interrupted it: handed back below, not failed
+                elif scope.cancelled_caught:
                     error = await self._stopped(job, limit, deadline_ms)
                     if isinstance(error, RunStoppedError) and thread.left:
-                        result, error = await self._outlived(job, thread, began)
+                        result, error = await self._outlived(job, started, thread, began)
                 if error is not None:
                     record_failure(span, error)
                 span_id = traceparent_of(span)
@@ -217,18 +244,23 @@ class Attempts:
             },
         )
         if error is not None:
-            await self._record_failure(job, started.attempt, error, span=span_id)
+            await self._record_failure(
+                job, started.attempt, error, span=span_id, options=started.options
+            )
             return []
         if result is None:
+            if scope.cancelled_caught and self.interrupting:
+                await self.hand_back(job)
             return []
         return await self._complete(job, started, result)
 
     async def _complete(self, job: Job, started: Started, result: str) -> list[Taken]:
         take = 1 if self.taking else 0
+        rollback = job.name in self._handlers.consumer.rollbacks  # recorded: it will run
         call = self._scripts.call_id()
         done = await transition(
             lambda: self._scripts.complete(
-                self._keys, job, result, call=call, owner=self._owner, take=take
+                self._keys, job, result, call=call, owner=self._owner, take=take, rollback=rollback
             ),
             self._keys.workflow,
         )
@@ -272,7 +304,7 @@ class Attempts:
         counted on Redis's clock, from the start call's reading: this host's clock plays no
         part, and the reply's latency only makes the bound later, never earlier.
         """
-        limit = self._handlers.timeout(job.name)
+        limit = self._handlers.timeout(job.name, started.options)
         if started.deadline_ms and not compensates(job.name):
             remaining = (started.deadline_ms - started.started_ms) / 1000
             if limit is None or remaining < limit:
@@ -300,7 +332,7 @@ class Attempts:
         return await self._handlers.call(job.name, context, run_error, straggler=thread)
 
     async def _outlived(
-        self, job: Job, thread: Straggler, began: float
+        self, job: Job, started: Started, thread: Straggler, began: float
     ) -> tuple[str | None, Exception | None]:
         """The outcome of a sync handler whose run stopped while its thread ran on.
 
@@ -311,7 +343,7 @@ class Attempts:
         (then the thread is abandoned as timed out) and by shutdown (then the attempt is left
         to be reclaimed).
         """
-        timeout = self._handlers.timeout(job.name)
+        timeout = self._handlers.timeout(job.name, started.options)
         patience = math.inf if timeout is None else timeout - (time.perf_counter() - began)
         logger.info(
             "run %s: waiting for the thread of %s, which outlived its run", job.run_id, job.name
@@ -349,9 +381,17 @@ class Attempts:
         return outcome_error(run_id, record)
 
     async def _record_failure(
-        self, job: Job, attempt: int, error: BaseException, *, span: str | None = None
+        self,
+        job: Job,
+        attempt: int,
+        error: BaseException,
+        *,
+        span: str | None = None,
+        options: str = "",
     ) -> None:
-        delay = self._handlers.retry_delay_ms(job.name, attempt, error)
+        """Record a failed attempt, retried per the run's pinned step ``options`` (or this
+        version's when the run recorded none)."""
+        delay = self._handlers.retry_delay_ms(job.name, attempt, error, options)
         if isinstance(error, RunStoppedError):
             delay = -1
         wire = wire_error(job.name, attempt, error, span=span)  # even when str(error) raises

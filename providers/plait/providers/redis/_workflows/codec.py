@@ -14,6 +14,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from plait.workflows import (
+    RetryPolicy,
     RunInfo,
     StepInfo,
     WaitInfo,
@@ -26,6 +27,7 @@ from plait.workflows import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
+from plait.workflows._errors import cause_name
 
 from .._core.wire import lenient_text
 from .jobs import display_name, rollback_of
@@ -90,7 +92,7 @@ def limits_of(definition: Workflow[Any, Any]) -> str:
 
 
 def caps_of(consumer: WorkflowConsumer[Any, Any]) -> str:
-    """Which handlers a consumer has, as the Lua scripts read them."""
+    """Which hooks and rollbacks a consumer has, as a run records them (its ``caps``)."""
     return json.dumps(
         {
             "oc": consumer.complete_handler is not None,
@@ -98,6 +100,45 @@ def caps_of(consumer: WorkflowConsumer[Any, Any]) -> str:
             "rb": dict.fromkeys(consumer.rollbacks, True),
         }
     )
+
+
+def policy_json(policy: RetryPolicy | None) -> dict[str, Any] | None:
+    """A retry policy as a run records it (exception classes by their ``cause_type``)."""
+    if policy is None:
+        return None
+    return {
+        "n": policy.max_attempts,
+        "i": policy.initial_interval.total_seconds(),
+        "b": policy.backoff,
+        "m": policy.max_interval.total_seconds(),
+        "x": [e if isinstance(e, str) else cause_name(e) for e in policy.non_retryable],
+    }
+
+
+def policy_of(data: Mapping[str, Any]) -> RetryPolicy:
+    """The retry policy a run recorded (see :func:`policy_json`)."""
+    return RetryPolicy(
+        max_attempts=int(data["n"]),
+        initial_interval=timedelta(seconds=float(data["i"])),
+        backoff=float(data["b"]),
+        max_interval=timedelta(seconds=float(data["m"])),
+        non_retryable=tuple(str(name) for name in data.get("x", ())),
+    )
+
+
+def options_of(definition: Workflow[Any, Any]) -> str:
+    """The step options a run records at execute: JSON {step: {r: retry, rr: rollback retry,
+    t: timeout s}}, '' when no step has any (the running instance's defaults apply)."""
+    options: dict[str, dict[str, Any]] = {}
+    for step in definition.steps:
+        entry = {
+            "r": policy_json(step.retry),
+            "rr": policy_json(step.rollback_retry),
+            "t": None if step.timeout is None else step.timeout.total_seconds(),
+        }
+        if any(value is not None for value in entry.values()):
+            options[step.name] = entry
+    return json.dumps(options, separators=(",", ":")) if options else ""
 
 
 def _time(value: str | None) -> datetime | None:
@@ -153,6 +194,7 @@ def run_info(run_id: str, workflow: str, record: Mapping[str, str]) -> RunInfo:
         rollback_errors=tuple(rollback_errors(record)),
         waits=waits_of(record),
         starts_at=_time(record.get("sat")),
+        version=record.get("ver", ""),
     )
 
 

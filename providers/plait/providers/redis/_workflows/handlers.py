@@ -30,8 +30,8 @@ from plait.workflows import (
 
 from .._core.calls import Straggler, invoke
 from .._core.payload import DEFAULT_MAX_PAYLOAD, UnstorableError, check_size
-from .codec import decode_result, encode_result
-from .jobs import COMPLETE, ERROR, error_step_name, is_step, rollback_of, step_of
+from .codec import decode_result, encode_result, policy_of
+from .jobs import COMPLETE, ERROR, ROLLBACK, error_step_name, is_step, rollback_of, step_of
 from .scripts import Job, Started
 
 
@@ -52,6 +52,7 @@ class Handlers:
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
+        self._decoded: dict[str, dict[str, Any] | None] = {}
         self.parks: dict[str, Wait | Sleep] = {step.name: step for step in self.definition.parks}
         """The waits and sleeps, which plait parks instead of calling a handler."""
         self._timeouts = {
@@ -61,14 +62,37 @@ class Handlers:
         }
 
     def knows(self, job: str) -> bool:
-        """Whether this consumer can run ``job`` (missing rollbacks and hooks are no-ops)."""
+        """Whether this consumer has a handler for ``job`` (a job it lacks is put back for an
+        instance that has one, never run as a no-op, see ``capabilities``)."""
         step = rollback_of(job)
         if step is not None:
-            return step in self._outputs
-        return job in self.consumer.steps or job in (COMPLETE, ERROR) or job in self.parks
+            return step in self.consumer.rollbacks
+        if job == COMPLETE:
+            return self.consumer.complete_handler is not None
+        if job == ERROR:
+            return self.consumer.error_handler is not None
+        return job in self.consumer.steps or job in self.parks
 
-    def policy(self, job: str) -> RetryPolicy:
-        """The retry policy of a job: its step's, its rollback's, or the provider default."""
+    def jobs(self) -> list[str]:
+        """Every job this consumer can run (what its instance announces)."""
+        jobs = [*self.consumer.steps, *self.parks]
+        jobs += [ROLLBACK + step for step in self.consumer.rollbacks]
+        if self.consumer.complete_handler is not None:
+            jobs.append(COMPLETE)
+        if self.consumer.error_handler is not None:
+            jobs.append(ERROR)
+        return jobs
+
+    def policy(self, job: str, pinned: str = "") -> RetryPolicy:
+        """The retry policy of a job: its step's (or rollback's) as the run recorded it at
+        execute (``pinned``: the run's step options), else as this version defines it, else
+        the provider default."""
+        options = self._pinned(pinned)
+        if options is not None:
+            entry = options.get(step_of(job)) or {}
+            rollback = rollback_of(job) is not None
+            chosen = (entry.get("rr") if rollback else None) or entry.get("r")
+            return policy_of(chosen) if chosen else self._default_retry
         try:
             step = self.definition.get_step(step_of(job))
         except KeyError:  # a hook, or a step this version of the workflow does not know
@@ -77,14 +101,42 @@ class Handlers:
             return step.rollback_retry or step.retry or self._default_retry
         return step.retry or self._default_retry
 
-    def timeout(self, job: str) -> float | None:
-        """The step timeout of a job in seconds (rollbacks use their step's), or None."""
+    def timeout(self, job: str, pinned: str = "") -> float | None:
+        """The step timeout of a job in seconds (rollbacks use their step's), or None; from
+        the run's step options when it recorded them (``pinned``)."""
+        options = self._pinned(pinned)
+        if options is not None:
+            seconds = (options.get(step_of(job)) or {}).get("t")
+            return None if seconds is None else float(seconds)
         return self._timeouts.get(step_of(job))
 
-    def retry_delay_ms(self, job: str, attempt: int, error: BaseException) -> int:
+    def retry_delay_ms(self, job: str, attempt: int, error: BaseException, pinned: str = "") -> int:
         """Milliseconds until the next attempt, or -1 when the job has failed for good."""
-        delay = self.policy(job).next_delay(attempt, error)
+        delay = self.policy(job, pinned).next_delay(attempt, error)
         return -1 if delay is None else int(delay.total_seconds() * 1000)
+
+    def _pinned(self, raw: str) -> dict[str, Any] | None:
+        """A run's step options, decoded once per distinct text; None for a run that recorded
+        none (or whose record does not decode: this version's options apply)."""
+        if not raw:
+            return None
+        try:
+            return self._decoded[raw]
+        except KeyError:
+            pass
+        options: dict[str, Any] | None
+        try:
+            options = dict(json.loads(raw))
+            for entry in options.values():
+                for key in ("r", "rr"):
+                    if entry.get(key):
+                        policy_of(entry[key])
+        except (ValueError, TypeError, KeyError, AttributeError, WorkflowError):
+            options = None
+        if len(self._decoded) >= 64:
+            self._decoded.clear()
+        self._decoded[raw] = options
+        return options
 
     def context(
         self,

@@ -59,11 +59,17 @@ class Parker(Protocol):
 
     keys: WorkflowKeys
     depth: int
-    caps: str
+    announcement: str
+    """What this instance announces it can run of the workflow (without its time)."""
     armed: bool
     """Whether the ``idle`` field is set already (by :meth:`Intake.prepare`)."""
     prepared: bool
-    """Whether its group and caps were made (by :meth:`Intake.prepare`)."""
+    """Whether its group and announcement were made (by :meth:`Intake.prepare`)."""
+
+    @property
+    def owner(self) -> str:
+        """The instance's consumer name."""
+        ...
 
 
 @dataclass
@@ -101,15 +107,17 @@ class Intake:
         return len(self._parked)
 
     async def prepare(self, workers: Sequence[Parker]) -> None:
-        """Create the consumer groups of ``workers``, publish their caps and arm their
+        """Create the consumer groups of ``workers``, announce what they can run and arm their
         wake-ups, a few pipelines for all of them (those this fails for prepare on their own).
         """
+        seconds, micros = await self._client.time()  # announcements carry Redis' time
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
         for start in range(0, len(workers), _BATCH):
             batch = workers[start : start + _BATCH]
             pipe = self._client.pipeline(transaction=False)
             for worker in batch:
                 pipe.xgroup_create(worker.keys.jobs, GROUP, id="0", mkstream=True)
-                pipe.set(worker.keys.caps, worker.caps)
+                pipe.hset(worker.keys.consumers, worker.owner, f"{now_ms}|{worker.announcement}")
                 if self._connection.wakeups is None:
                     pipe.hset(worker.keys.stats, "idle", "1")
             try:

@@ -42,6 +42,11 @@ class WorkflowProviderOptions:
     reconcile_interval: timedelta = timedelta(seconds=30)
     """How often the reconciler looks for runs that cannot advance by themselves (one
     instance at a time does a pass)."""
+    missing_handler_grace: timedelta = timedelta(minutes=10)
+    """How long a job whose step, rollback or hook no live instance has announced waits for
+    one before it is dead-lettered and fails (``plait.UnknownJob``). Meanwhile an instance
+    without the handler puts the job back (no attempt spent) and health reports "waiting for a
+    consumer that can run" it: a rolling deploy that adds a step never fails a run."""
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
     """The largest payload stored, in bytes of JSON (default 2 MiB): a larger input is refused
     with ``InvalidInputError`` before anything is written; a larger step or on_complete result
@@ -76,6 +81,7 @@ class WorkflowProviderKeywords(TypedDict, total=False):
     shutdown_timeout: timedelta
     connect_timeout: timedelta
     reconcile_interval: timedelta
+    missing_handler_grace: timedelta
     max_payload_bytes: int
     tracer_provider: Any
     meter_provider: Any

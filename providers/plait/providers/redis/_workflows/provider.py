@@ -41,7 +41,8 @@ from .._core.wire import default_provider_id
 from .._ops.catalog import Enrollment
 from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
-from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
+from .capabilities import Pins, announcement, pins_of
+from .codec import canonical_json, input_hash, limits_of, new_run_id, plan_of
 from .handlers import Handlers
 from .intake import Intake
 from .lease import Leases
@@ -88,8 +89,8 @@ class RedisWorkflowProvider:
         **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
-            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``, ``events``: an
-            event provider for ``ctx.emit``); the provider
+            ``reconcile_interval``, ``missing_handler_grace``, ``tracer_provider``,
+            ``meter_provider``, ``events``: an event provider for ``ctx.emit``); the provider
             keeps them as :attr:`options`.
     """
 
@@ -149,7 +150,11 @@ class RedisWorkflowProvider:
             kinds=WORKFLOW_KINDS,
         )
         self._tg: anyio.abc.TaskGroup | None = None
-        self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
+        self._heartbeat = Heartbeat(
+            self._connection.client, opts.prefix, self.provider_id, announcements=self._announced
+        )
+        self._pins: dict[Workflow[Any, Any], Pins] = {}
+        """What runs of each definition executed here record (computed once per definition)."""
         self._enrollment = Enrollment(self._connection.client, opts.prefix)
 
     @classmethod
@@ -211,7 +216,9 @@ class RedisWorkflowProvider:
     async def stop(self) -> None:
         """Stop taking steps, wait up to ``shutdown_timeout`` for running ones, release Redis.
 
-        Steps still running after the timeout are left to be reclaimed by other instances;
+        Steps still running after the timeout are interrupted and handed back at once, without
+        spending an attempt, for other instances to run (what cannot be handed back within a
+        second is reclaimed after ``stall_timeout``);
         pending ``result()`` and ``watch()`` calls on this instance raise
         :class:`~plait.workflows.ProviderClosedError`. Also ends a running :meth:`serve`.
         """
@@ -280,7 +287,9 @@ class RedisWorkflowProvider:
                 tg.start_soon(worker.drain, timeout)
         left = sum(worker.running for worker in self._workers.values())
         if left:
-            logger.warning("%s: %d running steps left to be reclaimed", self.provider_id, left)
+            logger.warning(
+                "%s: %d running steps not handed back, left to be reclaimed", self.provider_id, left
+            )
 
     async def _enroll(self, names: list[str]) -> None:
         """Add ``names`` to the registry of workflows (``_ops/catalog.py``)."""
@@ -312,23 +321,25 @@ class RedisWorkflowProvider:
         name = consumer.definition.name
         if name in self._workers:
             raise InvalidDefinitionError(f"workflow {name!r} is registered twice")
+        handlers = Handlers(
+            consumer,
+            self.options.retry,
+            max_payload=self.options.max_payload_bytes,
+            events=self.options.events,
+        )
         worker = Worker(
             self._connection,
             self._scripts,
-            Handlers(
-                consumer,
-                self.options.retry,
-                max_payload=self.options.max_payload_bytes,
-                events=self.options.events,
-            ),
+            handlers,
             options=self.options,
-            caps=caps_of(consumer),
+            announcement=announcement(handlers.jobs(), consumer.definition.version),
             leases=self._leases,
             telemetry=self._telemetry,
             on_retry=self._timers.wake,
             intake=self._intake,
         )
         self._workers[name] = worker
+        self._pins = {d: pin for d, pin in self._pins.items() if d.name != name}
         self._definitions[name] = consumer.definition
         self._timers.watch(name)
         if self._tg is not None:  # started: enroll it beside its worker's start
@@ -415,6 +426,7 @@ class RedisWorkflowProvider:
                         start_in_ms=start_in_ms,
                         start_at_ms=start_at_ms,
                         signals=signal_names(definition),
+                        pinned=self._pinned(definition).args(),
                     ),
                     timeout=self.options.connect_timeout.total_seconds(),
                     what=f"execute {name}",
@@ -607,6 +619,19 @@ class RedisWorkflowProvider:
             if failure is not None:
                 raise ProviderClosedError(f"the workflow provider stopped: it died of {failure}")
             raise ProviderClosedError("the workflow provider is not started")
+
+    def _pinned(self, definition: Workflow[Any, Any]) -> Pins:
+        """What a run of ``definition`` executed here records (see ``capabilities``)."""
+        try:
+            return self._pins[definition]
+        except KeyError:
+            worker = self._workers.get(definition.name)
+            consumer = worker.consumer if worker is not None else None
+            return self._pins.setdefault(definition, pins_of(definition, consumer))
+
+    def _announced(self) -> list[tuple[str, str]]:
+        """What this instance announces with each heartbeat: one per registered workflow."""
+        return [(worker.keys.consumers, worker.announcement) for worker in self._workers.values()]
 
     def _depths(self) -> list[tuple[str, int]]:
         return [(name, worker.depth) for name, worker in self._workers.items()]

@@ -54,6 +54,10 @@ class Started:
     results: dict[str, str]
     previous_span: str | None = None
     """The traceparent of the attempt this one retries, when it recorded one."""
+    options: str = ""
+    """The run's step options pinned at execute (JSON, see ``codec.options_of``), '' when
+    none: the retry policy and timeout of the attempt come from there, whichever version of
+    the consumer runs it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,7 @@ def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
             keys.deadlines,
             keys.active,
             keys.runs,
-            keys.caps,
+            keys.consumers,
             keys.stats,
         )
         return _WORKFLOW_KEYS.setdefault(keys.base, built)
@@ -150,6 +154,7 @@ class RunScripts:
         self._progress = register(client, "run_progress", "run_lib")
         self._retry = register(client, "run_retry", "run_lib")
         self._reconcile = register(client, "run_reconcile", "run_lib")
+        self._release = register(client, "run_release", "run_lib")
         self._dead_letter = register(client, "run_dead_letter")
         self._wait = register(client, "run_wait", "run_lib")
         self._signal = register(client, "run_signal", "run_lib")
@@ -174,21 +179,22 @@ class RunScripts:
         start_in_ms: int = 0,
         start_at_ms: int = 0,
         signals: str = "",
+        pinned: tuple[str, str, str] = ("", "", ""),
     ) -> tuple[str, str, bool]:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told).
 
         ``start_in_ms`` / ``start_at_ms`` (Redis ms) delay its start; ``signals`` names its
-        signal waits (",a,b,")."""
+        signal waits (",a,b,"); ``pinned``: what the run records of its definition (see
+        ``capabilities.Pins``): the hooks and rollbacks of this instance's consumer, the step
+        options, the version."""
         args: list[Any] = [keys.base, run_id, idempotency_key, input_hash, input_json]
         args += [meta_json, plan_json]
         declared = _run_keys(keys, run_id)
         if idempotency_key:
             declared.append(keys.idempotency(idempotency_key))
-        args += [timeout_ms, retention_ms, limits_json]
-        if start_in_ms or start_at_ms or signals:
-            args += [start_in_ms, start_at_ms, signals]
-        reply = await self._connection.run(self._execute, keys=declared, args=args)
+        args += [timeout_ms, retention_ms, limits_json, start_in_ms, start_at_ms, signals]
+        reply = await self._connection.run(self._execute, keys=declared, args=[*args, *pinned])
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
@@ -225,13 +231,17 @@ class RunScripts:
         call: str,
         owner: str = "",
         take: int = 0,
+        rollback: bool = False,
     ) -> tuple[str | None, list[Taken]]:
-        """Record success, then take and start up to ``take`` new entries for ``owner``.
+        """Record success, then take and start up to ``take`` new entries for ``owner``
+        (``rollback``: this consumer has the step's rollback, which the run then records).
 
         Returns the run's status (None when the token was superseded: nothing recorded, nothing
         taken) and the entries taken.
         """
         args = [keys.base, job.run_id, job.name, job.token, job.entry, result, owner, take, call]
+        if rollback:
+            args.append(1)
         reply = await self._connection.run(
             self._complete, keys=_run_keys(keys, job.run_id), args=args
         )
@@ -306,6 +316,36 @@ class RunScripts:
             self._connection.kick(keys.jobs)
         return outcome, text(reply[1])
 
+    async def release(
+        self,
+        keys: WorkflowKeys,
+        job: Job,
+        owner: str,
+        *,
+        delay_ms: int = 0,
+        started: bool = True,
+        grace_ms: int | None = None,
+    ) -> str:
+        """Hand a held job back to the group without spending an attempt (queued again under a
+        new token, at once or after ``delay_ms``).
+
+        Returns ``released``, or ``stale`` when it was no longer this worker's to hand back
+        (superseded, finished, another instance's attempt; with ``started=False``, an attempt
+        marked running). With ``grace_ms`` (this consumer has no handler for the job) it may
+        also return ``noop`` (no instance has the hook or rollback and the run did not record
+        it) or ``dead`` (no live instance announced the job for ``grace_ms``), releasing
+        nothing.
+        """
+        args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry, owner]
+        args += [delay_ms, int(started), "" if grace_ms is None else grace_ms]
+        reply = await self._connection.run(
+            self._release, keys=_run_keys(keys, job.run_id), args=args
+        )
+        outcome = text(reply[0])
+        if outcome == "released":
+            self._connection.kick(keys.jobs)
+        return outcome
+
     async def park(
         self,
         keys: WorkflowKeys,
@@ -365,7 +405,7 @@ def _started(reply: Any, job: str) -> StartReply:
             return Refused(f"foreign entry: {lenient_text(reply[1])}")
         if outcome != "run":
             return None
-        flat = reply[8:]
+        flat = reply[9:]
         results = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Started(
             attempt=int(reply[1]),
@@ -376,6 +416,7 @@ def _started(reply: Any, job: str) -> StartReply:
             progress=text(reply[5]) if reply[5] else None,
             results=results,
             previous_span=_linked_span(reply[6]) if reply[6] else None,
+            options=text(reply[8]),
         )
     except (ValueError, TypeError) as error:  # UnicodeDecodeError is a ValueError
         return _corrupt(reply, job, error)
@@ -387,12 +428,13 @@ def _corrupt(reply: Any, job: str, error: Exception) -> Corrupt:
     if text(reply[0]) == "lost":
         fields.append((f"{job}|ow", reply[2], text))
     else:
-        results = zip(reply[8::2], reply[9::2], strict=False)
+        results = zip(reply[9::2], reply[10::2], strict=False)
         fields += [
             ("input", reply[2], text),
             ("meta", reply[3], text),
             ("deadline", reply[4] or 0, int),
             (f"{job}|pg", reply[5], text),
+            ("opts", reply[8], text),
             *((f"result of {lenient_text(step)!r}", value, text) for step, value in results),
         ]
     reason = f"a field of the run does not decode ({type(error).__name__}: {error})"

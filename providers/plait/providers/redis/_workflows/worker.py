@@ -11,6 +11,8 @@ taken over by the reclaim loop (``XAUTOCLAIM``) and the attempt they carried is 
 stops reading and parks in the provider's ``intake`` until an entry is added (no connection, no
 command while idle); it reads on its own again from the first entry it gets.
 Only the token-checked scripts acknowledge entries, so a zombie can never empty the pending list.
+An entry naming a job this consumer has no handler for is put back for another instance (see
+``capabilities``); a stopping worker hands its unfinished work back (see ``release``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import anyio
 from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 
+from plait.workflows import WorkflowConsumer
 from plait.workflows._errors import describe_exception
 
 from .._core.connection import Connection
@@ -33,12 +36,15 @@ from .._core.keys import GROUP, WorkflowKeys
 from .._core.retry import call_forever
 from .._core.telemetry import Telemetry
 from .._core.wire import lenient_text
+from .._ops.heartbeat import announce
 from .attempt import Attempts, transition
+from .capabilities import PutBack
 from .handlers import Handlers
 from .intake import Intake
 from .lease import Leases
 from .options import WorkflowProviderOptions
-from .scripts import Job, Refused, RunScripts, StartReply, Taken
+from .release import HAND_BACK, hand_back
+from .scripts import Job, Refused, RunScripts, Started, StartReply, Taken
 
 logger = logging.getLogger("plait.worker")
 
@@ -64,7 +70,7 @@ class Worker:
         handlers: Handlers,
         *,
         options: WorkflowProviderOptions,
-        caps: str,
+        announcement: str,
         leases: Leases,
         telemetry: Telemetry,
         on_retry: Callable[[str], None],
@@ -90,7 +96,16 @@ class Worker:
         self.concurrency = options.concurrency
         """Most jobs of this workflow running at once here (changes apply as jobs finish)."""
         self._stall = options.stall_timeout.total_seconds()
-        self.caps = caps
+        self._hand_back_bound = min(options.connect_timeout.total_seconds(), HAND_BACK)
+        self.announcement = announcement
+        """What this instance announces it can run (see ``capabilities``), without its time."""
+        self._put_back = PutBack(
+            scripts,
+            self._attempts,
+            self,
+            grace_ms=int(options.missing_handler_grace.total_seconds() * 1000),
+            on_retry=on_retry,
+        )
         self._leases = leases
         self.depth = 0
         self._held: set[str] = set()
@@ -104,7 +119,8 @@ class Worker:
         """Where the next reclaim pass starts walking the pending list (XAUTOCLAIM cursor)."""
         self._intake_of = intake
         self.prepared = False
-        """Whether the group and caps were made for this worker already (see ``intake``)."""
+        """Whether the group and announcement were made for this worker already (see
+        ``intake``)."""
         self.armed = False
         """Whether its ``idle`` field is set already (its first park need not set it)."""
 
@@ -113,11 +129,36 @@ class Worker:
         """Jobs held by this worker now."""
         return len(self._held)
 
+    @property
+    def consumer(self) -> WorkflowConsumer[Any, Any]:
+        """The consumer this worker runs."""
+        return self._handlers.consumer
+
+    @property
+    def idle(self) -> anyio.Event:
+        """Set while this worker holds no job."""
+        return self._idle
+
+    @property
+    def client(self) -> Any:
+        """The Redis client of this worker."""
+        return self._client
+
+    @property
+    def owner(self) -> str:
+        """This instance's consumer name in the group."""
+        return self._owner
+
+    def holds(self, entry: str) -> bool:
+        """Whether a task of this worker holds ``entry`` now."""
+        return entry in self._held
+
     async def prepare(self) -> None:
-        """Create the consumer group (from the stream's start) and publish the handler caps."""
+        """Create the consumer group (from the stream's start) and announce what this
+        instance can run (the heartbeat refreshes it)."""
         with suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
             await self._client.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
-        await self._client.set(self.keys.caps, self.caps)
+        await announce(self._client, self.keys.consumers, self._owner, self.announcement)
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Take and run jobs until cancelled; :meth:`drain` stops the intake first."""
@@ -132,14 +173,15 @@ class Worker:
             task_status.started()
 
     async def drain(self, timeout: float) -> bool:
-        """Stop taking jobs and wait up to ``timeout`` s for running ones; True when idle."""
+        """Stop taking jobs and wait up to ``timeout`` s for running ones, then hand back what
+        is left (see :mod:`.release`); True when every job ended or was handed back."""
         self._stopping = True
         self._attempts.taking = False
         if self._intake is not None:
             self._intake.cancel()
         with anyio.move_on_after(timeout):
             await self._idle.wait()
-        return self._idle.is_set()
+        return await hand_back(self, self._attempts, self._hand_back_bound)
 
     def cancel_run(self, run_id: str) -> None:
         """Cancel this instance's running attempts of ``run_id`` (not its compensation)."""
@@ -285,8 +327,10 @@ class Worker:
             entry, fields = lenient_text(raw_entry), raw_fields or {}
             self._hold(entry)
             job = _parse(entry, fields)
-            if isinstance(job, str) or not self._handlers.knows(job.name):
+            if isinstance(job, str):
                 self._spawn(self._refuse, entry, job, fields)
+            elif not self._handlers.knows(job.name):
+                self._spawn(self._put_back, entry, job, None)
             else:
                 batch.append(job)
         if not batch:
@@ -323,9 +367,11 @@ class Worker:
             )  # fmt: skip
         # Entries before the refused one were started by the failed call: starting them again
         # finds them running, so their attempts are recorded as lost and retried.
-        return [await self._start_alone(job) for job in batch]
+        return [await self.start_alone(job) for job in batch]
 
-    async def _start_alone(self, job: Job) -> StartReply:
+    async def start_alone(self, job: Job) -> StartReply:
+        """Mark one entry's attempt running (resent with its call id until Redis answers); a
+        refusal of Redis gives :class:`Refused`."""
         call = self._scripts.call_id()
         try:
             return await transition(
@@ -339,9 +385,11 @@ class Worker:
     def _work_of(self, item: Taken) -> _Work:
         """What to run for an entry a transition took for this worker (already started)."""
         if item.job is None:
-            return self._refuse, item.entry, (_parse(item.entry, item.fields), item.fields)
-        if not self._handlers.knows(item.job.name):
-            return self._refuse, item.entry, (item.job, item.fields)
+            parsed = _parse(item.entry, item.fields)
+            reason = parsed if isinstance(parsed, str) else "malformed entry: fields are not UTF-8"
+            return self._refuse, item.entry, (reason, item.fields)
+        if not self._handlers.knows(item.job.name) and isinstance(item.started, Started):
+            return self._put_back, item.entry, (item.job, item.started)
         return self._process, item.entry, (item.job, item.started)
 
     def _hold(self, entry: str) -> None:
@@ -393,13 +441,10 @@ class Worker:
 
     # -- entries that cannot run -------------------------------------------------------------
 
-    async def _refuse(self, entry: str, job: Job | str, fields: dict[bytes, bytes]) -> list[Taken]:
-        """Dead-letter a malformed entry, or the job of a step this consumer cannot run."""
+    async def _refuse(self, entry: str, reason: str, fields: dict[bytes, bytes]) -> list[Taken]:
+        """Dead-letter a malformed entry."""
         text = {lenient_text(k): lenient_text(v) for k, v in fields.items()}
-        if isinstance(job, str):
-            await self._attempts.dead_letter(entry, job, text)
-        else:
-            await self._attempts.reject(job, text)
+        await self._attempts.dead_letter(entry, reason, text)
         return []
 
 

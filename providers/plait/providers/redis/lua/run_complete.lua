@@ -5,7 +5,9 @@
 -- KEYS[12] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id
 -- ARGV[6] result JSON  ARGV[7] owner  ARGV[8] entries to take (0: none)
--- ARGV[9] call id (the same on every resend of this call)
+-- ARGV[9] call id (the same on every resend of this call)  ARGV[10] '1' when the completing
+--   consumer has the step's rollback (recorded as <job>|rb: the rollback then runs, never
+--   skipped, whichever version compensates the run)
 -- returns {'ok', run status after the transition, taken} | {'stale', '', {}}
 --   (stale: superseded, nothing recorded, nothing taken); taken is a list of {entry id, run,
 --   job, token, what run_start.lua returns} or {entry id, field, value, ...} for an entry that
@@ -26,6 +28,7 @@ local result = ARGV[6]
 local owner = ARGV[7]
 local wanted = tonumber(ARGV[8] or '0')
 local call = ARGV[9]
+local has_rollback = ARGV[10] == '1'
 
 local c = ctx(base, run_id, RUN)
 local outcome = job .. '|ci'
@@ -62,6 +65,7 @@ local function record()
   event(c, 'step.completed', job, redis.call('HGET', c.r, job .. '|at'), '')
   if step then
     redis.call('HSET', c.res, job, result)
+    if has_rollback then redis.call('HSET', c.r, job .. '|rb', '1') end
     append(c, 'order', job)
     if st == 'cancelling' then
       -- completed after the run began compensating: its rollback runs first

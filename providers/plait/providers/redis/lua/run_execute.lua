@@ -7,6 +7,9 @@
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
 -- ARGV[11] start in ms from now (0: now)  ARGV[12] start at, Redis ms (0: now; wins over 11)
 -- ARGV[13] the names of its signal waits, ",a,b," ('' for none)
+-- ARGV[14] the hooks and rollbacks the executing instance's consumer has, JSON {oc, oe, rb}
+--   ('' when it has none of this workflow)  ARGV[15] the step options, JSON {step = {r = retry,
+--   rr = rollback retry, t = timeout ms}} ('' when no step has any)  ARGV[16] the version
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
 local base = ARGV[1]
@@ -22,6 +25,9 @@ local limits = ARGV[10]
 local start_in = tonumber(ARGV[11] or '0') or 0
 local start_at = tonumber(ARGV[12] or '0') or 0
 local sigs = ARGV[13] or ''
+local pinned = ARGV[14] or ''
+local options = ARGV[15] or ''
+local version = ARGV[16] or ''
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -39,7 +45,7 @@ if c.idem then redis.call('SET', c.idem, c.run .. '|' .. ihash) end
 local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
-  'lim', limits)
+  'lim', limits, 'caps', pinned, 'opts', options, 'ver', version)
 if sigs ~= '' then redis.call('HSET', c.r, 'sigs', sigs) end
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)

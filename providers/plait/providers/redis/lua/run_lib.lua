@@ -15,6 +15,11 @@
 -- Each call names itself with a call id, the same on every resend of one call: a call made
 -- again because its reply was lost gets the outcome it had, instead of finding its own write.
 -- Jobs are step names, '~complete' (on_complete), '~error' (on_error), '~rb:<step>'.
+-- Pinned at execute, whichever version later runs an attempt: 'caps' (the hooks and rollbacks
+-- of the executing instance's consumer, JSON {oc, oe, rb}; '' when it had none), 'opts' (the
+-- step options: retry policies and timeouts, JSON; '' when no step has any) and 'ver' (the
+-- definition's version); J|rb = '1' when the instance that completed step J had its rollback,
+-- J|nc the first time (ms) job J was put back with no live instance announcing it.
 -- 'lim' holds the global limits of the run's workflow, JSON {cc = most running attempts across
 -- instances, rl = {step = {starts, period ms}}}; a job put aside by a limit is 'waiting'.
 --
@@ -45,7 +50,7 @@ local GROUP = 'plait'
 local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
 
 -- The workflow's keys (WorkflowKeys): KEYS[1..9] of every run script, in this order.
-local JOBS, DELAYED, WAITING, RUNNING, DEADLINES, ACTIVE, RUNS, CAPS, STATS =
+local JOBS, DELAYED, WAITING, RUNNING, DEADLINES, ACTIVE, RUNS, CONSUMERS, STATS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local RUN = 10  -- the keys of the first run a script names start here
 
@@ -101,15 +106,44 @@ local function append(c, field, item)
   redis.call('HSET', c.r, field, item)
 end
 
--- Which handlers the consumers of this workflow have; nil when no consumer started yet.
--- Caps that do not parse count as none (every hook and rollback is queued; a consumer without
--- one runs it as a no-op).
+-- Which hooks and rollbacks the run recorded at execute (its 'caps' field: JSON {oc, oe, rb},
+-- from the consumer of the instance that executed it), nil when it recorded none (executed by
+-- an instance without that consumer) or they do not parse.
 local function caps(c)
-  local raw = redis.call('GET', CAPS)
-  if not raw then return nil end
+  local raw = redis.call('HGET', c.r, 'caps')
+  if not raw or raw == '' then return nil end
   local ok, cp = pcall(cjson.decode, raw)
   if ok and type(cp) == 'table' and type(cp.rb) == 'table' then return cp end
   return nil
+end
+
+-- How long an instance's announcement stays live without a heartbeat refreshing it (ms):
+-- ANNOUNCED_FOR of _ops/heartbeat.py.
+local ANNOUNCED_FOR = 20000
+
+-- Whether a live instance announced that it can run `job` (CONSUMERS: provider id ->
+-- "<seen ms>|<version>|,<job>,...,"), and whether any instance is live at all. `now`: Redis ms.
+local function announced(job, now)
+  local rows = redis.call('HVALS', CONSUMERS)
+  local live = false
+  local needle = ',' .. job .. ','
+  for _, row in ipairs(rows) do
+    local seen, jobs = string.match(row, '^(%d+)|[^|]*|(.*)$')
+    if seen and now - tonumber(seen) <= ANNOUNCED_FOR then
+      live = true
+      if string.find(jobs, needle, 1, true) then return true, true end
+    end
+  end
+  return false, live
+end
+
+-- Whether a hook or rollback is queued: the run recorded it (`pinned`), or a live instance
+-- announces it, or the run recorded no caps (`cp` nil) and no instance is live to say (then it
+-- is queued, and the first instance to take it decides, see run_release.lua).
+local function runs(pinned, cp, job, now)
+  if pinned then return true end
+  local yes, live = announced(job, now)
+  return yes or (not cp and not live)
 end
 
 -- Returns the job's state and the run's status when `tok` is the live attempt's token, else
@@ -307,14 +341,17 @@ local function comp_next(c, now)
   local queue = split(redis.call('HGET', c.r, 'comp'))
   while #queue > 0 do
     local step = table.remove(queue, 1)
-    if not cp or cp.rb[step] then
+    -- A rollback runs when the run recorded it (at execute, or when the instance that
+    -- completed the step had it: <step>|rb) or a live instance announces it.
+    local pinned = (cp and cp.rb[step]) or redis.call('HGET', c.r, step .. '|rb') == '1'
+    if runs(pinned, cp, '~rb:' .. step, now) then
       redis.call('HSET', c.r, 'comp', table.concat(queue, ','), 'rbact', '~rb:' .. step)
       enqueue(c, '~rb:' .. step)
       return
     end
   end
   redis.call('HSET', c.r, 'comp', '')
-  if redis.call('HEXISTS', c.r, '~error|at') == 0 and (not cp or cp.oe) then
+  if redis.call('HEXISTS', c.r, '~error|at') == 0 and runs(cp and cp.oe, cp, '~error', now) then
     redis.call('HSET', c.r, 'rbact', '~error')
     enqueue(c, '~error')
     return
@@ -379,7 +416,7 @@ local function advance(c, now)
     return
   end
   local cp = caps(c)
-  if cp and not cp.oc then
+  if not runs(cp and cp.oc, cp, '~complete', now) then
     redis.call('HSET', c.r, 'result', 'null')
     finalize(c, 'COMPLETED', now)
   else
@@ -389,10 +426,11 @@ end
 
 -- What a worker needs to run attempt `at` of `job` (the 'run' reply of run_start.lua); `now`
 -- is Redis's time, the clock the run's deadline is kept by. `v`, when the caller read them
--- already: the run's input, meta, deadline, the job's progress and last error.
+-- already: the run's input, meta, deadline, the job's progress and last error, its options.
 local function started(c, job, at, now, v)
-  v = v or redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er')
-  local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now}
+  v = v or redis.call('HMGET', c.r, 'input', 'meta', 'deadline', job .. '|pg', job .. '|er',
+    'opts')
+  local out = {'run', at, v[1], v[2], v[3] or '', v[4] or '', v[5] or '', now, v[6] or ''}
   local results = redis.call('HGETALL', c.res)
   for i = 1, #results do out[#out + 1] = results[i] end
   return out
@@ -439,7 +477,7 @@ local function start(c, job, tok, entry, owner, call)
 
   if st == 'queued' then
     local v = redis.call('HMGET', c.r, job .. '|at', 'lim', 'deadline', 'input', 'meta',
-      job .. '|pg', job .. '|er')
+      job .. '|pg', job .. '|er', 'opts')
     local at, lim = v[1], limits_in(v[2])
     local bad = (not lim and 'lim') or (not string.match(at or '', '^%d+$') and job .. '|at')
       or (not string.match(v[3] or '0', '^%d+$') and 'deadline')
@@ -472,7 +510,7 @@ local function start(c, job, tok, entry, owner, call)
       job .. '|t0', now)
     if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
     event(c, 'step.started', job, at, '')
-    return started(c, job, at, now, {v[4], v[5], v[3], v[6], v[7]})
+    return started(c, job, at, now, {v[4], v[5], v[3], v[6], v[7], v[8]})
   end
   if st == 'running' or st == 'cancelling' then
     local v = redis.call('HMGET', c.r, job .. '|at', job .. '|ow', job .. '|ci')

@@ -19,7 +19,7 @@ if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} 
 if sound(c) then return {'invalid', status} end
 if c.idem and not here(base, c.idem) then return redis.error_reply(MOVING) end
 local now = now_ms()
-local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 'ci', 't0', 't1', 'er',
+local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 'ci', 't0', 't1', 'er', 'nc',
   'wk', 'ws', 'w0', 'wd', 'wc'}  -- the last five: a wait's (run_lib.lua)
 local function wipe(job)
   for _, f in ipairs(FIELDS) do redis.call('HDEL', c.r, job .. '|' .. f) end

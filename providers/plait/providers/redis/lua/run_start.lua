@@ -4,7 +4,7 @@
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id  ARGV[6] owner
 -- ARGV[7] call id (the same on every resend of this call)
 -- returns {'run', attempt, input, meta, deadline ms or '', progress or '', last error or '',
---          Redis now ms (the deadline's clock), step, result, ...}
+--          Redis now ms (the deadline's clock), the run's step options or '', step, result, ...}
 --       | {'lost', attempt, previous owner}  (entry reclaimed from an attempt that was running;
 --         the same call made again gets 'run' for the attempt it started)
 --       | {'stale'}  (superseded token, or a corrupt run; the entry is acknowledged)
