@@ -8,7 +8,8 @@ abandoned sync steps). It exits with 0 after a signal, and with 1 when a provide
 itself (its background work died: the traceback is in the log); see :mod:`.worker`.
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
-cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
+cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``;
+``plait dashboard`` serves the web dashboard (:mod:`.dashboard`).
 They print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked
 for does not exist, a check fails or Redis refused a command, 2 on bad arguments (a bad URL, a
 database the server does not have) and 3 when Redis cannot be reached or refused the
@@ -34,6 +35,7 @@ from .._core.connection import connect, masked
 from .._core.errors import CONNECTION_ERRORS, REFUSED_CREDENTIALS
 from . import commands
 from .commands import CommandError, UsageError
+from .dashboard import serve_dashboard
 from .worker import (
     apply_concurrency,
     check_flags,
@@ -153,6 +155,14 @@ def _parser() -> argparse.ArgumentParser:
                 help="re-emit events already trimmed from their stream, to every group",
             )
 
+    dashboard = command(top, "dashboard", "serve the web dashboard (needs plait[dashboard])")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_positive, default=8000, help="port (default 8000)")
+    dashboard.add_argument(
+        "--allow-actions", action="store_true", help="offer retry, cancel and replay"
+    )
+    dashboard.add_argument("--token", help="the token actions need ($PLAIT_DASHBOARD_TOKEN)")
+
     reconcile = command(top, "reconcile", "one reconciler pass: repair runs that are stuck")
     reconcile.add_argument(
         "--min-age", type=float, default=15.0, help="skip runs younger than S s (default 15)"
@@ -169,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plait`` console script; returns the exit code."""
     given = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(given)
-    level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
+    level = args.log_level or ("INFO" if args.command in ("worker", "dashboard") else "WARNING")
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -177,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args, given)
+        if args.command == "dashboard":
+            return serve_dashboard(args)
         return asyncio.run(_run(args))
     except UsageError as error:
         print(f"plait: {error}", file=sys.stderr)
