@@ -54,7 +54,7 @@ def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | No
 
 
 @contextmanager
-def serve(redis_url: str, options: DashboardOptions) -> Iterator[str]:
+def serve(redis_url: str, options: DashboardOptions, *, startup: float = 15) -> Iterator[str]:
     """The dashboard of ``redis_url`` served until the block ends; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
@@ -67,7 +67,7 @@ def serve(redis_url: str, options: DashboardOptions) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + startup
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the dashboard did not start")

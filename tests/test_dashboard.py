@@ -19,7 +19,13 @@ from pydantic import BaseModel
 from plait.providers.redis import RedisWorkflowProvider
 from plait.providers.redis._cli import main
 from plait.providers.redis._dashboard.app import DashboardOptions
-from plait.workflows import StepContext, Workflow, WorkflowConsumer, WorkflowStatus
+from plait.workflows import (
+    StepContext,
+    Workflow,
+    WorkflowConsumer,
+    WorkflowHandle,
+    WorkflowStatus,
+)
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
 
@@ -122,8 +128,7 @@ async def test_actions_are_refused_without_allow_actions_and_without_the_token(
     assert (missing.status, wrong.status) == (403, 403)
     assert done.status == 303
     assert done.headers["location"] == f"/runs/{urllib.parse.quote(run_id)}"
-    handle = await workflows.get_handle(run_id)
-    await handle.result(timeout=timedelta(seconds=20))
+    await (await workflows.get_handle(run_id)).result(timeout=timedelta(seconds=20))
     refused = [r.getMessage() for r in caplog.records if r.name == "plait.dashboard"]
     assert sum("refused" in message for message in refused) == 3
     assert any(f"run {run_id} resumed" in message for message in refused)
@@ -132,7 +137,7 @@ async def test_actions_are_refused_without_allow_actions_and_without_the_token(
 async def test_runs_are_paged_and_filtered_through_the_indexes(
     workflows: RedisWorkflowProvider, prefix: str
 ) -> None:
-    handles = []
+    handles: list[WorkflowHandle[Any]] = []
     for number in range(120):
         handles.append(
             await workflows.execute(
@@ -145,9 +150,8 @@ async def test_runs_are_paged_and_filtered_through_the_indexes(
     ids = [handle.run_id for handle in handles]
     index = sync_redis.Redis.from_url(REDIS_URL)
     try:  # newest first: by creation time, runs created in the same millisecond by id
-        newest_first = [
-            run_id.decode() for run_id in index.zrevrange(f"{prefix}:{{dash-list}}:runs", 0, -1)
-        ]
+        stored: list[bytes] = index.zrevrange(f"{prefix}:{{dash-list}}:runs", 0, -1)  # type: ignore[assignment]
+        newest_first = [run_id.decode() for run_id in stored]
     finally:
         index.close()
     with serve(REDIS_URL, DashboardOptions(prefix=prefix)) as base:

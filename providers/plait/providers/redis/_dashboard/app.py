@@ -2,9 +2,10 @@
 
 Pages are read straight from Redis through one connection opened at startup (the dashboard is
 no provider: it sends no heartbeat, runs no timers and no reconciler). The names of the
-workflows and events under the prefix and the health report are refreshed in the background
-every ``catalog_interval`` (they walk the whole keyspace until a registry of names exists), so
-no page waits for them; everything else is read when the page is asked for.
+workflows and events under the prefix (read once before the first page) and the health report
+are refreshed in the background every ``catalog_interval``: both walk the whole keyspace
+(``SCAN``, until a registry of names replaces it in ``_ops/catalog.py``), so no page waits for
+them. Everything else is read when the page is asked for, through the indexes plait keeps.
 
 A page asked for with ``?stream=1`` answers server-sent events instead: a run's page follows
 ``handle.watch(after=...)`` (each event carries its id, so a reconnecting browser resumes with
@@ -85,21 +86,24 @@ class Catalog:
         self.events: list[str] = []
         self.health: Health | None = None
 
+    async def refresh_names(self) -> None:
+        """Read the names again: workflows that have runs, events that have a stream."""
+        self.workflows = await workflow_names(self._client, self._prefix, "runs")
+        self.events = await event_names(self._client, self._prefix, "stream")
+
     async def refresh(self) -> None:
-        """Read the names and the health report again."""
-        client, prefix = self._client, self._prefix
-        self.workflows = await workflow_names(client, prefix, "runs", "jobs", "dead")
-        self.events = await event_names(client, prefix, "stream", "dead")
-        self.health = await check_health(client, prefix)
+        """Read the health report, then the names, again."""
+        self.health = await check_health(self._client, self._prefix)
+        await self.refresh_names()
 
     async def serve(self, interval: float) -> None:
-        """Refresh every ``interval`` seconds, for good (errors are logged and retried)."""
+        """Refresh now, then every ``interval`` seconds, for good (errors are logged)."""
         while True:
-            await anyio.sleep(interval)
             try:
                 await self.refresh()
             except Exception:
                 logger.exception("refreshing the names and the health report failed")
+            await anyio.sleep(interval)
 
 
 class Dashboard:
@@ -152,7 +156,7 @@ def dashboard_app(url: str, options: DashboardOptions | None = None) -> Starlett
         dashboard = Dashboard(connection, options)
         app.state.dashboard = dashboard
         try:
-            await dashboard.catalog.refresh()
+            await dashboard.catalog.refresh_names()  # the health report follows at once
             async with anyio.create_task_group() as tg:
                 tg.start_soon(dashboard.catalog.serve, options.catalog_interval)
                 yield
@@ -365,8 +369,9 @@ async def _follow_run(dashboard: Dashboard, request: Request) -> AsyncIterator[s
     run_id = request.path_params["run_id"]
     after = request.headers.get("last-event-id") or request.query_params.get("after") or None
     handle = dashboard.handle(run_id)
-    fragment, _ = await _run_fragment(dashboard, run_id)
-    yield _event("fragment", fragment)
+    if after is None:  # else the browser shows the run as of that event already
+        fragment, _ = await _run_fragment(dashboard, run_id)
+        yield _event("fragment", fragment)
     if (await handle.status()).is_final:
         events = await _events(dashboard, handle)
         if after is None or not events or events[-1].id == after:

@@ -24,7 +24,7 @@ from .._workflows.runs import _run_event
 
 PAGE_SIZE = 50
 """Runs on one page."""
-SCAN_BUDGET = 2000
+SCAN_BUDGET = 500
 """Runs a filtered page examines at most before it answers (and offers to go on)."""
 CHUNK = 250
 """Run ids read (and records fetched in one pipeline) at a time."""
