@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -163,6 +164,8 @@ def main() -> None:
         names, report = anyio.run(catalog_refresh, args.url)
         print(f"background refreshes: names {names * 1000:.0f} ms, health report "
               f"{report * 1000:.0f} ms")  # fmt: skip
+        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        print(f"load average {load} on {os.cpu_count()} CPUs")
         print(f"\n{'page':48} {'median ms':>10} {'max ms':>8}")
         options = DashboardOptions(prefix=PREFIX, catalog_interval=60)
         with serve(args.url, options, startup=120) as base:

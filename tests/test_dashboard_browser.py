@@ -7,6 +7,7 @@ Selenium Manager never looks for (or downloads) a driver or a browser.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -77,12 +78,14 @@ async def workflows(prefix: str) -> AsyncIterator[RedisWorkflowProvider]:
 def browse(base: str, run_id: str, shots: Path) -> dict[str, Any]:
     """Open the run, read its rollbacks, press retry with the token, wait for COMPLETED."""
     from selenium import webdriver  # noqa: PLC0415 (a dev dependency; the module may skip)
+    from selenium.common.exceptions import TimeoutException  # noqa: PLC0415
     from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", f"--user-data-dir={shots / 'profile'}"):  # fmt: skip
         options.add_argument(argument)
@@ -105,8 +108,10 @@ def browse(base: str, run_id: str, shots: Path) -> dict[str, Any]:
 
         try:
             WebDriverWait(driver, 30, poll_frequency=0.1).until(completed)
-        except Exception:
+        except TimeoutException:
             (shots / "timeout.html").write_text(driver.page_source)
+            logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
+            (shots / "console.txt").write_text(logs)
             raise
         shot = shots / "completed.png"
         driver.save_screenshot(str(shot))
@@ -121,8 +126,9 @@ def browse(base: str, run_id: str, shots: Path) -> dict[str, Any]:
 
 
 async def test_a_compensated_run_is_retried_from_the_browser_and_completes(
-    workflows: RedisWorkflowProvider, prefix: str, tmp_path: Path
+    workflows: RedisWorkflowProvider, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="plait.dashboard")
     declines = {"42"}
     workflows.register(consumer(declines))
     handle = await workflows.execute(order_saga, Order(order_id="42"))

@@ -291,8 +291,10 @@ async def _run_fragment(dashboard: Dashboard, run_id: str) -> tuple[Safe, list[A
     handle = dashboard.handle(run_id)
     if not handle.workflow:
         raise RunNotFoundError(run_id)
-    info = await handle.describe()
+    # The events first: the snapshot read after them is as new as the last of them or newer,
+    # so a stream following the page from that event misses nothing.
     events = await queries.run_events(dashboard.client, dashboard.keys(handle.workflow), run_id)
+    info = await handle.describe()
     return pages.run(info, events), events
 
 
@@ -378,6 +380,7 @@ async def _follow_run(dashboard: Dashboard, request: Request) -> AsyncIterator[s
             yield _event("end", "")  # nothing more will happen until someone retries it
             return
     async for event in handle.watch(after=after):
+        logger.debug("run %s: event %s %s", run_id, event.id, event.kind)
         fragment, _ = await _run_fragment(dashboard, run_id)
         yield _event("fragment", fragment, event.id)
         if event.kind == "finished":
