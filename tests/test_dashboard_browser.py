@@ -85,7 +85,6 @@ def browse(base: str, run_id: str, shots: Path) -> dict[str, Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", f"--user-data-dir={shots / 'profile'}"):  # fmt: skip
         options.add_argument(argument)
@@ -110,8 +109,6 @@ def browse(base: str, run_id: str, shots: Path) -> dict[str, Any]:
             WebDriverWait(driver, 30, poll_frequency=0.1).until(completed)
         except TimeoutException:
             (shots / "timeout.html").write_text(driver.page_source)
-            logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
-            (shots / "console.txt").write_text(logs)
             raise
         shot = shots / "completed.png"
         driver.save_screenshot(str(shot))
