@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +16,7 @@ import anyio
 import pytest
 import redis as sync_redis
 from conftest import FAST_RETRY, REDIS_URL
-from dashboard_server import Reply, request, serve
+from dashboard_server import Reply, free_port, request, serve
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
@@ -208,3 +211,31 @@ async def test_the_command_refuses_actions_without_a_token(
     monkeypatch.delenv("PLAIT_DASHBOARD_TOKEN", raising=False)
     assert main(["dashboard", "--url", REDIS_URL, "--allow-actions"]) == 2
     assert "needs a token" in capsys.readouterr().err
+
+
+def test_plait_dashboard_serves_until_interrupted(prefix: str) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plait.providers.redis", "dashboard", "--url", REDIS_URL,
+         "--prefix", prefix, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                overview = request(f"http://127.0.0.1:{port}/")
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        refused = request(f"http://127.0.0.1:{port}/runs/x.1/cancel", data=b"token=x")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert (overview.status, refused.status) == (200, 403)
+    assert process.returncode == 0
+    assert f"prefix '{prefix}', actions off" in output
+    assert "refused cancel /runs/x.1/cancel" in output

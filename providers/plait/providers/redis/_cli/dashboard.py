@@ -1,8 +1,9 @@
 """``plait dashboard``: serve the dashboard with uvicorn until a signal.
 
 starlette and uvicorn come with the ``plait[dashboard]`` extra; without them the command says
-so and exits 1. Actions (retry, cancel, replay) are refused unless ``--allow-actions`` is given
-with a token (``--token`` or ``PLAIT_DASHBOARD_TOKEN``).
+so and exits 1. It exits 0 after SIGINT or SIGTERM, once uvicorn has stopped. Actions (retry,
+cancel, replay) are refused unless ``--allow-actions`` is given with a token (``--token`` or
+``PLAIT_DASHBOARD_TOKEN``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import asyncio
 import importlib
 import os
+import signal
+from typing import Any
 
 from .._core.connection import connect, masked
 from .commands import CommandError, UsageError
@@ -55,8 +58,24 @@ def serve_dashboard(args: argparse.Namespace) -> int:
         log_level=(args.log_level or "info").lower(),
         timeout_graceful_shutdown=2,
     )
-    uvicorn.Server(config).run()
+    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again once it is
+    # stopped (recent versions): that ends here, as a clean exit.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        uvicorn.Server(config).run()
+    except (KeyboardInterrupt, _StoppedError):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _StoppedError(Exception):
+    """SIGTERM arrived again after uvicorn stopped."""
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise _StoppedError
 
 
 async def _ping(url: str) -> None:
