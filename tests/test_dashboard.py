@@ -46,7 +46,12 @@ listed = Workflow("dash-list", input=Order).step("only")
 def saga_consumer(declines: set[str]) -> WorkflowConsumer[Order, Any]:
     """Reserves, then declines the card of the orders in ``declines`` (until it is emptied)."""
     consumer: WorkflowConsumer[Order, Any] = WorkflowConsumer(saga)
-    consumer.step("reserve")(lambda ctx: {"held": ctx.input.order_id})
+
+    @consumer.step("reserve")
+    async def reserve(ctx: StepContext[Order]) -> dict[str, str]:
+        await ctx.save_progress({"pct": 42})
+        return {"held": ctx.input.order_id}
+
     consumer.rollback("reserve")(lambda ctx: None)
 
     @consumer.step("charge")
@@ -94,6 +99,8 @@ async def test_a_failed_runs_page_shows_its_steps_rollbacks_and_error_escaped(
         runs = await get(f"{base}/workflows/dash-saga")
     assert page.status == 200
     text = page.text
+    meta = (await (await workflows.get_handle(run_id)).describe()).meta
+    trace_id = meta["traceparent"].split("-")[1]
     assert "rollback:reserve" in text
     assert "ValueError" in text
     assert "Traceback (most recent call last)" in text
@@ -103,6 +110,8 @@ async def test_a_failed_runs_page_shows_its_steps_rollbacks_and_error_escaped(
     assert "<i>vip" not in text
     assert "script-src 'nonce-" in page.headers["content-security-policy"]
     assert "FAILED" in text
+    assert "{&quot;pct&quot;: 42}" in text  # reserve's last progress
+    assert trace_id in text
     assert "dash-saga" in overview.text
     assert run_id in runs.text
     assert "<i>vip" not in runs.text

@@ -9,6 +9,7 @@ part of the page) are inlined: the pages load nothing from elsewhere.
 from __future__ import annotations
 
 import html as _html
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -263,7 +264,7 @@ def trace_id(meta: Mapping[str, str]) -> str:
 def run(info: RunInfo, events: list[RunEvent]) -> Safe:
     """A run's header, steps, rollbacks, errors and events."""
     progress = {
-        event.step: dict(event.data)
+        event.step: json.dumps(event.data.get("progress"))
         for event in events
         if event.kind == "step.progress" and event.step
     }
@@ -295,8 +296,7 @@ def run(info: RunInfo, events: list[RunEvent]) -> Safe:
     log = _table(
         ["id", "at", "event", "step", "attempt", "data"],
         [[event.id, moment(event.at), event.kind, event.step or "", event.attempt or "",
-          ", ".join(f"{key}={value}" for key, value in event.data.items())]
-         for event in events],
+          _event_data(event.data)] for event in events],
         empty="no events",
     )  # fmt: skip
     return html(
@@ -307,6 +307,16 @@ def run(info: RunInfo, events: list[RunEvent]) -> Safe:
         failure,
         log,
     )
+
+
+def _event_data(data: Mapping[str, Any]) -> str:
+    """What a run event carries, short: an error's type and message, progress as JSON."""
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        return f"{error.get('type', '?')}: {error.get('message', '')}"
+    if "progress" in data:
+        return json.dumps(data["progress"])
+    return ", ".join(f"{key}={value}" for key, value in data.items())
 
 
 def action_form(path: str, label: str) -> Safe:
