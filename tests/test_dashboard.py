@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -248,3 +249,28 @@ def test_plait_dashboard_serves_until_interrupted(prefix: str) -> None:
     assert process.returncode == 0
     assert f"prefix '{prefix}', actions off" in output
     assert "refused cancel /runs/x.1/cancel" in output
+
+
+async def test_a_dead_letter_is_listed_escaped_and_replayed_with_the_token(prefix: str) -> None:
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    base_key = f"{prefix}:{{dash-dead}}:"
+    fields = json.dumps({"r": "dash-dead.0a", "j": "only", "t": "1"})
+    letter = client.xadd(
+        base_key + "dead",
+        {"source": "jobs", "entry": "1-0", "reason": "<b>unknown</b> job", "fields": fields},
+    )
+    letter_id = letter.decode() if isinstance(letter, bytes) else str(letter)
+    options = DashboardOptions(prefix=prefix, allow_actions=True, token=TOKEN)
+    try:
+        with serve(REDIS_URL, options) as base:
+            listed = await get(f"{base}/dead-letters")
+            path = f"/dead-letters/workflow/dash-dead/{letter_id}/replay"
+            refused = await get(base + path, data=b"token=nope")
+            replayed = await get(base + path, data=f"token={TOKEN}".encode())
+        assert "&lt;b&gt;unknown&lt;/b&gt; job" in listed.text
+        assert "<b>unknown" not in listed.text
+        assert letter_id in listed.text
+        assert (refused.status, replayed.status) == (403, 303)
+        assert (client.xlen(base_key + "dead"), client.xlen(base_key + "jobs")) == (0, 1)
+    finally:
+        client.close()

@@ -87,9 +87,9 @@ class Catalog:
         self.health: Health | None = None
 
     async def refresh_names(self) -> None:
-        """Read the names again: workflows that have runs, events that have a stream."""
-        self.workflows = await workflow_names(self._client, self._prefix, "runs")
-        self.events = await event_names(self._client, self._prefix, "stream")
+        """Read the names again: workflows and events that have runs (a stream) or dead letters."""
+        self.workflows = await workflow_names(self._client, self._prefix, "runs", "dead")
+        self.events = await event_names(self._client, self._prefix, "stream", "dead")
 
     async def refresh(self) -> None:
         """Read the health report, then the names, again."""
