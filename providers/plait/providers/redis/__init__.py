@@ -60,9 +60,14 @@ codec) and never import each other; both stand on ``_core``::
       dead_letters.py listing, replaying and purging dead letters
       web.py          http_status (errors to HTTP), lifespan (ASGI apps)
       catalog.py      the registry of workflow and event names under a prefix
+    _dashboard/     the web dashboard (plait dashboard; the plait[dashboard] extra)
+      app.py          the starlette app: routes, live updates (SSE), actions and their token
+      queries.py      runs paged through the indexes, counts, event groups
+      pages.py        the HTML, every value escaped
     _cli/           the plait command (python -m plait.providers.redis)
       main.py         arguments, dispatch, exit codes
       worker.py       plait worker: load, check flags, banner, run until a signal
+      dashboard.py    plait dashboard: check the extra and flags, serve with uvicorn
       commands.py     runs, events, dead-letters, reconcile, health, registry
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them

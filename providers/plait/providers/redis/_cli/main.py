@@ -17,6 +17,7 @@ the user module's. ``health`` exits with 0 when the backlog report is ok, 1 when
 problem (stalled or long-waiting entries, a report not read within ``--timeout``) and 3 when
 Redis does not answer ``PING`` within ``--timeout``; ``health --ready`` only sends that
 ``PING`` (0 or 3).
+``plait dashboard`` serves the web dashboard (:mod:`.dashboard`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .._core.connection import connect, masked
 from .._core.errors import CONNECTION_ERRORS, REFUSED_CREDENTIALS
 from . import commands
 from .commands import CommandError, UsageError
+from .dashboard import serve_dashboard
 from .worker import (
     apply_concurrency,
     check_flags,
@@ -162,6 +164,14 @@ def _parser() -> argparse.ArgumentParser:
                 help="re-emit events already trimmed from their stream, to every group",
             )
 
+    dashboard = command(top, "dashboard", "serve the web dashboard (needs plait[dashboard])")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_positive, default=8000, help="port (default 8000)")
+    dashboard.add_argument(
+        "--allow-actions", action="store_true", help="offer retry, cancel and replay"
+    )
+    dashboard.add_argument("--token", help="the token actions need ($PLAIT_DASHBOARD_TOKEN)")
+
     reconcile = command(top, "reconcile", "one reconciler pass: repair runs that are stuck")
     reconcile.add_argument(
         "--min-age", type=float, default=15.0, help="skip runs younger than S s (default 15)"
@@ -192,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plait`` console script; returns the exit code."""
     given = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(given)
-    level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
+    level = args.log_level or ("INFO" if args.command in ("worker", "dashboard") else "WARNING")
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -200,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args, given)
+        if args.command == "dashboard":
+            return serve_dashboard(args)
         return asyncio.run(_run(args))
     except UsageError as error:
         print(f"plait: {error}", file=sys.stderr)

@@ -1,0 +1,263 @@
+"""What the dashboard reads from Redis, a page at a time, through the indexes plait keeps.
+
+Runs are found through a workflow's ``runs`` zset (every run, by creation time) or its ``active``
+zset (runs not finished yet), by rank: a page is one ``ZREVRANGE`` of its ids and one pipeline
+of ``HMGET`` on their records, never the whole index. A time filter becomes a rank range
+(``ZCOUNT`` on the creation time), an idempotency key is one ``GET`` of
+``<prefix>:{<wf>}:idem:<key>``. Status and meta have no index of their own: a filtered page
+examines at most :data:`SCAN_BUDGET` runs of the index and says where to go on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from plait.workflows import RunEvent, WorkflowStatus
+
+from .._core.keys import EventKeys, WorkflowKeys
+from .._core.wire import text
+from .._workflows.runs import _run_event
+
+PAGE_SIZE = 50
+"""Runs on one page."""
+SCAN_BUDGET = 500
+"""Runs a filtered page examines at most before it answers (and offers to go on)."""
+CHUNK = 250
+"""Run ids read (and records fetched in one pipeline) at a time."""
+LIVE = frozenset({WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING})
+"""Statuses of runs in the ``active`` index."""
+EVENT_LOG = 500
+"""A run's newest events shown on its page."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowSummary:
+    """One workflow's counts, from its indexes and counters."""
+
+    name: str
+    stored: int
+    """Runs in the ``runs`` index (kept ``retention`` after they end)."""
+    live: int
+    """Runs not finished yet (the ``active`` index)."""
+    ended: Mapping[str, int]
+    """Runs that ended, per final status, since the workflow first ran (the ``stats`` hash)."""
+    fenced: int
+    """Writes refused because their attempt was superseded."""
+    queued: int
+    """Entries in the workflow's job stream."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRow:
+    """One run as listed."""
+
+    run_id: str
+    status: str
+    created: datetime | None
+    finished: datetime | None
+    meta: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFilter:
+    """What a runs page asks for."""
+
+    status: WorkflowStatus | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    meta: tuple[str, str] | None = None
+    """``(field, value)``: only runs whose meta has that field with that value."""
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPage:
+    """One page of runs, newest first."""
+
+    rows: list[RunRow]
+    offset: int
+    """Rank (in the chosen index and time range) of the first run examined."""
+    next_offset: int | None
+    """Where the next page starts, or None at the end."""
+    examined: int
+    """Runs of the index this page looked at (more than ``rows`` when filtered)."""
+    total: int
+    """Runs of the index in the time range (before status and meta filters)."""
+    index: str = field(default="runs")
+    """``runs`` or ``active``: the index paged through."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupRow:
+    """One consumer group of an event stream."""
+
+    event: str
+    group: str
+    lag: int | None
+    pending: int
+    consumers: int
+    last_delivered: str
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _time(raw: bytes | None) -> datetime | None:
+    return datetime.fromtimestamp(int(raw) / 1000, tz=UTC) if raw else None
+
+
+async def summaries(client: Any, prefix: str, names: list[str]) -> list[WorkflowSummary]:
+    """Counts of each workflow in ``names``: one pipeline, four commands per workflow."""
+    if not names:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            keys = WorkflowKeys(prefix, name)
+            pipe.zcard(keys.runs)
+            pipe.zcard(keys.active)
+            pipe.hgetall(keys.stats)
+            pipe.xlen(keys.jobs)
+        replies = await pipe.execute()
+    found = []
+    for index, name in enumerate(names):
+        stored, live, stats, queued = replies[4 * index : 4 * index + 4]
+        counters = {text(key): int(value) for key, value in stats.items()}
+        found.append(
+            WorkflowSummary(
+                name=name,
+                stored=int(stored),
+                live=int(live),
+                ended={s.value: counters.get(s.value, 0) for s in WorkflowStatus if s.is_final},
+                fenced=counters.get("fenced", 0),
+                queued=int(queued),
+            )
+        )
+    return found
+
+
+async def run_page(
+    client: Any, keys: WorkflowKeys, where: RunFilter, *, offset: int = 0, limit: int = PAGE_SIZE
+) -> RunPage:
+    """A page of ``keys.workflow``'s runs matching ``where``, newest first, from rank
+    ``offset`` of the index in the time range."""
+    if where.idempotency_key:
+        return await _by_idempotency_key(client, keys, where)
+    live = where.status in LIVE
+    index = keys.active if live else keys.runs
+    top = "+inf" if where.until is None else _ms(where.until)
+    bottom = "-inf" if where.since is None else _ms(where.since)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zcount(index, f"({top}", "+inf")  # runs created after the range: ranks to skip
+        pipe.zcount(index, bottom, top)
+        newer, total = (int(count) for count in await pipe.execute())
+    filtered = where.status is not None or where.meta is not None
+    budget = SCAN_BUDGET if filtered else limit
+    rows: list[RunRow] = []
+    examined = 0
+    while len(rows) < limit and examined < budget and offset + examined < total:
+        count = min(CHUNK, budget - examined, total - offset - examined)
+        start = newer + offset + examined
+        ids = [text(raw) for raw in await client.zrevrange(index, start, start + count - 1)]
+        if not ids:
+            break
+        for row in await _records(client, keys, ids):
+            examined += 1
+            if row is not None and _matches(row, where):
+                rows.append(row)
+                if len(rows) == limit:
+                    break
+    end = offset + examined
+    return RunPage(
+        rows=rows,
+        offset=offset,
+        next_offset=end if end < total else None,
+        examined=examined,
+        total=total,
+        index="active" if live else "runs",
+    )
+
+
+def _matches(row: RunRow, where: RunFilter) -> bool:
+    if where.status is not None and row.status != where.status.value:
+        return False
+    if where.meta is not None:
+        name, value = where.meta
+        return row.meta.get(name) == value
+    return True
+
+
+async def _records(client: Any, keys: WorkflowKeys, ids: list[str]) -> list[RunRow | None]:
+    async with client.pipeline(transaction=False) as pipe:
+        for run_id in ids:
+            pipe.hmget(keys.run(run_id), "status", "created", "finished", "meta")
+        replies = await pipe.execute()
+    rows: list[RunRow | None] = []
+    for run_id, (status, created, finished, meta) in zip(ids, replies, strict=True):
+        if status is None:
+            rows.append(None)  # expired after its retention; the index is trimmed later
+            continue
+        try:
+            decoded = json.loads(meta) if meta else {}
+        except ValueError:
+            decoded = {}
+        rows.append(
+            RunRow(
+                run_id=run_id,
+                status=text(status),
+                created=_time(created),
+                finished=_time(finished),
+                meta=decoded if isinstance(decoded, dict) else {},
+            )
+        )
+    return rows
+
+
+async def _by_idempotency_key(client: Any, keys: WorkflowKeys, where: RunFilter) -> RunPage:
+    owner = await client.get(keys.idempotency(where.idempotency_key or ""))
+    rows: list[RunRow] = []
+    if owner is not None:
+        run_id = text(owner).partition("|")[0]
+        rows = [
+            row
+            for row in await _records(client, keys, [run_id])
+            if row is not None and _matches(row, where)
+        ]
+    return RunPage(rows=rows, offset=0, next_offset=None, examined=len(rows), total=len(rows))
+
+
+async def run_events(client: Any, keys: WorkflowKeys, run_id: str) -> list[RunEvent]:
+    """The run's newest :data:`EVENT_LOG` events, oldest first."""
+    entries = await client.xrevrange(keys.events(run_id), "+", "-", count=EVENT_LOG)
+    return [_run_event(entry, fields) for entry, fields in reversed(entries)]
+
+
+async def event_groups(client: Any, prefix: str, names: list[str]) -> list[GroupRow]:
+    """The consumer groups of each event stream in ``names``, with their lag."""
+    if not names:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.xinfo_groups(EventKeys(prefix, name).stream)
+        replies = await pipe.execute(raise_on_error=False)
+    rows = []
+    for name, groups in zip(names, replies, strict=True):
+        if isinstance(groups, Exception):
+            continue  # the stream is gone (trimmed away, or never created)
+        for group in groups:
+            lag = group.get("lag")
+            rows.append(
+                GroupRow(
+                    event=name,
+                    group=text(group["name"]),
+                    lag=None if lag is None else int(lag),
+                    pending=int(group.get("pending", 0)),
+                    consumers=int(group.get("consumers", 0)),
+                    last_delivered=text(group.get("last-delivered-id", b"")),
+                )
+            )
+    return rows
