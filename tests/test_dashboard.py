@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.providers.redis._cli import main
+from plait.providers.redis._core.keys import workflow_registry
 from plait.providers.redis._dashboard.app import DashboardOptions
 from plait.workflows import (
     StepContext,
@@ -260,6 +261,7 @@ async def test_a_dead_letter_is_listed_escaped_and_replayed_with_the_token(prefi
         {"source": "jobs", "entry": "1-0", "reason": "<b>unknown</b> job", "fields": fields},
     )
     letter_id = letter.decode() if isinstance(letter, bytes) else str(letter)
+    client.zadd(workflow_registry(prefix), {"dash-dead": 1})  # as its consumer would enroll it
     options = DashboardOptions(prefix=prefix, allow_actions=True, token=TOKEN)
     try:
         with serve(REDIS_URL, options) as base:
