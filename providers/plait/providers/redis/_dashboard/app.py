@@ -4,7 +4,8 @@ Pages are read straight from Redis through one connection opened at startup (the
 no provider: it sends no heartbeat, runs no timers and no reconciler). The names of the
 workflows and events under the prefix (the registry of ``_ops/catalog.py``, read once before
 the first page) and the backlog report are refreshed in the background every
-``catalog_interval``, so no page waits for them. Everything else is read when the page is asked for, through the indexes plait keeps.
+``catalog_interval``, so no page waits for them. Everything else is read when the page is
+asked for, through the indexes plait keeps.
 
 A page asked for with ``?stream=1`` answers server-sent events instead: a run's page follows
 ``handle.watch(after=...)`` (each event carries its id, so a reconnecting browser resumes with
