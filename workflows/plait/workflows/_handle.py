@@ -199,8 +199,10 @@ class WorkflowHandle(Generic[OutputT]):
                 the run goes on.
 
         Raises:
-            WorkflowStepError, WorkflowRollbackError, WorkflowTimeoutError,
-            WorkflowCancelledError: how the run ended.
+            WorkflowStepError: a step failed for good and the run was compensated.
+            WorkflowRollbackError: the run failed and some rollbacks failed too.
+            WorkflowTimeoutError: the run passed its deadline.
+            WorkflowCancelledError: the run was cancelled.
             ProviderClosedError: the provider stopped while waiting.
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
