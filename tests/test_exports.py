@@ -77,6 +77,8 @@ def test_redis_provider_exports_the_contract_names() -> None:
         "ReconcileStats",
         "RedisEventProvider",
         "RedisWorkflowProvider",
+        "ScheduleInfo",
+        "Schedules",
         "WorkflowProviderOptions",
         "health_app",
     ]

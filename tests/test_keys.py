@@ -28,6 +28,7 @@ from plait.providers.redis._core.keys import (
     SCHEMA,
     EventKeys,
     KeyPattern,
+    ScheduleKeys,
     WorkflowKeys,
     instances,
     pattern_of,
@@ -127,9 +128,9 @@ def test_the_docstring_tables_list_exactly_the_schema_data() -> None:
 
 def test_the_key_builders_build_every_documented_key_and_channel() -> None:
     built: dict[str, str] = {instances("p"): "instances", reconcile_lock("p"): "reconcile_lock"}
-    for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev")):
+    for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev"), ScheduleKeys("p", "workflows")):
         for name, member in inspect.getmembers(type(names)):
-            if name.startswith("_") or name in ("base", "prefix", "workflow", "event"):
+            if name.startswith("_") or name in ("base", "prefix", "workflow", "event", "kind"):
                 continue
             key = getattr(names, name) if isinstance(member, property) else member(names, "x")
             built[key] = name

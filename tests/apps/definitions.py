@@ -19,3 +19,4 @@ booking: Workflow[Job, Any] = Workflow("booking", input=Job).step("book").step("
 crunch: Workflow[Job, Any] = Workflow("crunch", input=Job).step("crunch")
 capped: Workflow[Job, Any] = Workflow("capped", input=Job, concurrency=2).step("work")
 stuck: Workflow[Job, Any] = Workflow("stuck", input=Job).parallel("done", "hang")
+ticked: Workflow[Job, Any] = Workflow("ticked", input=Job).step("record")

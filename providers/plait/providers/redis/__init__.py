@@ -25,6 +25,7 @@ codec) and never import each other; both stand on ``_core``::
       notify.py       pub/sub notifications (run ends, cancellations, replies)
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
+      schedules.py    schedules as stored: specs, ticks (cron via cronsim), list/pause/resume
     _workflows/     the workflow engine
       provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
       options.py      WorkflowProviderOptions
@@ -36,6 +37,7 @@ codec) and never import each other; both stand on ``_core``::
       lease.py        lease renewal from a thread
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
+      schedules.py    firing workflow schedules: each tick one execute, no leader
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
@@ -55,12 +57,14 @@ codec) and never import each other; both stand on ``_core``::
     _cli/           the plait command (python -m plait.providers.redis)
       main.py         arguments and the worker command
       commands.py     runs, events, dead-letters, reconcile, health
+      schedules.py    schedules list, show, pause, resume, delete
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them
 """
 
 import logging
 
+from ._core.schedules import ScheduleInfo, Schedules
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.asgi import health_app
@@ -81,6 +85,8 @@ __all__ = [
     "ReconcileStats",
     "RedisEventProvider",
     "RedisWorkflowProvider",
+    "ScheduleInfo",
+    "Schedules",
     "WorkflowProviderOptions",
     "health_app",
 ]

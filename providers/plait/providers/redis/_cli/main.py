@@ -8,7 +8,8 @@ abandoned sync steps). It exits with 0 after a signal, and with 1 when a provide
 itself (its background work died: the traceback is in the log).
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
-cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile`` and ``health``.
+cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``schedules list|show|pause|
+resume|delete``, ``reconcile`` and ``health``.
 They print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked
 for does not exist or a check fails, 2 on bad arguments and 3 when Redis cannot be reached.
 """
@@ -242,6 +243,19 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="re-emit events already trimmed from their stream, to every group",
             )
+
+    schedules = command(top, "schedules", "workflow and event schedules")
+    schedules_do = schedules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(schedules_do, "list", "every schedule, its next tick and its last run")
+    for name, text in (
+        ("show", "a schedule with its next fire times"),
+        ("pause", "fire nothing until resumed"),
+        ("resume", "fire again from the next tick on"),
+        ("delete", "forget a schedule (runs it fired go on)"),
+    ):
+        sub = command(schedules_do, name, text)
+        sub.add_argument("schedule_id", metavar="SCHEDULE_ID")
+        sub.add_argument("--events", action="store_true", help="an event schedule")
 
     reconcile = command(top, "reconcile", "one reconciler pass: repair runs that are stuck")
     reconcile.add_argument(

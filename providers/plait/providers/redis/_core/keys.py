@@ -73,6 +73,17 @@ event never shares keys with a workflow of the same name)::
 
 Event scripts declare every key they touch in KEYS too (the stream first when they touch it).
 
+Schedules live under their own hash tag, one per kind of target (``workflows`` or ``events``),
+so a firing script touches one slot; the run or event a tick fires goes through the ordinary
+execute or emit path, with the keys of its workflow or event::
+
+    <prefix>:schedules:{<kind>}:specs       hash     schedule id -> JSON spec (target, data,
+                                                     cron or every, timezone, policies, paused)
+    <prefix>:schedules:{<kind>}:due         zset     schedule id -> ms of its earliest tick not
+                                                     fired yet (schedules not paused)
+    <prefix>:schedules:{<kind>}:state       hash     schedule id -> JSON {tick, run}: the last
+                                                     tick fired and the run or event it made
+
 Two keys belong to the whole deployment under a prefix (each used alone, outside any script)::
 
     <prefix>:instances                      zset     provider id -> last heartbeat ms
@@ -243,6 +254,34 @@ class EventKeys:
         return f"{self.base}reply:{provider_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleKeys:
+    """Keys of the schedules of one kind (``workflows`` or ``events``) under one prefix."""
+
+    prefix: str
+    kind: str
+
+    @property
+    def base(self) -> str:
+        """Common start of every key of these schedules (carries the hash tag)."""
+        return f"{self.prefix}:schedules:{{{self.kind}}}:"
+
+    @property
+    def specs(self) -> str:
+        """Hash of the schedules' specs."""
+        return self.base + "specs"
+
+    @property
+    def due(self) -> str:
+        """Zset of the schedules not paused, by their earliest tick not fired yet."""
+        return self.base + "due"
+
+    @property
+    def state(self) -> str:
+        """Hash of the last tick each schedule fired, and what it made."""
+        return self.base + "state"
+
+
 def instances(prefix: str) -> str:
     """Zset provider id -> last heartbeat ms of every started provider (live instances)."""
     return f"{prefix}:instances"
@@ -277,7 +316,7 @@ class KeyPattern:
 
 
 _PLACEHOLDER = re.compile(r"<([a-z]+)>")
-_FILL = {"wf": "[^{}]+", "event": "[^{}]+"}
+_FILL = {"wf": "[^{}]+", "event": "[^{}]+", "kind": "(?:workflows|events)"}
 
 SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:jobs", "stream"),
@@ -307,6 +346,9 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:ev:{<event>}:attempts:<group>", "hash"),
     KeyPattern("<prefix>:ev:{<event>}:answer:<request>", "string"),
     KeyPattern("<prefix>:ev:{<event>}:reply:<provider>", "channel"),
+    KeyPattern("<prefix>:schedules:{<kind>}:specs", "hash"),
+    KeyPattern("<prefix>:schedules:{<kind>}:due", "zset"),
+    KeyPattern("<prefix>:schedules:{<kind>}:state", "hash"),
     KeyPattern("<prefix>:instances", "zset"),
     KeyPattern("<prefix>:reconcile:lock", "string"),
 )

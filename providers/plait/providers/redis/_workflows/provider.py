@@ -33,6 +33,16 @@ from .._core.keys import workflow_of
 from .._core.notify import Notifications
 from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
+from .._core.schedules import (
+    CatchUp,
+    Overlap,
+    ScheduleInfo,
+    Schedules,
+    ScheduleStore,
+    check_schedule,
+    info_of,
+    next_tick,
+)
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
@@ -45,6 +55,7 @@ from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
+from .schedules import Scheduler, workflow_schedules, workflow_spec
 from .scripts import RunScripts
 from .timers import Timers
 from .worker import Worker
@@ -130,6 +141,18 @@ class RedisWorkflowProvider:
             self._connection,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=WORKFLOW_KINDS,
+        )
+        self._schedule_store = ScheduleStore(self._connection, workflow_schedules(opts.prefix))
+        self.schedules = Schedules(self._schedule_store, WORKFLOW_KINDS)
+        """The workflow schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
+        ``delete`` (made and changed by :meth:`schedule`)."""
+        self._scheduler = Scheduler(
+            self._schedule_store,
+            self._scripts,
+            opts.prefix,
+            retention_ms=int(opts.retention.total_seconds() * 1000),
+            default_timeout_ms=int(_seconds(opts.default_timeout) or 0) * 1000,
+            on_execute=self._scheduled,
         )
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
@@ -230,6 +253,7 @@ class RedisWorkflowProvider:
             tg.start_soon(self._heartbeat.serve)
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
+            tg.start_soon(self._scheduler.serve)
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
             self._runs.open()
@@ -370,6 +394,98 @@ class RedisWorkflowProvider:
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
         )
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        definition: Workflow[InputT, Any],
+        data: InputT | Mapping[str, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        overlap: Overlap = "skip",
+        catchup: CatchUp = "latest_once",
+        catchup_window: timedelta = timedelta(hours=1),
+        timeout: timedelta | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> ScheduleInfo:
+        """Run ``definition`` with ``data`` at each tick of a schedule (create or replace it).
+
+        The schedule lives in Redis: every started instance of the prefix fires it, and each
+        tick makes exactly one run, whose idempotency key is ``schedule:<id>:<tick ms>``; its
+        meta carries ``schedule_id``, ``scheduled_at`` and ``catch_up``. Replacing a schedule
+        keeps its last run (for the overlap policy) and fires from its next tick on; a paused
+        schedule stays paused. See :attr:`schedules` to list, pause, resume and delete.
+
+        Args:
+            schedule_id: the schedule's name (letters, digits, ``_.:-``; 128 at most).
+            definition: the workflow each tick runs.
+            data: its input, validated now.
+            cron: a cron expression (5 fields: minute hour day month weekday), read in
+                ``timezone``; needs ``plait[schedules]`` (the ``cronsim`` package).
+            every: a fixed period instead (at least 1 s): ticks at its multiples since the
+                Unix epoch (``every=timedelta(minutes=5)`` fires at :00, :05...).
+            timezone: an IANA name (``"Europe/Paris"``); DST changes follow cron's rules.
+            overlap: what a tick does while the previous tick's run is still going:
+                ``skip`` (default), ``allow``, ``buffer_one`` (one run once it ended) or
+                ``cancel_previous`` (cancel it, which compensates it, then run).
+            catchup: ticks missed while every instance was down (late by more than 2 s):
+                ``latest_once`` (default: the latest of them runs once), ``all`` (each of
+                them within ``catchup_window``) or ``none``.
+            catchup_window: how far back ``catchup="all"`` goes.
+            timeout: each run's timeout (default: the firing provider's ``default_timeout``).
+            meta: string pairs added to each run's meta.
+
+        Raises:
+            InvalidDefinitionError: the schedule's arguments make no schedule (bad id, cron,
+                timezone, period or policy).
+            InvalidInputError: ``data`` does not validate (nothing is written).
+            ImportError: a ``cron`` schedule without the ``cronsim`` package.
+        """
+        self._check_started()
+        if not isinstance(definition, Workflow):
+            raise TypeError(f"expected a Workflow, got {type(definition).__name__}")
+        problem = check_schedule(
+            schedule_id,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=overlap,
+            catchup=catchup,
+            catchup_window=catchup_window,
+        )
+        if problem is not None:
+            raise InvalidDefinitionError(f"schedule {schedule_id!r}: {problem}")
+        spec = workflow_spec(
+            definition,
+            data,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=overlap,
+            catchup=catchup,
+            catchup_window=catchup_window,
+            timeout=timeout,
+            meta=meta,
+        )
+        self._definitions.setdefault(definition.name, definition)
+        store = self._schedule_store
+        with translated(WORKFLOW_KINDS, f"schedule {schedule_id}"):
+            while True:
+                raw, old, state = await store.read(schedule_id)
+                spec = spec.model_copy(update={"paused": old is not None and old.paused})
+                next_ms = -1 if spec.paused else next_tick(spec, await store.now_ms())
+                if await store.write(schedule_id, spec, next_ms, read=raw) >= 0:
+                    break
+        self._scheduler.wake()
+        return info_of(schedule_id, spec, state)
+
+    def _scheduled(self, workflow: str, earliest: bool) -> None:
+        """A schedule executed a run of ``workflow``: its timers must look after it."""
+        self._timers.watch(workflow)
+        if earliest:
+            self._timers.wake(workflow)
 
     async def get_handle(
         self, run_id: str, workflow: Workflow[Any, OutputT] | None = None
