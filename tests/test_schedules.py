@@ -12,7 +12,8 @@ import pytest
 from conftest import OpenProvider, eventually
 from pydantic import BaseModel
 
-from plait.providers.redis import RedisWorkflowProvider
+from plait.events import Event, EventContext
+from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.providers.redis._core.keys import ScheduleKeys, WorkflowKeys, pattern_of
 from plait.providers.redis._core.schedules import StoredSchedule, plan_ticks, ticks_after
 from plait.workflows import (
@@ -323,3 +324,38 @@ async def test_a_schedule_fires_on_an_instance_that_never_saw_its_definition(
     await eventually(fired, timeout=10, what="the runner fired a schedule it did not make")
     await runner.schedules.delete("elsewhere")
     assert seen[0]["name"] == "e"
+
+
+reminder = Event("sched.reminder", data=Report)
+
+
+async def test_an_event_schedule_emits_each_tick_once_across_two_instances(
+    url: str, prefix: str
+) -> None:
+    seen: list[dict[str, str]] = []
+    options: dict[str, Any] = {"prefix": prefix, "shutdown_timeout": timedelta(seconds=1)}
+    async with (
+        RedisEventProvider.from_url(url, group="mail", **options) as one,
+        RedisEventProvider.from_url(url, group="mail", **options) as two,
+    ):
+        for events in (one, two):
+
+            @events.on(reminder)
+            async def remind(ctx: EventContext[Report]) -> None:
+                seen.append({**ctx.meta, "name": ctx.data.name})
+
+        await one.ready()
+        await two.ready()
+        info = await one.schedule("remind", reminder, {"name": "r"}, every=timedelta(seconds=1))
+
+        async def three_ticks() -> bool:
+            return len(seen) >= 3
+
+        await eventually(three_ticks, timeout=20, what="three ticks emitted")
+        assert await two.schedules.pause("remind")
+        listed = await two.schedules.list()
+
+    ticks = [run["scheduled_at"] for run in seen]
+    assert len(set(ticks)) == len(ticks)
+    assert {run["schedule_id"] for run in seen} == {"remind"}
+    assert (info.target, [entry.schedule_id for entry in listed]) == ("sched.reminder", ["remind"])

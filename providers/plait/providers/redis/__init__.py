@@ -26,6 +26,7 @@ codec) and never import each other; both stand on ``_core``::
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
       schedules.py    schedules as stored: specs, ticks (cron via cronsim), list/pause/resume
+      scheduler.py    the loop that fires due ticks, each once, with no leader
     _workflows/     the workflow engine
       provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
       options.py      WorkflowProviderOptions
@@ -37,7 +38,7 @@ codec) and never import each other; both stand on ``_core``::
       lease.py        lease renewal from a thread
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
-      schedules.py    firing workflow schedules: each tick one execute, no leader
+      schedules.py    firing workflow schedules: each tick one execute
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
@@ -48,6 +49,7 @@ codec) and never import each other; both stand on ``_core``::
       delivery.py     running one delivery and recording its outcome
       scripts.py      EventScripts: typed calls of lua/event_*.lua
       codec.py        events as stored: entries, replies
+      schedules.py    firing event schedules: each tick one emit
     _ops/           operating a deployment
       health.py       the health report
       heartbeat.py    per-instance heartbeats

@@ -381,6 +381,19 @@ class Schedules:
             _, spec, state = await self._store.read(schedule_id)
         return None if spec is None else info_of(schedule_id, spec, state)
 
+    async def put(self, schedule_id: str, spec: StoredSchedule) -> ScheduleInfo:
+        """Store ``spec`` under ``schedule_id`` (the providers' ``schedule()`` checked it): a
+        schedule that exists keeps being paused when it was, and keeps its state; it fires
+        from its next tick on."""
+        store = self._store
+        with translated(self._kinds, f"schedule {schedule_id}"):
+            while True:
+                raw, old, state = await store.read(schedule_id)
+                spec = spec.model_copy(update={"paused": old is not None and old.paused})
+                next_ms = -1 if spec.paused else next_tick(spec, await store.now_ms())
+                if await store.write(schedule_id, spec, next_ms, read=raw) >= 0:
+                    return info_of(schedule_id, spec, state)
+
     async def pause(self, schedule_id: str) -> bool:
         """Fire nothing until :meth:`resume`; False when there is no such schedule."""
         return await self._change(schedule_id, paused=True)

@@ -33,6 +33,7 @@ from .._core.keys import workflow_of
 from .._core.notify import Notifications
 from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
+from .._core.scheduler import Scheduler
 from .._core.schedules import (
     CatchUp,
     Overlap,
@@ -40,8 +41,6 @@ from .._core.schedules import (
     Schedules,
     ScheduleStore,
     check_schedule,
-    info_of,
-    next_tick,
 )
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
@@ -55,7 +54,7 @@ from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
-from .schedules import Scheduler, workflow_schedules, workflow_spec
+from .schedules import WorkflowFiring, workflow_schedules, workflow_spec
 from .scripts import RunScripts
 from .timers import Timers
 from .worker import Worker
@@ -146,14 +145,15 @@ class RedisWorkflowProvider:
         self.schedules = Schedules(self._schedule_store, WORKFLOW_KINDS)
         """The workflow schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
         ``delete`` (made and changed by :meth:`schedule`)."""
-        self._scheduler = Scheduler(
-            self._schedule_store,
+        firing = WorkflowFiring(
             self._scripts,
+            self._connection.client,
             opts.prefix,
             retention_ms=int(opts.retention.total_seconds() * 1000),
             default_timeout_ms=int(_seconds(opts.default_timeout) or 0) * 1000,
             on_execute=self._scheduled,
         )
+        self._scheduler = Scheduler(self._schedule_store, firing)
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
 
@@ -470,16 +470,9 @@ class RedisWorkflowProvider:
             meta=meta,
         )
         self._definitions.setdefault(definition.name, definition)
-        store = self._schedule_store
-        with translated(WORKFLOW_KINDS, f"schedule {schedule_id}"):
-            while True:
-                raw, old, state = await store.read(schedule_id)
-                spec = spec.model_copy(update={"paused": old is not None and old.paused})
-                next_ms = -1 if spec.paused else next_tick(spec, await store.now_ms())
-                if await store.write(schedule_id, spec, next_ms, read=raw) >= 0:
-                    break
+        info = await self.schedules.put(schedule_id, spec)
         self._scheduler.wake()
-        return info_of(schedule_id, spec, state)
+        return info
 
     def _scheduled(self, workflow: str, earliest: bool) -> None:
         """A schedule executed a run of ``workflow``: its timers must look after it."""
