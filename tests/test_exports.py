@@ -11,6 +11,7 @@ def test_workflows_exports_the_contract_names() -> None:
     assert plait.workflows.__all__ == [
         "PLAIT_CAUSES",
         "AttemptSupersededError",
+        "ConcurrencyKeyBusyError",
         "CorruptRunError",
         "IdempotencyConflictError",
         "InvalidDefinitionError",

@@ -221,11 +221,19 @@ async def test_every_key_a_workflow_writes_is_documented(
         )
         second = await workflows.execute(saga, Item(n=2))
         timed_out = await workflows.execute(late, Item(n=3), timeout=timedelta(milliseconds=300))
+        # two runs of one concurrency key: the second waits for the first's slot
+        keyed = [
+            await workflows.execute(
+                late, Item(n=n), concurrency_key="k", timeout=timedelta(seconds=1)
+            )
+            for n in (4, 5)
+        ]
         for handle in (first, second):
             with pytest.raises(WorkflowStepError):
                 await handle.result(timeout=20)
-        with pytest.raises(WorkflowTimeoutError):
-            await timed_out.result(timeout=20)
+        for handle in (timed_out, *keyed):
+            with pytest.raises(WorkflowTimeoutError):
+                await handle.result(timeout=20)
         watched = [event.kind async for event in first.watch()]
         attached = await workflows.execute(saga, Item(n=1), idempotency_key="order-1")
 

@@ -20,3 +20,13 @@ crunch: Workflow[Job, Any] = Workflow("crunch", input=Job).step("crunch")
 capped: Workflow[Job, Any] = Workflow("capped", input=Job, concurrency=2).step("work")
 stuck: Workflow[Job, Any] = Workflow("stuck", input=Job).parallel("done", "hang")
 ticked: Workflow[Job, Any] = Workflow("ticked", input=Job).step("record")
+
+
+class Keyed(BaseModel):
+    key: str
+    n: int
+
+
+keyed: Workflow[Keyed, Any] = Workflow(
+    "keyed", input=Keyed, concurrency_key=lambda job: job.key, per_key_limit=1
+).step("work")

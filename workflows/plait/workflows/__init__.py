@@ -10,6 +10,7 @@ from ._definition import RetryPolicy, Step, Workflow
 from ._errors import (
     PLAIT_CAUSES,
     AttemptSupersededError,
+    ConcurrencyKeyBusyError,
     CorruptRunError,
     IdempotencyConflictError,
     InvalidDefinitionError,
@@ -39,6 +40,7 @@ from ._protocols import RunBackend, WorkflowExecutor, WorkflowLifecycle
 __all__ = [
     "PLAIT_CAUSES",
     "AttemptSupersededError",
+    "ConcurrencyKeyBusyError",
     "CorruptRunError",
     "IdempotencyConflictError",
     "InvalidDefinitionError",

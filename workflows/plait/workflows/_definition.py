@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, get_args, overload
 
 from pydantic import BaseModel
 
 from ._errors import InvalidDefinitionError, NonRetryableError, cause_name
+
+PerKeyStrategy = Literal["queue", "cancel_running", "reject_new"]
+"""What a run does when its concurrency key's runs are all live (``per_key_strategy=``)."""
+PER_KEY_STRATEGIES: tuple[str, ...] = get_args(PerKeyStrategy)
 
 __all__ = ["RetryPolicy", "Step", "Workflow"]
 
@@ -150,9 +154,27 @@ class Workflow(Generic[InputT, OutputT]):
         input: the pydantic model of the run's input.
         output: the model the run's result is validated into (``None``: plain JSON).
         concurrency: at most this many running steps of this workflow across all instances.
+        concurrency_key: the run's concurrency key from its input (``lambda order:
+            order.customer_id``): at most ``per_key_limit`` runs of one key are live at once
+            across all instances; ``execute(concurrency_key=...)`` gives it per call instead.
+        per_key_limit: runs of one concurrency key live at once (default 1).
+        per_key_strategy: what a run that finds its key's runs all live does: ``queue``
+            (default: it waits, PENDING, and starts when one ends, oldest first per key),
+            ``cancel_running`` (the oldest live run of the key is cancelled, which
+            compensates it, and the new run starts once it ended) or ``reject_new``
+            (``execute`` raises :class:`ConcurrencyKeyBusyError`, nothing is written).
     """
 
-    __slots__ = ("concurrency", "groups", "input", "name", "output")
+    __slots__ = (
+        "concurrency",
+        "concurrency_key",
+        "groups",
+        "input",
+        "name",
+        "output",
+        "per_key_limit",
+        "per_key_strategy",
+    )
 
     @overload
     def __init__(
@@ -162,6 +184,9 @@ class Workflow(Generic[InputT, OutputT]):
         input: type[InputT],
         output: None = None,
         concurrency: int | None = None,
+        concurrency_key: Callable[[InputT], str] | None = None,
+        per_key_limit: int = 1,
+        per_key_strategy: PerKeyStrategy = "queue",
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None: ...
 
@@ -173,6 +198,9 @@ class Workflow(Generic[InputT, OutputT]):
         input: type[InputT],
         output: type[OutputT],
         concurrency: int | None = None,
+        concurrency_key: Callable[[InputT], str] | None = None,
+        per_key_limit: int = 1,
+        per_key_strategy: PerKeyStrategy = "queue",
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None: ...
 
@@ -183,6 +211,9 @@ class Workflow(Generic[InputT, OutputT]):
         input: type[InputT],
         output: type[OutputT] | None = None,
         concurrency: int | None = None,
+        concurrency_key: Callable[[InputT], str] | None = None,
+        per_key_limit: int = 1,
+        per_key_strategy: PerKeyStrategy = "queue",
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None:
         if not isinstance(name, str) or not WORKFLOW_NAME.match(name):
@@ -193,10 +224,21 @@ class Workflow(Generic[InputT, OutputT]):
             raise InvalidDefinitionError(f"workflow {name!r}: input must be a pydantic model")
         if concurrency is not None and concurrency < 1:
             raise InvalidDefinitionError(f"workflow {name!r}: concurrency must be >= 1")
+        if not isinstance(per_key_limit, int) or per_key_limit < 1:
+            raise InvalidDefinitionError(f"workflow {name!r}: per_key_limit must be >= 1")
+        if per_key_strategy not in PER_KEY_STRATEGIES:
+            raise InvalidDefinitionError(
+                f"workflow {name!r}: per_key_strategy must be one of {PER_KEY_STRATEGIES}"
+            )
+        if concurrency_key is not None and not callable(concurrency_key):
+            raise InvalidDefinitionError(f"workflow {name!r}: concurrency_key must be callable")
         self.name = name
         self.input: type[InputT] = input
         self.output: type[OutputT] | None = output
         self.concurrency = concurrency
+        self.concurrency_key = concurrency_key
+        self.per_key_limit = per_key_limit
+        self.per_key_strategy: PerKeyStrategy = per_key_strategy
         self.groups: tuple[tuple[Step, ...], ...] = _groups
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -253,6 +295,9 @@ class Workflow(Generic[InputT, OutputT]):
             input=self.input,
             output=self.output,
             concurrency=self.concurrency,
+            concurrency_key=self.concurrency_key,
+            per_key_limit=self.per_key_limit,
+            per_key_strategy=self.per_key_strategy,
             _groups=(*self.groups, group),
         )
         return extended

@@ -27,6 +27,10 @@ one attempt of a job::
                                                writes refused because their attempt was stale
     <prefix>:{<wf>}:idem:<key>        string   "run|input hash" of the run owning the
                                                idempotency key (expires: retention after it ends)
+    <prefix>:{<wf>}:key:<key>:running zset  run id -> ms: runs holding a slot of concurrency key
+                                               <key> (at most the workflow's per-key limit)
+    <prefix>:{<wf>}:key:<key>:queue   zset     run id -> µs, in execute order: runs waiting for
+                                               a slot of <key>
     <prefix>:{<wf>}:run:<id>          hash     the run record: status, plan, per-job fields
                                                ``<job>|<field>`` (listed in ``lua/run_lib.lua``)
     <prefix>:{<wf>}:run:<id>:results  hash     step -> JSON result
@@ -188,6 +192,14 @@ class WorkflowKeys:
         """The run owning idempotency ``key`` (and its input hash)."""
         return f"{self.base}idem:{key}"
 
+    def key_running(self, key: str) -> str:
+        """Zset of the runs holding a slot of concurrency key ``key``."""
+        return f"{self.base}key:{key}:running"
+
+    def key_queue(self, key: str) -> str:
+        """Zset of the runs waiting for a slot of concurrency key ``key``, oldest first."""
+        return f"{self.base}key:{key}:queue"
+
     def run(self, run_id: str) -> str:
         """Hash of the run record."""
         return f"{self.base}run:{run_id}"
@@ -331,6 +343,8 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:caps", "string"),
     KeyPattern("<prefix>:{<wf>}:stats", "hash"),
     KeyPattern("<prefix>:{<wf>}:idem:<key>", "string"),
+    KeyPattern("<prefix>:{<wf>}:key:<key>:running", "zset"),
+    KeyPattern("<prefix>:{<wf>}:key:<key>:queue", "zset"),
     KeyPattern("<prefix>:{<wf>}:run:<id>", "hash"),
     KeyPattern("<prefix>:{<wf>}:run:<id>:results", "hash"),
     KeyPattern("<prefix>:{<wf>}:run:<id>:events", "stream"),

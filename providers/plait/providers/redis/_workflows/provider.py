@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio.cluster import RedisCluster
 
 from plait.workflows import (
+    ConcurrencyKeyBusyError,
     IdempotencyConflictError,
     InvalidDefinitionError,
     InvalidInputError,
@@ -31,7 +32,7 @@ from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
 from .._core.keys import workflow_of
 from .._core.notify import Notifications
-from .._core.payload import UnstorableError, check_key, check_meta, stored_json
+from .._core.payload import UnstorableError, check_key, check_meta, check_text, stored_json
 from .._core.retry import call_until
 from .._core.scheduler import Scheduler
 from .._core.schedules import (
@@ -75,6 +76,20 @@ def _is_positive_duration(value: object) -> bool:
     if isinstance(value, timedelta):
         return value > timedelta(0)
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _per_key(
+    definition: Workflow[Any, Any], model: BaseModel, key: str | None
+) -> tuple[str, int, str] | None:
+    """(concurrency key, limit, strategy) of a run, or None when it has no key."""
+    if key is None and definition.concurrency_key is not None:
+        key = definition.concurrency_key(model)
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise UnstorableError(f"a concurrency key is a non-empty string, not {key!r}")
+    check_text(key, "the concurrency key")
+    return key, definition.per_key_limit, definition.per_key_strategy
 
 
 class RedisWorkflowProvider:
@@ -321,6 +336,7 @@ class RedisWorkflowProvider:
         idempotency_key: str | None = None,
         timeout: timedelta | None = None,
         meta: Mapping[str, str] | None = None,
+        concurrency_key: str | None = None,
     ) -> WorkflowHandle[OutputT]:
         """Start a run of ``definition`` (or attach to the run owning ``idempotency_key``).
 
@@ -336,10 +352,15 @@ class RedisWorkflowProvider:
             timeout: the run's deadline, counted from now (default: ``default_timeout``).
             meta: string pairs carried to every step, with ``correlation_id`` and
                 ``traceparent``.
+            concurrency_key: the run's concurrency key (default: the workflow's
+                ``concurrency_key`` of the input, if it has one): at most the workflow's
+                ``per_key_limit`` runs of one key are live at once, across all instances.
 
         Raises:
             InvalidInputError: ``data`` does not validate (nothing is written).
             IdempotencyConflictError: the key belongs to a run with a different input.
+            ConcurrencyKeyBusyError: ``per_key_strategy="reject_new"`` and the concurrency
+                key's runs are all live (nothing is written).
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
             RedisCommandError: Redis refused the command (e.g. a key of the wrong type).
         """
@@ -355,6 +376,7 @@ class RedisWorkflowProvider:
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
                 check_key(idempotency_key)
+            per_key = _per_key(definition, model, concurrency_key)
         except (ValidationError, UnstorableError) as error:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
@@ -378,6 +400,7 @@ class RedisWorkflowProvider:
                     timeout_ms=int(deadline * 1000) if deadline else 0,
                     retention_ms=int(self.options.retention.total_seconds() * 1000),
                     limits_json=limits_of(definition),
+                    per_key=per_key,
                 ),
                 timeout=self.options.connect_timeout.total_seconds(),
                 what=f"execute {name}",
@@ -387,6 +410,8 @@ class RedisWorkflowProvider:
             self._telemetry.runs_started.add(1, {"plait.workflow": name})
         if outcome == "conflict":
             raise IdempotencyConflictError(idempotency_key or "", found)
+        if outcome == "busy":
+            raise ConcurrencyKeyBusyError(name, found)
         if deadline:
             self._timers.watch(name)
         if earliest:  # the timer may be asleep until a later time: it must see this deadline

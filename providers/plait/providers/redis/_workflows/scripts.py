@@ -169,16 +169,23 @@ class RunScripts:
         timeout_ms: int,
         retention_ms: int,
         limits_json: str = "",
+        per_key: tuple[str, int, str] | None = None,
     ) -> tuple[str, str, bool]:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
-        run's deadline is the workflow's earliest: every instance's timer was told)."""
-        args = [keys.base, run_id, idempotency_key, input_hash, input_json, meta_json, plan_json]
+        run's deadline is the workflow's earliest: every instance's timer was told).
+
+        ``per_key`` is (concurrency key, its limit, its strategy); the outcome ``busy`` says
+        ``reject_new`` found the key's runs all live (the run id is then the key)."""
+        args: list[str | int] = [keys.base, run_id, idempotency_key, input_hash, input_json]
+        args += [meta_json, plan_json]
         declared = _run_keys(keys, run_id)
         if idempotency_key:
             declared.append(keys.idempotency(idempotency_key))
-        reply = await self._connection.run(
-            self._execute, keys=declared, args=[*args, timeout_ms, retention_ms, limits_json]
-        )
+        args += [timeout_ms, retention_ms, limits_json]
+        if per_key is not None:
+            declared += [keys.key_running(per_key[0]), keys.key_queue(per_key[0])]
+            args += list(per_key)
+        reply = await self._connection.run(self._execute, keys=declared, args=args)
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 

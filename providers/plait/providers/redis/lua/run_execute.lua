@@ -5,8 +5,12 @@
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
+-- ARGV[11] concurrency key ('' for none)  ARGV[12] runs of the key at once
+-- ARGV[13] what a run finding them all running does: queue | cancel_running | reject_new
+--   with a concurrency key, the last two KEYS are <base>key:<key>:running and :queue
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
+--        | {'busy', key} (reject_new: the key's runs are all taken; nothing written)
 local base = ARGV[1]
 local run_id = ARGV[2]
 local ikey = ARGV[3]
@@ -17,6 +21,9 @@ local plan = ARGV[7]
 local timeout = tonumber(ARGV[8])
 local retention = ARGV[9]
 local limits = ARGV[10]
+-- (per-key concurrency: a slot still held by a run that ended is freed first, the one write
+-- made before a reject_new answer)
+local pkey, plimit, pmode = ARGV[11] or '', tonumber(ARGV[12] or '0'), ARGV[13] or 'queue'
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -30,6 +37,27 @@ if ikey ~= '' then
   end
 end
 if redis.call('EXISTS', c.r) == 1 then return {'created', c.run, 0} end
+local held, holders = 0, {}
+if pkey ~= '' then  -- per-key concurrency (run_lib.lua): checked before the first write
+  held = redis.call('ZCARD', KEYS[#KEYS - 1])
+  if held >= plimit and here(base) then  -- a slot kept by a run that ended unseen: freed
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 1], 0, -1)) do
+      local st = redis.call('HGET', base .. 'run:' .. other, 'status')
+      if st ~= 'PENDING' and st ~= 'RUNNING' and st ~= 'COMPENSATING' then
+        redis.call('ZREM', KEYS[#KEYS - 1], other)
+        held = held - 1
+      end
+    end
+  end
+  if held >= plimit and pmode == 'reject_new' then return {'busy', pkey} end
+  if held >= plimit and pmode == 'cancel_running' then
+    if not here(base) then return redis.error_reply(MOVING) end
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 1], 0, held - plimit)) do
+      local o = ctx(base, other)
+      if not sound(o) then holders[#holders + 1] = o end
+    end
+  end
+end
 if c.idem then redis.call('SET', c.idem, c.run .. '|' .. ihash) end
 local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
@@ -39,5 +67,18 @@ local earliest = timeout > 0 and set_deadline(c, now + timeout)
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)
 event(c, 'run.started', '', '', '')
+if pkey ~= '' then
+  redis.call('HSET', c.r, 'pk', pkey)
+  if held >= plimit then  -- wait for a slot of the key; cancel_running frees the oldest ones
+    redis.call('HSET', c.r, 'kq', 1)
+    local last = redis.call('ZRANGE', KEYS[#KEYS], -1, -1, 'WITHSCORES')[2]
+    local order = now * 1000  -- µs, and after the last waiting run: executes' order, kept
+    if last and tonumber(last) >= order then order = tonumber(last) + 1 end
+    redis.call('ZADD', KEYS[#KEYS], order, c.run)
+    for _, o in ipairs(holders) do compensate(o, 'cancel', '', now) end
+    return {'created', c.run, earliest and 1 or 0}
+  end
+  redis.call('ZADD', KEYS[#KEYS - 1], now, c.run)
+end
 advance(c, now)
 return {'created', c.run, earliest and 1 or 0}
