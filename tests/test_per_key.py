@@ -308,3 +308,21 @@ async def test_a_slot_kept_by_a_run_that_ended_unseen_is_freed_by_the_next_execu
 
     await handle.result(timeout=10)
     assert [span[1] for span in spans] == [1]
+
+
+async def test_the_reconciler_leaves_a_run_waiting_for_its_key_waiting(
+    open_provider: OpenProvider,
+) -> None:
+    flow = per_customer("pk-reconcile")
+    spans: list[Span] = []
+    workflows = await open_provider(timed(flow, spans, hold=1.0))
+    first = await workflows.execute(flow, Order(customer="c", n=1))
+    second = await workflows.execute(flow, Order(customer="c", n=2))
+
+    workflows._reconciler._min_age_ms = -1000  # look at runs however young
+    await workflows.reconcile()
+
+    assert await second.status() is WorkflowStatus.PENDING
+    await first.result(timeout=10)
+    await second.result(timeout=10)
+    assert overlapping(spans) == []
