@@ -231,7 +231,15 @@ async def test_every_key_a_workflow_writes_is_documented(
         for handle in (first, second):
             with pytest.raises(WorkflowStepError):
                 await handle.result(timeout=20)
-        for handle in (timed_out, *keyed):
+        # a debounced execute: its burst's key lives while the run waits
+        debounced = await workflows.execute(
+            late,
+            Item(n=6),
+            debounce=timedelta(milliseconds=100),
+            debounce_key="d",
+            timeout=timedelta(seconds=1),
+        )
+        for handle in (timed_out, *keyed, debounced):
             with pytest.raises(WorkflowTimeoutError):
                 await handle.result(timeout=20)
         watched = [event.kind async for event in first.watch()]

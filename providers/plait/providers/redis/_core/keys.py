@@ -31,6 +31,9 @@ one attempt of a job::
                                                <key> (at most the workflow's per-key limit)
     <prefix>:{<wf>}:key:<key>:queue   zset     run id -> µs, in execute order: runs waiting for
                                                a slot of <key>
+    <prefix>:{<wf>}:debounce:<key>    string   "run|first call ms" of the run a burst of debounced
+                                               executes makes, while it waits (expires: after
+                                               its quiet period)
     <prefix>:{<wf>}:run:<id>          hash     the run record: status, plan, per-job fields
                                                ``<job>|<field>`` (listed in ``lua/run_lib.lua``)
     <prefix>:{<wf>}:run:<id>:results  hash     step -> JSON result
@@ -200,6 +203,10 @@ class WorkflowKeys:
         """Zset of the runs waiting for a slot of concurrency key ``key``, oldest first."""
         return f"{self.base}key:{key}:queue"
 
+    def debounce(self, key: str) -> str:
+        """The run that a burst of executes with debounce key ``key`` makes, while it waits."""
+        return f"{self.base}debounce:{key}"
+
     def run(self, run_id: str) -> str:
         """Hash of the run record."""
         return f"{self.base}run:{run_id}"
@@ -345,6 +352,7 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:idem:<key>", "string"),
     KeyPattern("<prefix>:{<wf>}:key:<key>:running", "zset"),
     KeyPattern("<prefix>:{<wf>}:key:<key>:queue", "zset"),
+    KeyPattern("<prefix>:{<wf>}:debounce:<key>", "string"),
     KeyPattern("<prefix>:{<wf>}:run:<id>", "hash"),
     KeyPattern("<prefix>:{<wf>}:run:<id>:results", "hash"),
     KeyPattern("<prefix>:{<wf>}:run:<id>:events", "stream"),

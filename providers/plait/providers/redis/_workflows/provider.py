@@ -78,6 +78,31 @@ def _is_positive_duration(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
+def _debounced(
+    debounce: timedelta | None,
+    key: str | None,
+    max_wait: timedelta | None,
+    idempotency_key: str | None,
+    per_key: tuple[str, int, str] | None,
+) -> tuple[str, int, int] | None:
+    """(debounce key, quiet ms, max wait ms or 0) of an execute, or None without debounce."""
+    if debounce is None:
+        if key is not None or max_wait is not None:
+            raise UnstorableError("debounce_key and debounce_max_wait need debounce=")
+        return None
+    if not isinstance(debounce, timedelta) or debounce <= timedelta(0):
+        raise UnstorableError(f"debounce must be a positive timedelta, not {debounce!r}")
+    if max_wait is not None and (not isinstance(max_wait, timedelta) or max_wait <= timedelta(0)):
+        raise UnstorableError(f"debounce_max_wait must be a positive timedelta, not {max_wait!r}")
+    if not isinstance(key, str) or not key:
+        raise UnstorableError("debounce= needs a debounce_key (a non-empty string)")
+    check_text(key, "the debounce key")
+    if idempotency_key is not None or per_key is not None:
+        raise UnstorableError("debounce= does not go with an idempotency or concurrency key")
+    ms = timedelta(milliseconds=1)
+    return key, max(debounce // ms, 1), 0 if max_wait is None else max(max_wait // ms, 1)
+
+
 def _per_key(
     definition: Workflow[Any, Any], model: BaseModel, key: str | None
 ) -> tuple[str, int, str] | None:
@@ -337,6 +362,9 @@ class RedisWorkflowProvider:
         timeout: timedelta | None = None,
         meta: Mapping[str, str] | None = None,
         concurrency_key: str | None = None,
+        debounce: timedelta | None = None,
+        debounce_key: str | None = None,
+        debounce_max_wait: timedelta | None = None,
     ) -> WorkflowHandle[OutputT]:
         """Start a run of ``definition`` (or attach to the run owning ``idempotency_key``).
 
@@ -355,6 +383,13 @@ class RedisWorkflowProvider:
             concurrency_key: the run's concurrency key (default: the workflow's
                 ``concurrency_key`` of the input, if it has one): at most the workflow's
                 ``per_key_limit`` runs of one key are live at once, across all instances.
+            debounce: a quiet period: executes with one ``debounce_key`` within it make one
+                run, which starts once no execute of the key came for that long, with the
+                latest execute's input and meta; every caller gets that run's handle (only
+                the first with ``created=True``). The run's timeout counts from the first.
+            debounce_key: what makes executes one burst (required with ``debounce``).
+            debounce_max_wait: the run starts at the latest this long after the burst's
+                first execute, however long the burst goes on.
 
         Raises:
             InvalidInputError: ``data`` does not validate (nothing is written).
@@ -377,6 +412,7 @@ class RedisWorkflowProvider:
             if idempotency_key is not None:
                 check_key(idempotency_key)
             per_key = _per_key(definition, model, concurrency_key)
+            quiet = _debounced(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
         except (ValidationError, UnstorableError) as error:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
@@ -388,20 +424,37 @@ class RedisWorkflowProvider:
         with self._telemetry.producing(
             f"execute {name}", operation="execute", destination=name, message_id=run_id
         ):
+            common: dict[str, Any] = {
+                "input_hash": input_hash(canonical),
+                "input_json": canonical,
+                "meta_json": canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
+                "plan_json": plan_of(definition),
+                "timeout_ms": int(deadline * 1000) if deadline else 0,
+                "retention_ms": int(self.options.retention.total_seconds() * 1000),
+                "limits_json": limits_of(definition),
+            }
+            if quiet is None:
+                ikey = idempotency_key or ""
+
+                def call() -> Any:
+                    return self._scripts.execute(
+                        keys, run_id, idempotency_key=ikey, per_key=per_key, **common
+                    )
+            else:
+                dkey, quiet_ms, max_wait_ms = quiet
+
+                def call() -> Any:
+                    return self._scripts.debounce(
+                        keys,
+                        run_id,
+                        debounce_key=dkey,
+                        quiet_ms=quiet_ms,
+                        max_wait_ms=max_wait_ms,
+                        **common,
+                    )
+
             outcome, found, earliest = await call_until(
-                lambda: self._scripts.execute(
-                    keys,
-                    run_id,
-                    idempotency_key=idempotency_key or "",
-                    input_hash=input_hash(canonical),
-                    input_json=canonical,
-                    meta_json=canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
-                    plan_json=plan_of(definition),
-                    timeout_ms=int(deadline * 1000) if deadline else 0,
-                    retention_ms=int(self.options.retention.total_seconds() * 1000),
-                    limits_json=limits_of(definition),
-                    per_key=per_key,
-                ),
+                call,
                 timeout=self.options.connect_timeout.total_seconds(),
                 what=f"execute {name}",
                 kinds=WORKFLOW_KINDS,
@@ -412,9 +465,10 @@ class RedisWorkflowProvider:
             raise IdempotencyConflictError(idempotency_key or "", found)
         if outcome == "busy":
             raise ConcurrencyKeyBusyError(name, found)
-        if deadline:
+        if deadline or quiet is not None:
             self._timers.watch(name)
-        if earliest:  # the timer may be asleep until a later time: it must see this deadline
+        # the timer may be asleep until a later time: it must see this deadline (or start)
+        if earliest or (quiet is not None and outcome == "created"):
             self._timers.wake(name)
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
