@@ -39,6 +39,7 @@ codec) and never import each other; both stand on ``_core``::
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
       schedules.py    firing workflow schedules: each tick one execute
+      flow.py         an execute's per-key concurrency and debounce options
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine

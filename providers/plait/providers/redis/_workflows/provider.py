@@ -32,7 +32,7 @@ from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
 from .._core.keys import workflow_of
 from .._core.notify import Notifications
-from .._core.payload import UnstorableError, check_key, check_meta, check_text, stored_json
+from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
 from .._core.scheduler import Scheduler
 from .._core.schedules import (
@@ -41,7 +41,6 @@ from .._core.schedules import (
     ScheduleInfo,
     Schedules,
     ScheduleStore,
-    check_schedule,
 )
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
@@ -50,6 +49,7 @@ from .._core.wire import default_provider_id
 from .._ops.health import Health, check_health, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
+from .flow import debounce_of, per_key_of
 from .handlers import Handlers
 from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
@@ -76,45 +76,6 @@ def _is_positive_duration(value: object) -> bool:
     if isinstance(value, timedelta):
         return value > timedelta(0)
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
-def _debounced(
-    debounce: timedelta | None,
-    key: str | None,
-    max_wait: timedelta | None,
-    idempotency_key: str | None,
-    per_key: tuple[str, int, str] | None,
-) -> tuple[str, int, int] | None:
-    """(debounce key, quiet ms, max wait ms or 0) of an execute, or None without debounce."""
-    if debounce is None:
-        if key is not None or max_wait is not None:
-            raise UnstorableError("debounce_key and debounce_max_wait need debounce=")
-        return None
-    if not isinstance(debounce, timedelta) or debounce <= timedelta(0):
-        raise UnstorableError(f"debounce must be a positive timedelta, not {debounce!r}")
-    if max_wait is not None and (not isinstance(max_wait, timedelta) or max_wait <= timedelta(0)):
-        raise UnstorableError(f"debounce_max_wait must be a positive timedelta, not {max_wait!r}")
-    if not isinstance(key, str) or not key:
-        raise UnstorableError("debounce= needs a debounce_key (a non-empty string)")
-    check_text(key, "the debounce key")
-    if idempotency_key is not None or per_key is not None:
-        raise UnstorableError("debounce= does not go with an idempotency or concurrency key")
-    ms = timedelta(milliseconds=1)
-    return key, max(debounce // ms, 1), 0 if max_wait is None else max(max_wait // ms, 1)
-
-
-def _per_key(
-    definition: Workflow[Any, Any], model: BaseModel, key: str | None
-) -> tuple[str, int, str] | None:
-    """(concurrency key, limit, strategy) of a run, or None when it has no key."""
-    if key is None and definition.concurrency_key is not None:
-        key = definition.concurrency_key(model)
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key:
-        raise UnstorableError(f"a concurrency key is a non-empty string, not {key!r}")
-    check_text(key, "the concurrency key")
-    return key, definition.per_key_limit, definition.per_key_strategy
 
 
 class RedisWorkflowProvider:
@@ -411,8 +372,8 @@ class RedisWorkflowProvider:
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
                 check_key(idempotency_key)
-            per_key = _per_key(definition, model, concurrency_key)
-            quiet = _debounced(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
+            per_key = per_key_of(definition, model, concurrency_key)
+            quiet = debounce_of(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
         except (ValidationError, UnstorableError) as error:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
@@ -523,20 +484,8 @@ class RedisWorkflowProvider:
             ImportError: a ``cron`` schedule without the ``cronsim`` package.
         """
         self._check_started()
-        if not isinstance(definition, Workflow):
-            raise TypeError(f"expected a Workflow, got {type(definition).__name__}")
-        problem = check_schedule(
-            schedule_id,
-            cron=cron,
-            every=every,
-            timezone=timezone,
-            overlap=overlap,
-            catchup=catchup,
-            catchup_window=catchup_window,
-        )
-        if problem is not None:
-            raise InvalidDefinitionError(f"schedule {schedule_id!r}: {problem}")
         spec = workflow_spec(
+            schedule_id,
             definition,
             data,
             cron=cron,

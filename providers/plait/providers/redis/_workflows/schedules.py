@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from plait.workflows import InvalidInputError, Workflow, WorkflowStatus
+from plait.workflows import InvalidDefinitionError, InvalidInputError, Workflow, WorkflowStatus
 
 from .._core.keys import ScheduleKeys, WorkflowKeys
 from .._core.payload import UnstorableError, check_meta, stored_json
-from .._core.schedules import StoredSchedule, schedule_meta, tick_key
+from .._core.schedules import StoredSchedule, check_schedule, schedule_meta, tick_key
 from .._core.tracing import outgoing_meta
 from .codec import canonical_json, input_hash, limits_of, new_run_id, plan_of
 from .scripts import RunScripts
@@ -87,6 +87,7 @@ class WorkflowFiring:
 
 
 def workflow_spec(
+    schedule_id: str,
     definition: Workflow[Any, Any],
     data: BaseModel | Mapping[str, Any],
     *,
@@ -104,7 +105,21 @@ def workflow_spec(
     Raises:
         InvalidInputError: ``data`` does not validate, or ``meta`` is not string pairs.
         InvalidDefinitionError: the schedule's own arguments make no schedule.
+        TypeError: ``definition`` is not a Workflow.
     """
+    if not isinstance(definition, Workflow):
+        raise TypeError(f"expected a Workflow, got {type(definition).__name__}")
+    problem = check_schedule(
+        schedule_id,
+        cron=cron,
+        every=every,
+        timezone=timezone,
+        overlap=overlap,
+        catchup=catchup,
+        catchup_window=catchup_window,
+    )
+    if problem is not None:
+        raise InvalidDefinitionError(f"schedule {schedule_id!r}: {problem}")
     name = definition.name
     try:
         model = definition.input.model_validate(data)
