@@ -15,6 +15,13 @@ one fault plan for all. The test can then:
 - ``proxy.reset()``: reset every client connection now (mid-command or idle).
 - ``proxy.down()`` / ``proxy.up()``: the path breaks (every connection reset, new ones refused)
   and mends again.
+- ``proxy.black_hole()`` / ``proxy.heal()``: the path goes silent: connections stay open (new
+  ones are accepted too) but no byte is forwarded either way, no FIN, no RST, as when a
+  firewall or a partition drops packets; what was sent meanwhile waits in the socket buffers
+  and is forwarded on heal (the way TCP retransmits), unless a side closed its connection;
+  ``proxy.black_hole(drop=True)`` loses it instead (bytes lost in a partition).
+- ``proxy.delay(seconds)``: every byte is forwarded ``seconds`` late in each direction (a
+  one-way latency: the round trip grows by twice that); ``delay(0)`` ends it.
 
 ``proxy.lost`` counts the replies dropped, ``proxy.resets`` the connections reset.
 """
@@ -27,6 +34,7 @@ import functools
 import hashlib
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -84,6 +92,11 @@ class Proxy:
         self.lost = 0
         self.resets = 0
         self._down = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._dropping = False
+        self.latency = 0.0
+        """Seconds each byte takes through the proxy, each way (see :meth:`delay`)."""
 
     @property
     def url(self) -> str:
@@ -136,6 +149,26 @@ class Proxy:
         """Mend the path: accept and forward new connections again."""
         self._down = False
 
+    def black_hole(self, *, drop: bool = False) -> None:
+        """Forward nothing either way from now on, keeping every connection open.
+
+        What is sent meanwhile waits and is forwarded on :meth:`heal`; with ``drop``, it is
+        lost instead (read and thrown away: the sender's TCP sees it delivered).
+        """
+        if drop:
+            self._dropping = True
+        else:
+            self._flowing.clear()
+
+    def heal(self) -> None:
+        """Forward again (what waited in the buffers first)."""
+        self._dropping = False
+        self._flowing.set()
+
+    def delay(self, seconds: float) -> None:
+        """Forward every byte ``seconds`` late in each direction (0: at once)."""
+        self.latency = seconds
+
     def reset(self) -> int:
         """Reset every client connection now; returns how many."""
         links, self._links = self._links, set()
@@ -173,28 +206,67 @@ class Proxy:
             self._tasks.difference_update(pumps)
 
     async def _to_server(self, link: _Link) -> None:
-        while data := await link.client_reader.read(65536):
-            armed = self._armed
-            if armed is not None and armed.match in link.tail + data:
-                self._armed = None
-                link.fault = armed  # before Redis can answer
-            if armed is not None:
-                link.tail = data[-len(armed.match) :]
-            link.server_writer.write(data)
-            await link.server_writer.drain()
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        sending = asyncio.create_task(self._send(queue, link.server_writer))
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await link.client_reader.read(65536)
+                if not data:
+                    break
+                if self._dropping:
+                    continue
+                armed = self._armed
+                if armed is not None and armed.match in link.tail + data:
+                    self._armed = None
+                    link.fault = armed  # before Redis can answer
+                if armed is not None:
+                    link.tail = data[-len(armed.match) :]
+                queue.put_nowait((time.monotonic() + self.latency, data))
+            queue.put_nowait(None)
+            await sending
+        finally:
+            sending.cancel()
 
     async def _to_client(self, link: _Link) -> None:
-        while data := await link.server_reader.read(65536):
-            fault, link.fault = link.fault, None
-            if fault is not None and data.startswith(b"-NOSCRIPT"):
-                self._armed = fault  # not run: the client loads the script and sends it again
-            elif fault is not None and fault.delay is not None:
-                await asyncio.sleep(fault.delay)
-            elif fault is not None:
-                self.lost += 1
-                self.resets += 1
-                self._links.discard(link)
-                link.reset()
-                return
-            link.client_writer.write(data)
-            await link.client_writer.drain()
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        sending = asyncio.create_task(self._send(queue, link.client_writer))
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await link.server_reader.read(65536)
+                if not data:
+                    break
+                if self._dropping:
+                    continue
+                fault, link.fault = link.fault, None
+                if fault is not None and data.startswith(b"-NOSCRIPT"):
+                    self._armed = fault  # not run: the client loads the script and sends it again
+                elif fault is not None and fault.delay is not None:
+                    await asyncio.sleep(fault.delay)
+                elif fault is not None:
+                    self.lost += 1
+                    self.resets += 1
+                    self._links.discard(link)
+                    link.reset()
+                    return
+                queue.put_nowait((time.monotonic() + self.latency, data))
+            queue.put_nowait(None)
+            await sending
+        finally:
+            sending.cancel()
+
+    async def _send(
+        self, queue: asyncio.Queue[tuple[float, bytes] | None], writer: asyncio.StreamWriter
+    ) -> None:
+        """Write what ``queue`` holds, each chunk when it is due and the path flows."""
+        while (item := await queue.get()) is not None:
+            due, data = item
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._flowing.wait()
+            if self._dropping:
+                continue
+            writer.write(data)
+            await writer.drain()

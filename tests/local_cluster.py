@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
-from conftest import REDIS_SERVER, _free_ports
+from conftest import _free_ports, redis_server
 
 
 @dataclass
@@ -52,7 +52,7 @@ class LocalCluster:
         return subprocess.run(["redis-cli", *auth, *tls, *args], capture_output=True, check=False)
 
     def start(self) -> None:
-        assert REDIS_SERVER is not None
+        binary = redis_server()
         self.ports = _free_ports(3)
         options: list[str] = []
         if self.password:
@@ -70,7 +70,7 @@ class LocalCluster:
             listen = ("--port", "0", "--tls-port", str(port)) if self.tls else ("--port", str(port))
             subprocess.run(
                 [
-                    *(REDIS_SERVER, *listen, "--bind", "127.0.0.1"),
+                    *(binary, *listen, "--bind", "127.0.0.1"),
                     *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
                     *("--dir", str(self.folder / str(port)), "--save", "", "--appendonly", "no"),
                     *("--daemonize", "yes", "--logfile", str(self.folder / str(port) / "log")),
@@ -175,13 +175,13 @@ def certify(folder: Path, names: str) -> None:
 def tls_server(folder: Path, *, password: str) -> Iterator[int]:
     """One Redis speaking TLS only, with a password, whose certificate names ``localhost``
     but not 127.0.0.1 (clients must skip the hostname check); yields its port."""
-    assert REDIS_SERVER is not None
+    binary = redis_server()
     certify(folder, "DNS:localhost")
     port = _free_ports(1)[0]
     tls = ("--tls", "--cacert", str(folder / "ca.crt"), "-p", str(port), "-a", password)
     subprocess.run(
         [
-            *(REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *(binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
             *("--tls-cert-file", str(folder / "node.crt"), "--tls-auth-clients", "no"),
             *("--tls-key-file", str(folder / "node.key")),
             *("--tls-ca-cert-file", str(folder / "ca.crt"), "--requirepass", password),

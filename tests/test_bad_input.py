@@ -12,13 +12,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import OpenProvider, keys_under
+from conftest import OpenProvider, keys_under, only_provider_keys
 from pydantic import BaseModel
 
 from plait.events import Event, EventContext, InvalidEventError
 from plait.providers.redis import RedisEventProvider
 from plait.providers.redis._core.payload import MAX_DEPTH
-from plait.workflows import InvalidInputError, Workflow, WorkflowConsumer, WorkflowContext
+from plait.workflows import (
+    InvalidInputError,
+    Workflow,
+    WorkflowConsumer,
+    WorkflowContext,
+    WorkflowStepError,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -60,10 +66,6 @@ deep_event = Event("deep.made", data=Tree)
 deep_question = Event("deep.asked", data=Tree, result=Depth)
 
 
-def nothing_but_heartbeats(keys: list[bytes], prefix: str) -> bool:
-    return keys in ([], [f"{prefix}:instances".encode()])
-
-
 def deep_consumer() -> WorkflowConsumer[Tree, Any]:
     consumer: WorkflowConsumer[Tree, Any] = WorkflowConsumer(deep_flow)
 
@@ -101,7 +103,7 @@ async def test_input_nested_past_the_limit_is_refused_and_nothing_is_written(
             await workflows.execute(deep_flow, nested(depth), idempotency_key=f"k{depth}")
         assert raised.value.workflow == "deep"
 
-    assert nothing_but_heartbeats(await keys_under(workflows, prefix), prefix)
+    assert only_provider_keys(await keys_under(workflows, prefix), prefix)
 
 
 async def test_text_with_a_lone_surrogate_is_refused_and_nothing_is_written(
@@ -124,7 +126,7 @@ async def test_text_with_a_lone_surrogate_is_refused_and_nothing_is_written(
         with pytest.raises(InvalidInputError, match="Unicode"):
             await workflows.execute(deep_flow, data, **call)
 
-    assert nothing_but_heartbeats(await keys_under(workflows, prefix), prefix)
+    assert only_provider_keys(await keys_under(workflows, prefix), prefix)
 
 
 async def test_options_of_the_wrong_type_are_refused_and_nothing_is_written(
@@ -151,7 +153,7 @@ async def test_options_of_the_wrong_type_are_refused_and_nothing_is_written(
     with pytest.raises(InvalidInputError):
         await workflows.execute(deep_flow, unserializable)
 
-    assert nothing_but_heartbeats(await keys_under(workflows, prefix), prefix)
+    assert only_provider_keys(await keys_under(workflows, prefix), prefix)
 
 
 # -- events --------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ async def test_event_data_nested_past_the_limit_is_refused_and_nothing_is_writte
             with pytest.raises(InvalidEventError, match="nest"):
                 await provider.request(deep_question, nested(depth), timeout=1)
 
-        assert nothing_but_heartbeats(await keys_under(provider, prefix), prefix)
+        assert only_provider_keys(await keys_under(provider, prefix), prefix)
 
 
 async def test_event_text_with_a_lone_surrogate_is_refused_and_nothing_is_written(
@@ -205,7 +207,7 @@ async def test_event_text_with_a_lone_surrogate_is_refused_and_nothing_is_writte
                 with pytest.raises(InvalidEventError, match="Unicode"):
                     await provider.request(deep_question, data, timeout=1, **call)
 
-        assert nothing_but_heartbeats(await keys_under(provider, prefix), prefix)
+        assert only_provider_keys(await keys_under(provider, prefix), prefix)
 
 
 async def test_event_options_of_the_wrong_type_are_refused_and_nothing_is_written(
@@ -227,4 +229,60 @@ async def test_event_options_of_the_wrong_type_are_refused_and_nothing_is_writte
             with pytest.raises(InvalidEventError):
                 await provider.request(deep_question, {}, timeout=timeout)  # type: ignore[arg-type]
 
-        assert nothing_but_heartbeats(await keys_under(provider, prefix), prefix)
+        assert only_provider_keys(await keys_under(provider, prefix), prefix)
+
+
+# -- sizes ---------------------------------------------------------------------------------
+
+big_flow = Workflow("big", input=Tree)
+big_event = Event("big.made", data=Tree)
+
+
+async def test_an_input_over_max_payload_bytes_is_refused_and_nothing_is_written(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    workflows = await open_provider(max_payload_bytes=10_000)
+    fits = {"label": "x" * 9_000}
+
+    with pytest.raises(InvalidInputError, match="max_payload_bytes"):
+        await workflows.execute(big_flow, {"label": "x" * 10_001}, idempotency_key="too-big")
+    assert only_provider_keys(await keys_under(workflows, prefix), prefix)
+    assert (await workflows.execute(big_flow, fits)).run_id
+
+
+async def test_the_default_limit_refuses_a_ten_megabyte_input(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    workflows = await open_provider()
+
+    with pytest.raises(InvalidInputError, match="max_payload_bytes"):
+        await workflows.execute(big_flow, {"label": "x" * 10_000_000})
+    assert only_provider_keys(await keys_under(workflows, prefix), prefix)
+
+
+async def test_a_result_over_max_payload_bytes_fails_the_step_as_not_serializable(
+    open_provider: OpenProvider,
+) -> None:
+    consumer: WorkflowConsumer[Tree, Any] = WorkflowConsumer(
+        Workflow("big-out", input=Tree).step("a")
+    )
+    consumer.step("a")(lambda ctx: "y" * 20_000)
+    workflows = await open_provider(consumer, max_payload_bytes=10_000)
+
+    handle = await workflows.execute(consumer.definition, {})
+    with pytest.raises(WorkflowStepError) as failed:
+        await handle.result(timeout=10)
+    assert failed.value.cause_type == "plait.ResultNotSerializable"
+    assert "max_payload_bytes" in failed.value.cause_message
+
+
+async def test_event_data_over_max_payload_bytes_is_refused_and_nothing_is_written(
+    url: str, prefix: str
+) -> None:
+    async with RedisEventProvider.from_url(
+        url, group="tests", prefix=prefix, max_payload_bytes=10_000
+    ) as provider:
+        with pytest.raises(InvalidEventError, match="max_payload_bytes"):
+            await provider.emit(big_event, {"label": "x" * 10_001}, idempotency_key="too-big")
+        assert only_provider_keys(await keys_under(provider, prefix), prefix)
+        assert await provider.emit(big_event, {"label": "x" * 9_000})

@@ -36,6 +36,7 @@ PINNED = {
     "plait.RunStopped": "RunStoppedError",
     "plait.StepTimeout": "StepTimeoutError",
     "plait.UnknownJob": "UnknownJobError",
+    "plait.WaitTimeout": "WaitTimeoutError",
     "plait.WorkerLost": "WorkerLostError",
 }
 

@@ -513,6 +513,37 @@ async def test_health_fails_when_steps_wait_with_no_consumer(open_provider: Open
     assert "workflow 'cli-flow': 1 entries waiting" in report["problems"][0]
 
 
+async def test_health_ready_only_pings_whatever_the_backlog(open_provider: OpenProvider) -> None:
+    provider = await open_provider()  # emitter only: nothing takes the step
+    await provider.execute(flow, Item(n=1))
+
+    backlog = await plait(provider.prefix, "health", "--max-wait", "0", "--json")
+    ready = await plait(provider.prefix, "health", "--ready", "--json")
+    unreachable = await plait(provider.prefix, "health", "--ready", url=UNREACHABLE)
+
+    assert (backlog.returncode, ready.returncode, unreachable.returncode) == (1, 0, 3)
+    assert json.loads(ready.stdout)["ok"] is True
+    assert "queues" not in json.loads(ready.stdout)
+    assert unreachable.stdout.splitlines()[0] == "NOT READY"
+
+
+async def test_registry_list_rebuild_and_forget(open_provider: OpenProvider, client: Any) -> None:
+    provider = await open_provider(flow_consumer())
+    prefix = provider.prefix
+    await client.xadd(WorkflowKeys(prefix, "cli-old").jobs, {"r": "cli-old.1", "j": "a", "t": "1"})
+    await client.xadd(EventKeys(prefix, "cli.old").stream, {"id": "e1", "data": "{}"})
+
+    listed = await plait_json(prefix, "registry", "list")
+    rebuilt = await plait_json(prefix, "registry", "rebuild")
+    forgotten = await plait_json(prefix, "registry", "forget", "--workflow", "cli-old")
+    after = await plait_json(prefix, "registry", "list")
+
+    assert listed == {"workflows": [flow.name], "events": []}
+    assert rebuilt == {"workflows": [flow.name, "cli-old"], "events": ["cli.old"]}
+    assert forgotten == {"forgotten": 1}
+    assert after == {"workflows": [flow.name], "events": ["cli.old"]}
+
+
 async def test_runs_health_and_reconcile_answer_on_a_redis_cluster(
     cluster_url: str, prefix: str
 ) -> None:
@@ -599,3 +630,35 @@ async def test_concurrency_set_before_start_limits_running_steps(prefix: str) ->
 
     assert provider.concurrency == 1
     assert running[1] == 1
+
+
+waiting = Workflow("cli-waiting", input=Item).wait("approval", timeout=timedelta(seconds=60))
+
+
+async def test_runs_signal_resumes_a_waiting_run_and_show_lists_its_wait(
+    open_provider: OpenProvider,
+) -> None:
+    consumer: WorkflowConsumer[Item, Any] = WorkflowConsumer(waiting)
+
+    @consumer.on_complete
+    async def done(ctx: Any) -> Any:
+        return ctx.results["approval"]
+
+    provider = await open_provider(consumer)
+    handle = await provider.execute(waiting, Item(n=1))
+
+    async def parked() -> bool:
+        waits = (await handle.describe()).waits
+        return "approval" in waits and waits["approval"].state == "waiting"
+
+    await eventually(parked, what="the run waits")
+    shown = await plait(provider.prefix, "runs", "show", handle.run_id)
+    assert "signal approval: waiting since" in shown.stdout
+    sent = await plait_json(
+        provider.prefix, "runs", "signal", handle.run_id, "approval", "--data", '{"ok": true}'
+    )
+    assert sent["sent"] is True
+    assert await handle.result(timeout=10) == {"ok": True}
+    late = await plait(provider.prefix, "runs", "signal", handle.run_id, "approval")
+    assert late.returncode == 1
+    assert "refused" in late.stderr

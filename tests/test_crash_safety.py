@@ -23,7 +23,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 from apps.definitions import chain, crunch, hold, stuck
-from conftest import REDIS_URL, Spawn, eventually, ready
+from conftest import REDIS_URL, Spawn, eventually, ready, redis_server
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import (
@@ -236,10 +236,10 @@ class OwnRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        assert REDIS_SERVER is not None
+        binary = redis_server()
         subprocess.run(
             [
-                *(REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--dir", self.folder, "--appendonly", "yes", "--save", ""),
                 *("--daemonize", "yes", "--logfile", os.path.join(self.folder, "redis.log")),
             ],

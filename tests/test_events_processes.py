@@ -17,6 +17,7 @@ import anyio
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from conftest import redis_server
 from faults import Proxy
 from pydantic import BaseModel
 
@@ -178,7 +179,7 @@ def free_port() -> int:
 
 def start_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(directory)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip

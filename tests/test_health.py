@@ -6,10 +6,12 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlparse
 
 import anyio
 import pytest
-from conftest import OpenProvider, eventually
+from conftest import REDIS_URL, OpenProvider, eventually
+from faults import Proxy
 from pydantic import BaseModel
 
 from plait.events import Event, EventContext
@@ -17,6 +19,7 @@ from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.providers.redis._core.connection import connect
 from plait.providers.redis._core.keys import GROUP, EventKeys, WorkflowKeys, instances
 from plait.providers.redis._ops.asgi import health_app
+from plait.providers.redis._ops.catalog import enroll_workflows
 from plait.providers.redis._ops.health import Health, check_health
 from plait.providers.redis._ops.heartbeat import FORGET_AFTER, Heartbeat
 from plait.workflows import RetryPolicy, StepContext, Workflow, WorkflowConsumer
@@ -211,7 +214,9 @@ async def test_an_unreachable_redis_gives_a_report_that_is_not_ok() -> None:
 # -- the ASGI endpoint ------------------------------------------------------------------------
 
 
-async def call(app: Any, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+async def call(
+    app: Any, method: str = "GET", path: str = "/health"
+) -> tuple[int, dict[str, str], bytes]:
     """Call an ASGI app once; returns (status, headers, body)."""
     sent: list[dict[str, Any]] = []
 
@@ -221,7 +226,7 @@ async def call(app: Any, method: str = "GET") -> tuple[int, dict[str, str], byte
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app({"type": "http", "method": method, "path": "/health"}, receive, send)
+    await app({"type": "http", "method": method, "path": path}, receive, send)
     start, body = sent
     headers = {key.decode(): value.decode() for key, value in start["headers"]}
     return start["status"], headers, body["body"]
@@ -231,13 +236,31 @@ async def test_health_app_answers_200_and_the_report_as_json(open_provider: Open
     provider = await open_provider(provider_id="api-1")
     await Heartbeat(provider._connection.client, provider.prefix, "api-1").beat()
 
-    status, headers, body = await call(health_app(provider))
+    status, headers, body = await call(health_app(provider), path="/health/backlog")
 
     report = json.loads(body)
     assert status == 200
     assert headers["content-type"] == "application/json"
     assert report["ok"] is True
     assert report["live_instances"] == 1
+
+
+async def test_health_app_answers_liveness_readiness_and_the_backlog_by_path(
+    open_provider: OpenProvider,
+) -> None:
+    provider = await open_provider()
+    app = health_app(provider)
+
+    answers = {path: await call(app, path=path) for path in ("/live", "/ready", "/", "/backlog")}
+
+    statuses = {path: status for path, (status, _, _) in answers.items()}
+    bodies = {path: json.loads(body) for path, (_, _, body) in answers.items()}
+    assert statuses == {"/live": 200, "/ready": 200, "/": 200, "/backlog": 200}
+    assert bodies["/live"] == {"alive": True}
+    assert (bodies["/ready"]["ok"], bodies["/ready"]["alive"]) == (True, True)
+    assert "queues" not in bodies["/ready"]  # readiness reads nothing under the prefix
+    assert bodies["/"].keys() == bodies["/ready"].keys()
+    assert "queues" in bodies["/backlog"]
 
 
 async def test_health_app_answers_503_when_not_ok() -> None:
@@ -273,3 +296,97 @@ async def test_health_app_answers_the_lifespan_protocol(open_provider: OpenProvi
     await health_app(provider)({"type": "lifespan"}, receive, send)
 
     assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+# -- liveness, readiness and the backlog, apart ---------------------------------------------
+
+
+async def test_a_backlog_leaves_emitter_only_pods_ready_and_shows_in_the_backlog_report(
+    url: str, prefix: str, client: Any
+) -> None:
+    options: dict[str, Any] = {"prefix": prefix, "stall_timeout": timedelta(milliseconds=100)}
+    async with (
+        RedisWorkflowProvider.from_url(url, **options) as workflows,  # executes only
+        RedisEventProvider.from_url(url, group="api", **options) as events,  # emits only
+    ):
+        await workflows.execute(flow, Item(n=1))
+        jobs = WorkflowKeys(prefix, flow.name).jobs
+        await client.xgroup_create(jobs, GROUP, id="0")
+        await client.xreadgroup(GROUP, "ghost", {jobs: ">"}, count=1)  # and never renews it
+
+        async def stalled() -> bool:
+            return not (await workflows.health()).ok
+
+        await eventually(stalled, what="the ghost's step counts as stalled")
+        probes = {
+            (name, path): await call(health_app(provider), path=path)
+            for name, provider in (("workflows", workflows), ("events", events))
+            for path in ("/health", "/health/ready", "/health/live", "/health/backlog")
+        }
+        assert {key: status for key, (status, _, _) in probes.items()} == dict.fromkeys(probes, 200)
+        ready = [await workflows.readiness(), await events.readiness()]
+
+    assert [(r.ok, r.reachable, r.alive) for r in ready] == [(True, True, True)] * 2
+    backlog = json.loads(probes[("events", "/health/backlog")][2])
+    assert backlog["ok"] is False
+    assert f"workflow {flow.name!r}: 1 pending entries stalled" in backlog["problems"][0]
+
+
+@pytest.mark.redis_only
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_liveness_is_local_readiness_needs_redis_and_a_dead_loop_ends_both(
+    backend: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Proxy(urlparse(REDIS_URL).port or 6379) as proxy:
+        provider = RedisWorkflowProvider.from_url(
+            proxy.url, prefix=prefix, connect_timeout=timedelta(seconds=1)
+        )
+        died = anyio.Event()
+
+        async def heartbeat() -> None:
+            await died.wait()
+            raise RuntimeError("injected fault: the heartbeat loop died")
+
+        monkeypatch.setattr(provider._heartbeat, "serve", heartbeat)
+        await provider.start()
+        app = health_app(provider)
+        proxy.down()
+        with anyio.fail_after(3):  # readiness is bounded by connect_timeout
+            cut_off = [await call(app, path=path) for path in ("/live", "/ready")]
+        proxy.up()
+        died.set()
+
+        async def dead() -> bool:
+            return not provider.alive
+
+        await eventually(dead, timeout=5, what="the provider noticed its heartbeat died")
+        after = [await call(app, path=path) for path in ("/live", "/ready")]
+        with pytest.raises(ExceptionGroup):
+            await provider.stop()  # raises what the work died of
+
+    (live, _, live_body), (ready, _, ready_body) = cut_off
+    assert (live, json.loads(live_body)) == (200, {"alive": True})
+    assert (ready, json.loads(ready_body)["reachable"]) == (503, False)
+    (live, _, live_body), (ready, _, ready_body) = after
+    assert (live, json.loads(live_body)) == (503, {"alive": False})
+    assert (ready, json.loads(ready_body)["alive"]) == (503, False)
+
+
+@pytest.mark.redis_only
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_a_backlog_report_cut_short_by_its_bound_says_so_and_redis_stays_reachable(
+    backend: str, client: Any, prefix: str
+) -> None:
+    await enroll_workflows(client, prefix, [flow.name])
+    await client.xadd(WorkflowKeys(prefix, flow.name).jobs, {"r": "x", "j": "only", "t": "1"})
+    async with Proxy(urlparse(REDIS_URL).port or 6379) as proxy:
+        connection = connect(proxy.url, connect_timeout=2.0)
+        try:
+            proxy.delay_reply(b"XINFO", 3.0)  # a slow read of the queues, PING is quick
+            report = await check_health(connection.client, prefix, timeout=1.0)
+        finally:
+            await connection.aclose()
+
+    assert (report.ok, report.reachable) == (False, True)
+    assert report.latency_ms is not None
+    assert report.problems[-1].startswith("backlog report incomplete: not read within 1s")

@@ -30,9 +30,12 @@ from plait.providers.redis._core.keys import (
     KeyPattern,
     ScheduleKeys,
     WorkflowKeys,
+    event_registry,
     instances,
     pattern_of,
     reconcile_lock,
+    schema_version,
+    workflow_registry,
 )
 from plait.workflows import (
     NonRetryableError,
@@ -127,7 +130,13 @@ def test_the_docstring_tables_list_exactly_the_schema_data() -> None:
 
 
 def test_the_key_builders_build_every_documented_key_and_channel() -> None:
-    built: dict[str, str] = {instances("p"): "instances", reconcile_lock("p"): "reconcile_lock"}
+    built: dict[str, str] = {
+        instances("p"): "instances",
+        reconcile_lock("p"): "reconcile_lock",
+        schema_version("p"): "schema_version",
+        workflow_registry("p"): "workflow_registry",
+        event_registry("p"): "event_registry",
+    }
     for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev"), ScheduleKeys("p", "workflows")):
         for name, member in inspect.getmembers(type(names)):
             if name.startswith("_") or name in ("base", "prefix", "workflow", "event", "kind"):
@@ -251,7 +260,11 @@ async def test_every_key_a_workflow_writes_is_documented(
         await eventually(locked_once, what="the reconciler lock sampled")
 
     assert classify(seen, prefix) == documented(
-        "<prefix>:{", "<prefix>:instances", "<prefix>:reconcile:lock"
+        "<prefix>:{",
+        "<prefix>:instances",
+        "<prefix>:reconcile:lock",
+        "<prefix>:schema",
+        "<prefix>:workflows",
     )
     assert sorted(log) == ["on_error 1", "on_error 2", "release 1", "release 2"]
     assert (watched[0], watched[-1]) == ("run.started", "finished")
@@ -304,6 +317,8 @@ async def test_every_key_an_event_provider_writes_is_documented(
 
         await eventually(settled, timeout=20, what="events handled and one dead-lettered")
 
-    assert classify(seen, prefix) == documented("<prefix>:ev:{", "<prefix>:instances")
+    assert classify(seen, prefix) == documented(
+        "<prefix>:ev:{", "<prefix>:instances", "<prefix>:schema", "<prefix>:events"
+    )
     assert sorted(handled) == [(1, 2), (3, 1), (4, 1)]
     assert answer == Price(cents=500)

@@ -27,7 +27,12 @@ from conftest import eventually
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
-from plait.providers.redis._core.keys import WorkflowKeys, instances, reconcile_lock
+from plait.providers.redis._core.keys import (
+    WorkflowKeys,
+    instances,
+    reconcile_lock,
+    workflow_registry,
+)
 from plait.workflows import StepContext, Workflow, WorkflowConsumer
 
 pytestmark = [
@@ -183,7 +188,8 @@ async def test_memory_returns_near_its_start_after_retention(client: Any, redis_
         f"a finished run during its retention: {sum(kept.values()):,.0f} B "
         + ", ".join(f"{what} {size:,.0f} B" for what, size in kept.items())
     )
-    expected = [keys.jobs, keys.runs, keys.stats, keys.caps, instances(PREFIX)]
+    expected = [keys.jobs, keys.runs, keys.stats, keys.caps, instances(PREFIX), f"{PREFIX}:schema"]
+    expected.append(workflow_registry(PREFIX))
     assert sorted(set(left) - {reconcile_lock(PREFIX)}) == sorted(expected)
     assert await client.zcard(keys.runs) == WARM_UP + RUNS
     # All that grows is the run index (until the reconciler trims it), plus allocator noise

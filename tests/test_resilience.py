@@ -26,7 +26,12 @@ from test_health import call
 
 from plait.events import Event, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider, health_app
-from plait.providers.redis._core.keys import EventKeys, WorkflowKeys, instances
+from plait.providers.redis._core.keys import (
+    EventKeys,
+    WorkflowKeys,
+    instances,
+    workflow_registry,
+)
 from plait.providers.redis._ops.health import check_health
 from plait.workflows import (
     ProviderClosedError,
@@ -229,6 +234,7 @@ async def test_the_reconciler_goes_on_past_an_index_of_another_type(
     workflows = await open_provider(consumer(), reconcile_interval=timedelta(milliseconds=50))
     client: Any = workflows._connection.client
     await client.set(WorkflowKeys(prefix, "ghost").active, "not a zset")
+    await client.zadd(workflow_registry(prefix), {"ghost": 0})  # the reconciler reads the registry
 
     async def failed_pass() -> bool:
         last = workflows.last_reconcile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,6 +20,9 @@ booking: Workflow[Job, Any] = Workflow("booking", input=Job).step("book").step("
 crunch: Workflow[Job, Any] = Workflow("crunch", input=Job).step("crunch")
 capped: Workflow[Job, Any] = Workflow("capped", input=Job, concurrency=2).step("work")
 stuck: Workflow[Job, Any] = Workflow("stuck", input=Job).parallel("done", "hang")
+napper: Workflow[Job, Any] = (
+    Workflow("napper", input=Job).step("before").sleep("nap", timedelta(seconds=2)).step("after")
+)
 ticked: Workflow[Job, Any] = Workflow("ticked", input=Job).step("record")
 
 

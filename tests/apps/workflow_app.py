@@ -1,7 +1,8 @@
 """A worker application for the multi-process tests, run with ``plait worker``.
 
 Configured by environment: ``PLAIT_URL``, ``PLAIT_PREFIX``, ``PLAIT_ID`` (instance name),
-``PLAIT_STALL`` (stall timeout, s), ``PLAIT_STEP_SECONDS`` (work per chain step, s). Every
+``PLAIT_STALL`` (stall timeout, s), ``PLAIT_COUNT_URL`` (where attempts are counted,
+default ``PLAIT_URL``), ``PLAIT_STEP_SECONDS`` (work per chain step, s). Every
 step attempt is counted in Redis (``<prefix>:test:ran`` hash, ``<run>:<step>`` -> attempts).
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import redis.asyncio as aioredis
-from apps.definitions import Job, booking, capped, chain, crunch, hold, stuck
+from apps.definitions import Job, booking, capped, chain, crunch, hold, napper, stuck
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -23,6 +24,8 @@ from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import RetryPolicy, StepContext, WorkflowConsumer, WorkflowContext
 
 URL = os.environ.get("PLAIT_URL", "redis://127.0.0.1:6379/0")
+COUNT_URL = os.environ.get("PLAIT_COUNT_URL", URL)
+"""Where step attempts are counted (straight to Redis when PLAIT_URL is a faulty path)."""
 PREFIX = os.environ.get("PLAIT_PREFIX", "plait-test")
 INSTANCE = os.environ.get("PLAIT_ID", f"worker-{os.getpid()}")
 STEP_SECONDS = float(os.environ.get("PLAIT_STEP_SECONDS", "0.02"))
@@ -33,7 +36,7 @@ _counter: list[Any] = []
 
 async def count(ctx: StepContext[Job], what: str) -> None:
     if not _counter:
-        _counter.append(aioredis.Redis.from_url(URL))
+        _counter.append(aioredis.Redis.from_url(COUNT_URL))
     await _counter[0].hincrby(f"{PREFIX}:test:ran", f"{ctx.run_id}:{what}", 1)
 
 
@@ -135,6 +138,21 @@ def hang(ctx: StepContext[Job]) -> None:
     time.sleep(3600)  # a sync step that never returns: its thread cannot be stopped
 
 
+nappers: WorkflowConsumer[Job, Any] = WorkflowConsumer(napper)
+
+
+@nappers.step("before")
+async def before_nap(ctx: StepContext[Job]) -> str:
+    await count(ctx, "before")
+    return INSTANCE
+
+
+@nappers.step("after")
+async def after_nap(ctx: StepContext[Job]) -> str:
+    await count(ctx, "after")
+    return INSTANCE
+
+
 def _tracer_provider() -> Any:
     """Export spans as JSON lines to ``PLAIT_TRACE_FILE`` when it is set."""
     path = os.environ.get("PLAIT_TRACE_FILE")
@@ -159,5 +177,5 @@ provider = RedisWorkflowProvider.from_url(
     retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=20)),
     tracer_provider=_tracer_provider(),
 )
-for consumer in (chains, holds, bookings, crunches, cappeds, stucks):
+for consumer in (chains, holds, bookings, crunches, cappeds, stucks, nappers):
     provider.register(consumer)

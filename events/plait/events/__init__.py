@@ -4,18 +4,24 @@ Define events here and import them wherever they are emitted or handled; the Red
 delivers them lives in :mod:`plait.providers.redis` (``RedisEventProvider``).
 """
 
+from importlib import metadata
+
 from ._context import EventContext
 from ._definition import Event
 from ._errors import (
     EventCommandError,
     EventError,
     EventHandlerError,
+    EventIncompatibleSchemaError,
     EventProviderClosedError,
     EventProviderUnavailableError,
     EventTimeoutError,
     InvalidEventError,
 )
 from ._protocols import EventEmitter, EventHandler, EventSubscriber
+
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
 
 __all__ = [
     "Event",
@@ -25,6 +31,7 @@ __all__ = [
     "EventError",
     "EventHandler",
     "EventHandlerError",
+    "EventIncompatibleSchemaError",
     "EventProviderClosedError",
     "EventProviderUnavailableError",
     "EventSubscriber",

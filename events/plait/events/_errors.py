@@ -8,7 +8,9 @@ Every error a caller of the event API can see derives from :class:`EventError`::
     ├── EventHandlerError                 the requested event's handler failed
     ├── EventProviderUnavailableError     Redis unreachable (also a ProviderUnavailableError)
     ├── EventProviderClosedError          provider stopped (also a ProviderClosedError)
-    └── EventCommandError                 Redis refused a command (also a RedisCommandError)
+    ├── EventCommandError                 Redis refused a command (also a RedisCommandError)
+    └── EventIncompatibleSchemaError      data of another key schema version (also an
+                                          IncompatibleSchemaError)
 
 The last three are also the matching :mod:`plait.workflows` errors, so one ``except
 ProviderUnavailableError`` covers both engines and one ``except EventError`` every event call.
@@ -23,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from plait.workflows._errors import (
+    IncompatibleSchemaError,
     ProviderClosedError,
     ProviderUnavailableError,
     RedisCommandError,
@@ -33,6 +36,7 @@ __all__ = [
     "EventCommandError",
     "EventError",
     "EventHandlerError",
+    "EventIncompatibleSchemaError",
     "EventProviderClosedError",
     "EventProviderUnavailableError",
     "EventTimeoutError",
@@ -54,6 +58,10 @@ class EventProviderClosedError(EventError, ProviderClosedError):
 
 class EventCommandError(EventError, RedisCommandError):
     """Redis refused a command of the event provider (an error reply)."""
+
+
+class EventIncompatibleSchemaError(EventError, IncompatibleSchemaError):
+    """The event provider's ``start()`` found data of another key schema version."""
 
 
 class InvalidEventError(EventError):

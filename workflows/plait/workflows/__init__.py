@@ -4,15 +4,18 @@ Import this package everywhere a workflow is defined, executed or consumed; the 
 lives in :mod:`plait.providers.redis`.
 """
 
+from importlib import metadata
+
 from ._consumer import WorkflowConsumer
 from ._context import StepContext, WorkflowContext
-from ._definition import RetryPolicy, Step, Workflow
+from ._definition import RetryPolicy, Sleep, Step, Wait, Workflow
 from ._errors import (
     PLAIT_CAUSES,
     AttemptSupersededError,
     ConcurrencyKeyBusyError,
     CorruptRunError,
     IdempotencyConflictError,
+    IncompatibleSchemaError,
     InvalidDefinitionError,
     InvalidInputError,
     InvalidResultError,
@@ -25,8 +28,10 @@ from ._errors import (
     ResultNotSerializableError,
     RunNotFoundError,
     RunStoppedError,
+    SignalRefusedError,
     StepTimeoutError,
     UnknownJobError,
+    WaitTimeoutError,
     WorkerLostError,
     WorkflowCancelledError,
     WorkflowError,
@@ -34,8 +39,11 @@ from ._errors import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
-from ._handle import RunEvent, RunInfo, StepInfo, WorkflowHandle, WorkflowStatus
+from ._handle import RunEvent, RunInfo, StepInfo, WaitInfo, WorkflowHandle, WorkflowStatus
 from ._protocols import RunBackend, WorkflowExecutor, WorkflowLifecycle
+
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
 
 __all__ = [
     "PLAIT_CAUSES",
@@ -43,6 +51,7 @@ __all__ = [
     "ConcurrencyKeyBusyError",
     "CorruptRunError",
     "IdempotencyConflictError",
+    "IncompatibleSchemaError",
     "InvalidDefinitionError",
     "InvalidInputError",
     "InvalidResultError",
@@ -59,11 +68,16 @@ __all__ = [
     "RunInfo",
     "RunNotFoundError",
     "RunStoppedError",
+    "SignalRefusedError",
+    "Sleep",
     "Step",
     "StepContext",
     "StepInfo",
     "StepTimeoutError",
     "UnknownJobError",
+    "Wait",
+    "WaitInfo",
+    "WaitTimeoutError",
     "WorkerLostError",
     "Workflow",
     "WorkflowCancelledError",

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from ._context import StepContext, WorkflowContext
-from ._definition import Workflow
+from ._definition import Sleep, Wait, Workflow
 from ._errors import InvalidDefinitionError, WorkflowError
 
 __all__ = ["WorkflowConsumer"]
@@ -63,11 +63,16 @@ class WorkflowConsumer(Generic[InputT, OutputT]):
 
     def _bind(self, table: dict[str, StepHandler], name: str, what: str) -> Callable[[F], F]:
         try:
-            self.definition.get_step(name)
+            step = self.definition.get_step(name)
         except KeyError:
             raise InvalidDefinitionError(
                 f"workflow {self.definition.name!r} has no step {name!r} for this {what}"
             ) from None
+        if isinstance(step, Wait | Sleep):
+            raise InvalidDefinitionError(
+                f"workflow {self.definition.name!r}: {name!r} is a wait or sleep, which plait "
+                f"runs itself: it takes no {what}"
+            )
         if name in table:
             raise InvalidDefinitionError(
                 f"workflow {self.definition.name!r}: {what} {name!r} registered twice"
@@ -85,7 +90,11 @@ class WorkflowConsumer(Generic[InputT, OutputT]):
         A workflow without steps needs an ``on_complete`` handler.
         """
         name = self.definition.name
-        missing = [s.name for s in self.definition.steps if s.name not in self.steps]
+        missing = [
+            s.name
+            for s in self.definition.steps
+            if s.name not in self.steps and not isinstance(s, Wait | Sleep)
+        ]
         if missing:
             raise InvalidDefinitionError(f"workflow {name!r}: no handler for steps {missing}")
         if not self.definition.steps and self.complete_handler is None:

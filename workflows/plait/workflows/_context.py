@@ -31,7 +31,17 @@ class WorkflowContext(Generic[InputT]):
         log: a logger adapter that adds run, step and attempt fields to each record.
     """
 
-    __slots__ = ("attempt", "deadline", "input", "log", "meta", "results", "run_id", "workflow")
+    __slots__ = (
+        "_emit",
+        "attempt",
+        "deadline",
+        "input",
+        "log",
+        "meta",
+        "results",
+        "run_id",
+        "workflow",
+    )
 
     def __init__(
         self,
@@ -44,7 +54,9 @@ class WorkflowContext(Generic[InputT]):
         meta: Mapping[str, str],
         deadline: datetime | None,
         step: str | None = None,
+        emit: Callable[..., Awaitable[str]] | None = None,
     ) -> None:
+        self._emit = emit
         self.run_id = run_id
         self.workflow = workflow
         self.attempt = attempt
@@ -60,6 +72,25 @@ class WorkflowContext(Generic[InputT]):
             "trace_id": _trace_id(meta.get("traceparent", "")),
         }
         self.log = logging.LoggerAdapter(_logger, fields)
+
+    async def emit(self, event: Any, data: Any, **options: Any) -> str:
+        """Emit ``event`` through the workflow provider's event provider (its ``events=``).
+
+        The event carries this run's trace (its span is a child of this job's), its
+        ``correlation_id``, and this job as its ``causation_id``. ``options`` are those of the
+        event provider's ``emit`` (``idempotency_key``, ``delay``, ``meta``).
+
+        Returns:
+            The event id.
+
+        Raises:
+            RuntimeError: the workflow provider was made without ``events=``.
+        """
+        if self._emit is None:
+            raise RuntimeError(
+                "ctx.emit needs an event provider: RedisWorkflowProvider(..., events=...)"
+            )
+        return await self._emit(event, data, **options)
 
 
 class StepContext(WorkflowContext[InputT]):

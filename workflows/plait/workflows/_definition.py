@@ -6,8 +6,8 @@ import importlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, get_args, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args, overload
 
 from pydantic import BaseModel
 
@@ -17,7 +17,10 @@ PerKeyStrategy = Literal["queue", "cancel_running", "reject_new"]
 """What a run does when its concurrency key's runs are all live (``per_key_strategy=``)."""
 PER_KEY_STRATEGIES: tuple[str, ...] = get_args(PerKeyStrategy)
 
-__all__ = ["RetryPolicy", "Step", "Workflow"]
+if TYPE_CHECKING:
+    from ._context import WorkflowContext
+
+__all__ = ["RetryPolicy", "Sleep", "Step", "Wait", "Workflow"]
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT")
@@ -134,6 +137,68 @@ class Step:
             count, period = self.rate_limit
             if count < 1 or period <= timedelta(0):
                 raise InvalidDefinitionError(f"step {self.name!r}: invalid rate_limit")
+
+
+@dataclass(frozen=True)
+class Wait(Step):
+    """A step that parks the run until a signal of the same name arrives.
+
+    The run holds no worker slot while it waits. The signal's validated payload becomes
+    ``ctx.results[name]`` (an instance of ``data`` when given). A signal sent before the run
+    reaches the wait is kept and consumed when it does.
+
+    Args:
+        name: the wait's (and the signal's) name, unique among the workflow's steps.
+        data: the pydantic model a signal's payload is validated into (``None``: any JSON).
+        timeout: how long to wait once the wait is reached (``None``: only the run's
+            deadline bounds it).
+        on_timeout: ``"fail"`` (the run fails with :class:`WaitTimeoutError` and its
+            completed steps are compensated) or ``"continue"`` (the result is ``None``).
+    """
+
+    data: type[BaseModel] | None = field(default=None, kw_only=True)
+    on_timeout: Literal["fail", "continue"] = field(default="fail", kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.on_timeout not in ("fail", "continue"):
+            raise InvalidDefinitionError(
+                f"wait {self.name!r}: on_timeout must be 'fail' or 'continue'"
+            )
+        if self.data is not None and not (
+            isinstance(self.data, type) and issubclass(self.data, BaseModel)
+        ):
+            raise InvalidDefinitionError(f"wait {self.name!r}: data must be a pydantic model")
+        if self.output is None and self.data is not None:
+            object.__setattr__(self, "output", self.data)
+
+
+@dataclass(frozen=True)
+class Sleep(Step):
+    """A step that parks the run for ``duration``, or until the time ``until`` returns.
+
+    The sleep is durable: it is kept in Redis (on Redis's clock), not in a worker, so it
+    survives the restart of every worker process. Its result is ``None``.
+
+    Args:
+        name: the sleep's name, unique among the workflow's steps.
+        duration: how long to sleep once the sleep is reached.
+        until: a function of the run's :class:`WorkflowContext` (its input and the results of
+            earlier steps) that returns the aware ``datetime`` to sleep until; a time in the
+            past does not sleep.
+    """
+
+    duration: timedelta | None = field(default=None, kw_only=True)
+    until: Callable[[WorkflowContext[Any]], datetime] | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.duration is None) == (self.until is None):
+            raise InvalidDefinitionError(
+                f"sleep {self.name!r}: give exactly one of duration and until"
+            )
+        if self.duration is not None and self.duration < timedelta(0):
+            raise InvalidDefinitionError(f"sleep {self.name!r}: duration must not be negative")
 
 
 class Workflow(Generic[InputT, OutputT]):
@@ -274,11 +339,43 @@ class Workflow(Generic[InputT, OutputT]):
             )
         return self._extend((step,))
 
+    def wait(
+        self,
+        name: str,
+        *,
+        data: type[BaseModel] | None = None,
+        timeout: timedelta | None = None,
+        on_timeout: Literal["fail", "continue"] = "fail",
+    ) -> Workflow[InputT, OutputT]:
+        """Return a new definition that then waits for the signal ``name`` (see :class:`Wait`).
+
+        ``Workflow(...).wait("approval", data=Approval, timeout=timedelta(days=2))``
+        """
+        return self._extend((Wait(name, data=data, timeout=timeout, on_timeout=on_timeout),))
+
+    def sleep(
+        self,
+        name: str,
+        duration: timedelta | None = None,
+        *,
+        until: Callable[[WorkflowContext[Any]], datetime] | None = None,
+    ) -> Workflow[InputT, OutputT]:
+        """Return a new definition that then sleeps durably (see :class:`Sleep`).
+
+        ``.sleep("cool-off", timedelta(hours=1))`` or
+        ``.sleep("ship", until=lambda ctx: ctx.input.ship_at)``
+        """
+        return self._extend((Sleep(name, duration=duration, until=until),))
+
     def parallel(self, *steps: str | Step) -> Workflow[InputT, OutputT]:
         """Return a new definition with a group of two or more steps run concurrently."""
         if len(steps) < 2:
             raise InvalidDefinitionError(
                 f"workflow {self.name!r}: parallel() needs at least two steps"
+            )
+        if any(isinstance(s, Wait | Sleep) for s in steps):
+            raise InvalidDefinitionError(
+                f"workflow {self.name!r}: waits and sleeps are sequential, not parallel()"
             )
         return self._extend(tuple(s if isinstance(s, Step) else Step(s) for s in steps))
 
@@ -306,6 +403,11 @@ class Workflow(Generic[InputT, OutputT]):
     def steps(self) -> tuple[Step, ...]:
         """Every step, in definition order."""
         return tuple(step for group in self.groups for step in group)
+
+    @property
+    def parks(self) -> tuple[Wait | Sleep, ...]:
+        """The waits and sleeps, in definition order."""
+        return tuple(step for step in self.steps if isinstance(step, Wait | Sleep))
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)

@@ -15,7 +15,11 @@ Every error a caller can see derives from :class:`WorkflowError`::
     │   └── plait.events.EventProviderClosedError        (also an EventError)
     ├── RedisCommandError             Redis refused a command (e.g. a key of the wrong type)
     │   └── plait.events.EventCommandError               (also an EventError)
+    ├── IncompatibleSchemaError       the data under the prefix has another key schema version
+    │   └── plait.events.EventIncompatibleSchemaError    (also an EventError)
     ├── WorkflowStepError             a step, hook or rollback failed for good
+    │   └── WaitTimeoutError          a wait's timeout passed before its signal came
+    ├── SignalRefusedError            a signal came too late (run ended, wait timed out)
     ├── WorkflowRollbackError         the run failed and some rollbacks failed too
     ├── WorkflowTimeoutError          the run passed its deadline
     ├── WorkflowCancelledError        the run was cancelled
@@ -52,6 +56,7 @@ __all__ = [
     "ConcurrencyKeyBusyError",
     "CorruptRunError",
     "IdempotencyConflictError",
+    "IncompatibleSchemaError",
     "InvalidDefinitionError",
     "InvalidInputError",
     "InvalidResultError",
@@ -64,8 +69,10 @@ __all__ = [
     "ResultNotSerializableError",
     "RunNotFoundError",
     "RunStoppedError",
+    "SignalRefusedError",
     "StepTimeoutError",
     "UnknownJobError",
+    "WaitTimeoutError",
     "WorkerLostError",
     "WorkflowCancelledError",
     "WorkflowError",
@@ -150,6 +157,27 @@ class ProviderUnavailableError(WorkflowError):
 
 class ProviderClosedError(WorkflowError):
     """The provider was stopped while the call was waiting, or is not started."""
+
+
+class IncompatibleSchemaError(WorkflowError):
+    """``start()`` found data under the prefix written with another version of plait's key
+    schema, which this version cannot read or would damage; nothing was written.
+
+    Attributes:
+        prefix: the key prefix.
+        found: the schema version recorded under the prefix.
+        expected: the schema version this plait writes.
+    """
+
+    def __init__(self, prefix: str, found: str, expected: str) -> None:
+        super().__init__(
+            f"the data under prefix {prefix!r} has key schema version {found}, and this plait "
+            f"reads version {expected}: run a plait that reads version {found}, or use another "
+            "prefix"
+        )
+        self.prefix = prefix
+        self.found = found
+        self.expected = expected
 
 
 class RedisCommandError(WorkflowError):
@@ -305,14 +333,51 @@ class WorkflowStepError(WorkflowError):
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> WorkflowStepError:
-        """Rebuild a step error from :meth:`to_wire`'s form."""
-        return cls(
+        """Rebuild a step error from :meth:`to_wire`'s form (a wait's timeout as
+        :class:`WaitTimeoutError`)."""
+        kind = WaitTimeoutError if data.get("type") == WaitTimeoutError.wire_name else cls
+        return kind(
             str(data.get("step", "?")),
             int(data.get("attempt", 0)),
             str(data.get("type", "Exception")),
             str(data.get("message", "")),
             str(data.get("traceback", "")),
         )
+
+
+class WaitTimeoutError(WorkflowStepError):
+    """A wait's ``timeout`` passed before its signal came (and the wait did not say
+    ``on_timeout="continue"``): the run failed and its completed steps were compensated.
+
+    Recorded with ``cause_type="plait.WaitTimeout"``; ``step`` and :attr:`wait` name the wait.
+    """
+
+    wire_name: ClassVar[str] = "plait.WaitTimeout"
+
+    @property
+    def wait(self) -> str:
+        """The name of the wait that timed out."""
+        return self.step
+
+
+class SignalRefusedError(WorkflowError):
+    """A signal was refused and nothing changed: its run has ended or is compensating, its
+    wait already timed out, or the wait was already signalled with another ``signal_id``.
+
+    Attributes:
+        run_id: the run the signal was for.
+        wait: the signal's (and its wait's) name.
+        reason: why (the run's status, ``"timed out"``, ``"already signalled"``).
+    """
+
+    def __init__(self, run_id: str, wait: str, reason: str) -> None:
+        super().__init__(f"signal {wait!r} to run {run_id} refused: {reason}")
+        self.run_id = run_id
+        self.wait = wait
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_id, self.wait, self.reason))
 
 
 class WorkflowRollbackError(WorkflowError):
@@ -364,6 +429,7 @@ PLAIT_CAUSES: dict[str, type[WorkflowError]] = {
         RunStoppedError,
         StepTimeoutError,
         UnknownJobError,
+        WaitTimeoutError,
         WorkerLostError,
     )
 }

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, Generic, TypeVar
 
 from ._errors import WorkflowStepError
 from ._protocols import RunBackend
 
-__all__ = ["RunEvent", "RunInfo", "StepInfo", "WorkflowHandle", "WorkflowStatus"]
+__all__ = ["RunEvent", "RunInfo", "StepInfo", "WaitInfo", "WorkflowHandle", "WorkflowStatus"]
 
 OutputT = TypeVar("OutputT")
 
@@ -46,14 +46,43 @@ _FINAL = frozenset(
 )
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: dataclasses as objects of their fields, datetimes as ISO
+    8601 text, durations as seconds, enums as their values, step errors in their wire form."""
+    if isinstance(value, WorkflowStepError):
+        return value.to_wire()
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(item) for item in value]
+    return value
+
+
+class _JSONable:
+    def to_json(self) -> dict[str, Any]:
+        """This record as a JSON-able dict (``json.dumps(info.to_json())`` works): datetimes as
+        ISO 8601 text, statuses as their names, errors in their wire form."""
+        result: dict[str, Any] = jsonable(self)
+        return result
+
+
 @dataclass(frozen=True, kw_only=True)
-class StepInfo:
+class StepInfo(_JSONable):
     """One job of a run (a step, a rollback, ``on_complete`` or ``on_error``) as recorded."""
 
     name: str
     """The step name; rollbacks are ``rollback:<step>``, plus ``on_complete`` and ``on_error``."""
     state: str
-    """queued, running, retrying, completed, failed, cancelled or skipped."""
+    """queued, running, retrying, completed, failed, cancelled or skipped; ``parked`` for a
+    wait or sleep while its run waits on it (see :attr:`RunInfo.waits`)."""
     attempts: int
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -62,7 +91,26 @@ class StepInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunInfo:
+class WaitInfo(_JSONable):
+    """One wait or sleep of a run, as recorded (``RunInfo.waits``)."""
+
+    name: str
+    kind: str
+    """``signal`` (a wait) or ``sleep``."""
+    state: str
+    """``pending`` (not reached yet; ``signal_id`` set when a signal is kept for it),
+    ``waiting`` (parked), ``signalled``, ``timed_out``, ``woke`` (a sleep that ended) or
+    ``cancelled`` (its run stopped while it waited)."""
+    since: datetime | None = None
+    """When it began to wait (or, pending, when the kept signal came)."""
+    due: datetime | None = None
+    """When its timeout (or wake-up) is due, if it has one."""
+    signal_id: str | None = None
+    """The id of the signal it got (or keeps)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo(_JSONable):
     """A snapshot of a run, from :meth:`WorkflowHandle.describe`."""
 
     run_id: str
@@ -79,14 +127,21 @@ class RunInfo:
     error: WorkflowStepError | None = None
     """The step error that failed the run, if one did."""
     rollback_errors: tuple[WorkflowStepError, ...] = field(default=())
+    waits: Mapping[str, WaitInfo] = field(default_factory=dict)
+    """Every wait and sleep the run reached or got a signal for, by name."""
+    starts_at: datetime | None = None
+    """When a delayed start (``execute(start_at=, delay=)``) is or was due."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunEvent:
+class RunEvent(_JSONable):
     """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
 
     ``kind`` is one of ``run.started``, ``step.started``, ``step.progress``, ``step.completed``,
-    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``.
+    ``step.failed``, ``step.retrying``, ``compensating`` and ``finished``; a run that waits
+    adds ``wait.waiting`` (parked; ``data["due"]``), ``wait.kept`` (a signal came before its
+    wait), ``wait.signalled`` (``data["signal_id"]``), ``wait.timed_out``, ``wait.woke`` (a
+    sleep ended) and ``run.woke`` (a delayed start began).
     """
 
     kind: str
@@ -94,6 +149,9 @@ class RunEvent:
     attempt: int | None
     at: datetime
     data: Mapping[str, Any]
+    id: str = ""
+    """The event's position in the run's history, increasing: ``watch(after=id)`` resumes
+    after it (a server-sent-events ``Last-Event-ID``)."""
 
 
 class WorkflowHandle(Generic[OutputT]):
@@ -154,6 +212,7 @@ class WorkflowHandle(Generic[OutputT]):
         """The run's status, per-step states, attempts, errors and timings."""
         return await self._backend.describe_run(self.workflow, self.run_id)
 
-    def watch(self) -> AsyncIterator[RunEvent]:
-        """Replay the run's events from its start, then follow live; ends after ``finished``."""
-        return self._backend.watch_run(self.workflow, self.run_id)
+    def watch(self, *, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """Replay the run's events from its start (or from just after the event whose ``id`` is
+        ``after``), then follow live; ends after ``finished``."""
+        return self._backend.watch_run(self.workflow, self.run_id, after=after)

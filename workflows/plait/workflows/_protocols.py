@@ -78,6 +78,8 @@ class RunBackend(Protocol):
         """Snapshot of the run."""
         ...
 
-    def watch_run(self, workflow: str, run_id: str) -> AsyncIterator[RunEvent]:
-        """The run's events."""
+    def watch_run(
+        self, workflow: str, run_id: str, *, after: str | None = None
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events (those after the event ``after``, when given)."""
         ...

@@ -16,6 +16,7 @@ codec) and never import each other; both stand on ``_core``::
       direct.py       transition scripts sent straight on connections of their own
       errors.py       redis-py errors translated at one boundary (translated, ErrorKinds)
       retry.py        call_until (callers: until connect_timeout), call_forever (workers)
+      watchdog.py     deadlines on every reply, the stall / round-trip check
       wire.py         bytes to text, default provider ids
       payload.py      what can be stored: JSON depth, valid Unicode, meta
       keys.py         the whole key schema, one hash tag per workflow / event
@@ -25,10 +26,12 @@ codec) and never import each other; both stand on ``_core``::
       notify.py       pub/sub notifications (run ends, cancellations, replies)
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
+      server.py       the Redis settings that may lose data (eviction, persistence)
       schedules.py    schedules as stored: specs, ticks (cron via cronsim), list/pause/resume
       scheduler.py    the loop that fires due ticks, each once, with no leader
     _workflows/     the workflow engine
-      provider.py     RedisWorkflowProvider: register, execute, retry, reconcile, health
+      provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, readiness,
+                      health
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
       worker.py       intake: read, reclaim, start in batches, hold and release entries
@@ -38,12 +41,13 @@ codec) and never import each other; both stand on ``_core``::
       lease.py        lease renewal from a thread
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
+      waits.py        waits and sleeps parked, signals delivered
       schedules.py    firing workflow schedules: each tick one execute
       flow.py         an execute's per-key concurrency and debounce options
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
-      provider.py     RedisEventProvider: on, emit, request, cancel, trim, health
+      provider.py     RedisEventProvider: on, emit, request, cancel, trim, readiness, health
       options.py      EventProviderOptions
       publisher.py    the caller side: emit and request
       worker.py       intake: readers, timers, leases, reclaim
@@ -52,26 +56,30 @@ codec) and never import each other; both stand on ``_core``::
       codec.py        events as stored: entries, replies
       schedules.py    firing event schedules: each tick one emit
     _ops/           operating a deployment
-      health.py       the health report
+      health.py       readiness and the backlog report
       heartbeat.py    per-instance heartbeats
       asgi.py         health_app
       dead_letters.py listing, replaying and purging dead letters
-      catalog.py      the workflows and events that exist under a prefix
+      web.py          http_status (errors to HTTP), lifespan (ASGI apps)
+      catalog.py      the registry of workflow and event names under a prefix
     _cli/           the plait command (python -m plait.providers.redis)
-      main.py         arguments and the worker command
-      commands.py     runs, events, dead-letters, reconcile, health
+      main.py         arguments, dispatch, exit codes
+      worker.py       plait worker: load, check flags, banner, run until a signal
+      commands.py     runs, events, dead-letters, reconcile, health, registry
       schedules.py    schedules list, show, pause, resume, delete
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them
 """
 
 import logging
+from importlib import metadata
 
 from ._core.schedules import ScheduleInfo, Schedules
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.asgi import health_app
-from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth
+from ._ops.health import GroupHealth, Health, InstanceHealth, QueueHealth, Readiness
+from ._ops.web import http_status, lifespan
 from ._workflows.options import WorkflowProviderOptions
 from ._workflows.provider import RedisWorkflowProvider
 from ._workflows.reconciler import ReconcileStats
@@ -79,12 +87,16 @@ from ._workflows.reconciler import ReconcileStats
 # A library logs, the application decides where it goes.
 logging.getLogger("plait").addHandler(logging.NullHandler())
 
+__version__ = metadata.version("plait")
+"""The installed version of plait (from the package metadata)."""
+
 __all__ = [
     "EventProviderOptions",
     "GroupHealth",
     "Health",
     "InstanceHealth",
     "QueueHealth",
+    "Readiness",
     "ReconcileStats",
     "RedisEventProvider",
     "RedisWorkflowProvider",
@@ -92,4 +104,6 @@ __all__ = [
     "Schedules",
     "WorkflowProviderOptions",
     "health_app",
+    "http_status",
+    "lifespan",
 ]

@@ -17,16 +17,23 @@ from typing import Any
 
 import anyio
 
-from plait.workflows import RunInfo, WorkflowStepError
+from plait.workflows import (
+    InvalidInputError,
+    RunInfo,
+    RunNotFoundError,
+    SignalRefusedError,
+    WorkflowStepError,
+)
 
 from .._core.connection import Connection
 from .._core.keys import EventKeys, WorkflowKeys, workflow_of
-from .._ops.catalog import workflow_names
+from .._ops.catalog import event_names, forget, rebuild, workflow_names
 from .._ops.dead_letters import DeadLetter, DeadLetters
-from .._ops.health import Health, check_health
+from .._ops.health import Health, check_health, check_readiness
 from .._workflows.codec import decode_record, run_info
 from .._workflows.reconciler import Reconciler
 from .._workflows.scripts import RunScripts
+from .._workflows.waits import Signals
 from .output import ago, clock, emit, moment, span, table
 from .schedules import (
     ScheduleNotFoundError,
@@ -70,7 +77,7 @@ async def run(connection: Connection, args: argparse.Namespace) -> int:
 async def runs_list(connection: Connection, args: argparse.Namespace) -> int:
     """``runs list``: the newest runs of every workflow (or one), optionally of one status."""
     client = connection.client
-    names = [args.workflow] if args.workflow else await workflow_names(client, args.prefix, "runs")
+    names = [args.workflow] if args.workflow else await workflow_names(client, args.prefix)
     found: list[dict[str, Any]] = []
     for name in names:
         found += await _recent(client, WorkflowKeys(args.prefix, name), args.status, args.limit)
@@ -175,6 +182,10 @@ def _describe(info: RunInfo) -> list[str]:
         for step in info.steps.values()
     ]
     lines += table(["STEP", "STATE", "ATTEMPTS", "STARTED", "TOOK", "LAST ERROR"], rows)
+    for wait in info.waits.values():
+        got = f", signal {wait.signal_id}" if wait.signal_id else ""
+        due = f", due {moment(wait.due)}" if wait.due else ""
+        lines.append(f"{wait.kind} {wait.name}: {wait.state} since {moment(wait.since)}{due}{got}")
     if info.completion_order:
         lines.append(f"\ncompleted in order: {', '.join(info.completion_order)}")
     if info.error is not None:
@@ -229,6 +240,17 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "completion_order": list(info.completion_order),
         "error": _error_json(info.error),
         "rollback_errors": [_error_json(error) for error in info.rollback_errors],
+        "waits": [
+            {
+                "name": wait.name,
+                "kind": wait.kind,
+                "state": wait.state,
+                "since": iso(wait.since),
+                "due": iso(wait.due),
+                "signal_id": wait.signal_id,
+            }
+            for wait in info.waits.values()
+        ],
     }
 
 
@@ -244,6 +266,23 @@ async def runs_retry(connection: Connection, args: argparse.Namespace) -> int:
         raise CommandError(f"run {run_id} is {status}: only FAILED or TIMED_OUT runs can retry")
     data = {"run_id": run_id, "retried": True, "status": status}
     emit(args, data, lambda: [f"run {run_id} resumed ({status})"])
+    return 0
+
+
+async def runs_signal(connection: Connection, args: argparse.Namespace) -> int:
+    """``runs signal``: send a signal (its payload as JSON) to a run's wait."""
+    run_id: str = args.run_id
+    try:
+        data = json.loads(args.data)
+    except ValueError as error:
+        raise UsageError(f"--data is not JSON: {error}") from None
+    signals = Signals(connection, RunScripts(connection), {}, prefix=args.prefix, connect_timeout=5)
+    try:
+        sent = await signals.signal(run_id, args.name, data, signal_id=args.signal_id)
+    except (RunNotFoundError, InvalidInputError, SignalRefusedError) as error:
+        raise CommandError(str(error)) from None
+    text = f"signal {args.name} sent to run {run_id}" if sent else "already sent (same signal id)"
+    emit(args, {"run_id": run_id, "signal": args.name, "sent": sent}, lambda: [text])
     return 0
 
 
@@ -407,12 +446,19 @@ async def reconcile(connection: Connection, args: argparse.Namespace) -> int:
 
 
 async def health(connection: Connection, args: argparse.Namespace) -> int:
-    """``health``: exit 0 when ok, 1 when not, 3 when Redis is unreachable."""
+    """``health``: exit 0 when ok, 1 when not, 3 when Redis is unreachable (``--ready``: the
+    ``PING`` alone, 0 or 3)."""
+    if args.ready:
+        ready = await check_readiness(connection.client, timeout=args.timeout)
+        lines = [f"READY (ping {ready.latency_ms:.2f} ms)" if ready.ok else "NOT READY"]
+        emit(args, ready.to_json(), lambda: [*lines, *ready.problems])
+        return 0 if ready.ok else 3
     report = await check_health(
         connection.client,
         args.prefix,
         stalled_after=args.stalled_after,
         max_wait=args.max_wait,
+        timeout=args.timeout,
     )
     emit(args, report.to_json(), lambda: _health_lines(report))
     if not report.reachable:
@@ -457,17 +503,54 @@ def _health_lines(report: Health) -> list[str]:
     return lines
 
 
+async def registry_list(connection: Connection, args: argparse.Namespace) -> int:
+    """``registry list``: the workflows and events that tools look at."""
+    client, prefix = connection.client, args.prefix
+    data = {"workflows": await workflow_names(client, prefix),
+            "events": await event_names(client, prefix)}  # fmt: skip
+    emit(args, data, lambda: _names(data))
+    return 0
+
+
+async def registry_rebuild(connection: Connection, args: argparse.Namespace) -> int:
+    """``registry rebuild``: enroll every workflow and event found in the keyspace (SCAN)."""
+    workflows, events = await rebuild(connection.client, args.prefix)
+    data = {"workflows": workflows, "events": events}
+    emit(args, data, lambda: _names(data))
+    return 0
+
+
+async def registry_forget(connection: Connection, args: argparse.Namespace) -> int:
+    """``registry forget``: stop listing names (their keys are left alone)."""
+    if not (args.workflow or args.event):
+        raise UsageError("give --workflow NAME or --event NAME")
+    removed = await forget(
+        connection.client, args.prefix, workflows=args.workflow, events=args.event
+    )
+    emit(args, {"forgotten": removed}, lambda: [f"{removed} names forgotten"])
+    return 0
+
+
+def _names(data: dict[str, list[str]]) -> list[str]:
+    rows = [[kind[:-1], name] for kind, names in data.items() for name in names]
+    return table(["KIND", "NAME"], rows) if rows else ["no workflows or events"]
+
+
 COMMANDS: dict[str, Command] = {
     "runs list": runs_list,
     "runs show": runs_show,
     "runs retry": runs_retry,
     "runs cancel": runs_cancel,
+    "runs signal": runs_signal,
     "events tail": events_tail,
     "dead-letters list": dead_letters_list,
     "dead-letters replay": dead_letters_replay,
     "dead-letters purge": dead_letters_purge,
     "reconcile": reconcile,
     "health": health,
+    "registry list": registry_list,
+    "registry rebuild": registry_rebuild,
+    "registry forget": registry_forget,
     "schedules list": schedules_list,
     "schedules show": schedules_show,
     "schedules pause": schedules_pause,

@@ -5,143 +5,56 @@ a list of providers, or a function returning either), starts them and runs until
 SIGINT, then stops them gracefully: running steps get ``shutdown_timeout`` to finish and the
 rest are left to be reclaimed by other instances (the process does not wait for the threads of
 abandoned sync steps). It exits with 0 after a signal, and with 1 when a provider stopped by
-itself (its background work died: the traceback is in the log).
+itself (its background work died: the traceback is in the log); see :mod:`.worker`.
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
-cancel``, ``events tail``, ``dead-letters list|replay|purge``, ``schedules list|show|pause|
-resume|delete``, ``reconcile`` and ``health``.
-They print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked
-for does not exist or a check fails, 2 on bad arguments and 3 when Redis cannot be reached.
+cancel|signal``, ``events tail``, ``dead-letters list|replay|purge``, ``schedules list|show|
+pause|resume|delete``, ``reconcile``, ``health`` and ``registry list|rebuild|forget``. They
+print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked for
+does not exist, a check fails or Redis refused a command, 2 on bad arguments (a bad URL, a
+database the server does not have) and 3 when Redis cannot be reached or refused the
+credentials. Messages never show a password, and never a traceback but
+the user module's. ``health`` exits with 0 when the backlog report is ok, 1 when it names a
+problem (stalled or long-waiting entries, a report not read within ``--timeout``) and 3 when
+Redis does not answer ``PING`` within ``--timeout``; ``health --ready`` only sends that
+``PING`` (0 or 3).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import importlib
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
-import anyio
+from redis import exceptions as redis_errors
 
-from plait.workflows import ProviderUnavailableError, WorkflowStatus
+from plait.workflows import ProviderUnavailableError, RedisCommandError, WorkflowStatus
 
-from .._core.connection import connect
-from .._core.errors import CONNECTION_ERRORS
-from .._workflows.provider import RedisWorkflowProvider
+from .._core.connection import connect, masked
+from .._core.errors import CONNECTION_ERRORS, REFUSED_CREDENTIALS
 from . import commands
 from .commands import CommandError, UsageError
+from .worker import (
+    apply_concurrency,
+    check_flags,
+    hand_flags_to_module,
+    leave_abandoned_threads,
+    load_providers,
+    run_worker,
+)
+
+__all__ = ["apply_concurrency", "main"]
 
 logger = logging.getLogger("plait.cli")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
-LIVENESS_POLL = 0.5
-"""Seconds between two looks of ``plait worker`` at its providers' ``alive`` flags."""
 UNREACHABLE: tuple[type[BaseException], ...] = (ProviderUnavailableError, *CONNECTION_ERRORS)
-
-
-def load_providers(target: str) -> list[Any]:
-    """The providers named by ``module:attribute`` (the attribute defaults to ``provider``)."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name:
-        raise UsageError(f"expected MODULE:OBJECT, got {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"cannot import {module_name!r}: {error}") from error
-    try:
-        found = getattr(module, attribute or "provider")
-    except AttributeError:
-        raise UsageError(f"{module_name!r} has no attribute {attribute or 'provider'!r}") from None
-    if callable(found) and not hasattr(found, "start"):
-        found = found()
-    providers = list(found) if isinstance(found, list | tuple) else [found]
-    for provider in providers:
-        if not (hasattr(provider, "start") and hasattr(provider, "stop")):
-            raise UsageError(f"{target!r} holds {provider!r}, which is not a plait provider")
-    return providers
-
-
-def apply_concurrency(providers: Sequence[Any], concurrency: int) -> None:
-    """Set the step concurrency of every workflow provider among ``providers``."""
-    for provider in providers:
-        if isinstance(provider, RedisWorkflowProvider):
-            provider.concurrency = concurrency
-        else:
-            logger.warning(
-                "--concurrency applies to workflow providers; %r keeps its own", provider
-            )
-
-
-async def run_worker(providers: Sequence[Any]) -> int:
-    """Start ``providers``, run until SIGTERM or SIGINT, stop them in reverse order.
-
-    Returns the exit status: 0 after a signal, :data:`EXIT_FAILED` when a provider stopped by
-    itself (its background work died; the provider logged the traceback), checked every
-    :data:`LIVENESS_POLL` seconds with its ``alive`` flag.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    started: list[Any] = []
-    dead: list[Any] = []
-    try:
-        for provider in providers:
-            await provider.start()
-            started.append(provider)
-        logger.info("worker ready: %d provider(s), pid %d", len(started), os.getpid())
-        while not stop.is_set() and not dead:
-            with anyio.move_on_after(LIVENESS_POLL):
-                await stop.wait()
-            dead = [provider for provider in started if not getattr(provider, "alive", True)]
-        for provider in dead:
-            name = getattr(provider, "provider_id", repr(provider))
-            logger.error("provider %s is not alive any more: the worker exits", name)
-        logger.info("stopping")
-    finally:
-        for provider in reversed(started):
-            try:
-                await provider.stop()
-            except Exception:
-                if provider not in dead:
-                    raise
-                # what it died of was logged when it died
-    return EXIT_FAILED if dead else 0
-
-
-def leave_abandoned_threads(status: int) -> None:
-    """End the process now when threads are left running, instead of waiting for them.
-
-    Sync handlers run in worker threads, which a cancellation cannot stop: a step still running
-    when ``shutdown_timeout`` is over is abandoned (another instance reclaims it), and the
-    interpreter would wait for its thread before exiting. Exit handlers run first (logging,
-    telemetry exporters); the threads are not joined.
-    """
-    left = [
-        thread
-        for thread in threading.enumerate()
-        if thread is not threading.current_thread() and not thread.daemon and thread.is_alive()
-    ]
-    for thread in left:  # an idle worker thread ends at once, a busy one does not
-        thread.join(timeout=0.1)
-    left = [thread for thread in left if thread.is_alive()]
-    if not left:
-        return
-    logger.warning("exiting without %d abandoned handler thread(s) still running", len(left))
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
 
 
 def _positive(text: str) -> int:
@@ -189,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plait", description=(__doc__ or "").split("\n\n")[0], parents=[_common(True)]
     )
+    parser.add_argument("--version", action="version", version=f"plait {metadata.version('plait')}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -213,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a live run (its completed steps are rolled back)"),
     ):
         command(runs_do, name, text).add_argument("run_id", metavar="RUN_ID")
+    signalling = command(runs_do, "signal", "send a signal to a run's wait of that name")
+    signalling.add_argument("run_id", metavar="RUN_ID")
+    signalling.add_argument("name", metavar="NAME", help="the wait's name")
+    signalling.add_argument("--data", default="null", help="the payload, as JSON")
+    signalling.add_argument("--signal-id", help="names the signal: sent again, it is a no-op")
 
     events = command(top, "events", "follow events")
     events_do = events.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -261,29 +180,40 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--min-age", type=float, default=15.0, help="skip runs younger than S s (default 15)"
     )
-    health = command(top, "health", "Redis, queues, dead letters and live instances")
+    health = command(top, "health", "the backlog report: queues, dead letters, live instances")
     health.add_argument(
         "--stalled-after", type=float, default=30.0, help="pending without lease for S s"
     )
     health.add_argument("--max-wait", type=float, default=60.0, help="oldest unread entry, s")
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="bound of the whole check, s (default 5)"
+    )
+    health.add_argument(
+        "--ready", action="store_true", help="only check that Redis answers PING (a probe)"
+    )
+
+    registry = command(top, "registry", "the workflow and event names tools look at")
+    registry_do = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(registry_do, "list", "the enrolled workflows and events")
+    command(registry_do, "rebuild", "enroll what the keyspace holds (SCAN: once, after upgrading)")
+    forget = command(registry_do, "forget", "stop listing names (their data stays)")
+    forget.add_argument("--workflow", action="append", default=[], help="a workflow name")
+    forget.add_argument("--event", action="append", default=[], help="an event name")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plait`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(given)
     level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    where = masked(args.url)
     try:
         if args.command == "worker":
-            providers = load_providers(args.target)
-            if args.concurrency:
-                apply_concurrency(providers, args.concurrency)
-            status = asyncio.run(run_worker(providers))
-            leave_abandoned_threads(status)
-            return status
+            return _worker(args, given)
         return asyncio.run(_run(args))
     except UsageError as error:
         print(f"plait: {error}", file=sys.stderr)
@@ -291,11 +221,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"plait: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except UNREACHABLE as error:
-        print(f"plait: cannot reach Redis at {args.url}: {error}", file=sys.stderr)
+    except REFUSED_CREDENTIALS as error:
+        print(f"plait: Redis at {where} refused the credentials: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except UNREACHABLE as error:
+        if isinstance(error.__cause__, REFUSED_CREDENTIALS):
+            print(f"plait: Redis at {where} refused the credentials: {error}", file=sys.stderr)
+        else:
+            print(f"plait: cannot reach Redis at {where}: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (redis_errors.RedisError, RedisCommandError) as error:
+        if "DB index is out of range" in str(error):
+            database = args.url.rpartition("/")[2]
+            print(f"plait: Redis at {where} has no database {database} ({error})", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"plait: Redis at {where} refused a command: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _worker(args: argparse.Namespace, given: list[str]) -> int:
+    url, prefix = (_explicit(given, name) for name in ("--url", "--prefix"))
+    hand_flags_to_module(url, prefix)
+    providers = load_providers(args.target)
+    check_flags(providers, args.target, url, prefix)
+    if args.concurrency:
+        apply_concurrency(providers, args.concurrency)
+    status = asyncio.run(run_worker(providers))
+    leave_abandoned_threads(status)
+    return status
+
+
+def _explicit(given: list[str], flag: str) -> str | None:
+    """The value of ``flag`` when it was given on the command line (the last one wins)."""
+    value = None
+    for index, word in enumerate(given):
+        if word == flag and index + 1 < len(given):
+            value = given[index + 1]
+        elif word.startswith(f"{flag}="):
+            value = word.partition("=")[2]
+    return value
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -304,7 +270,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         connection = connect(args.url, connect_timeout=5.0)
     except ValueError as error:
-        raise UsageError(f"bad --url {args.url!r}: {error}") from None
+        raise UsageError(f"bad --url {masked(args.url)!r}: {error}") from None
     try:
         if args.command != "health":  # health reports an unreachable Redis itself
             await connection.client.ping()

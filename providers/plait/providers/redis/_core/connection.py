@@ -10,11 +10,12 @@ failed call raises is decided at one boundary (:mod:`.errors`), how it is retrie
 from __future__ import annotations
 
 import codecs
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import fakeredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -22,6 +23,7 @@ from redis.commands.core import AsyncScript
 from . import memory
 from .direct import ScriptCalls, packing_with_hiredis
 from .memory import WakeUps
+from .watchdog import watched
 
 #: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers
 #: (redis-py's pool, and as many again for script calls, see ScriptCalls).
@@ -29,6 +31,28 @@ MAX_CONNECTIONS = 1000
 
 #: Script-call connections kept open between calls; a burst beyond it closes the extra ones.
 MAX_IDLE_SCRIPT_CONNECTIONS = 64
+
+KEEPALIVE_IDLE = 10
+"""Seconds a TCP connection may stay silent before the kernel probes it."""
+KEEPALIVE_INTERVAL = 5
+"""Seconds between two probes."""
+KEEPALIVE_COUNT = 3
+"""Probes unanswered before the kernel closes the connection (dead within 25 s of silence)."""
+USER_TIMEOUT_MS = 25_000
+"""Linux: how long sent data may stay unacknowledged before the connection is closed."""
+
+
+def keepalive_options() -> dict[int, int]:
+    """TCP socket options that close a dead idle connection within about 25 s (the kernel's
+    defaults take over two hours), where the platform has them."""
+    wanted = {
+        "TCP_KEEPIDLE": KEEPALIVE_IDLE,
+        "TCP_KEEPALIVE": KEEPALIVE_IDLE,  # macOS's name for the idle time
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL,
+        "TCP_KEEPCNT": KEEPALIVE_COUNT,
+        "TCP_USER_TIMEOUT": USER_TIMEOUT_MS,
+    }
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
 @dataclass
@@ -49,6 +73,8 @@ class Connection:
     closed: bool = False
     direct: ScriptCalls | None = None
     """Script calls straight on connections of their own (a server plait connected to)."""
+    url: str | None = None
+    """The URL it was opened from (None around a client the caller gave)."""
 
     @property
     def blocks(self) -> bool:
@@ -91,7 +117,7 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
     if url.startswith("memory://"):
         name = url[len("memory://") :] or "default"
         fake, wakeups = memory.open_client(name)
-        return Connection(fake, wakeups, owned=True, memory_name=name)
+        return Connection(fake, wakeups, owned=True, memory_name=name, url=url)
     scheme, plus, rest = url.partition("+cluster://")
     if plus:
         # A MOVED patches the slot map (reinitialize_steps=0) instead of redis-py's default of
@@ -100,36 +126,57 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
         cluster = RedisCluster.from_url(
             f"{scheme}://{rest}",
             socket_connect_timeout=connect_timeout,
+            socket_keepalive=True,
+            socket_keepalive_options=keepalive_options(),
             max_connections=MAX_CONNECTIONS,
             reinitialize_steps=0,
         )
-        return Connection(cluster, None, owned=True)
-    # No socket timeout: reads are not wrapped in wait_for (a measurable share of worker CPU);
-    # TCP keepalive and the health check find dead peers. A burst beyond MAX_CONNECTIONS gets
-    # a connection error from the pool (script calls wait for a free slot instead), which
-    # callers retry until connect_timeout like any outage.
+        # Every node's connections get reply deadlines (the watchdog): the class is read from
+        # these settings for each node found later, and was given to the first one already.
+        settings = cluster.connection_kwargs
+        settings["connection_class"] = watched(settings["connection_class"])
+        for node in cluster.startup_nodes:
+            node.connection_class = settings["connection_class"]
+        return Connection(cluster, None, owned=True, url=url)
+    # No socket timeout (redis-py wraps every read in a timeout then): replies have deadlines
+    # of the watchdog's instead, and TCP keepalive finds dead idle peers. A burst beyond
+    # MAX_CONNECTIONS gets a connection error from the pool (script calls wait for a free
+    # slot instead), which callers retry until connect_timeout like any outage.
     pool = aioredis.ConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
         socket_connect_timeout=connect_timeout,
         socket_timeout=None,
-        socket_keepalive=True,
         health_check_interval=30,
     )
     settings = pool.connection_kwargs
+    if issubclass(pool.connection_class, aioredis.Connection):  # TCP or TLS, not a unix socket
+        settings["socket_keepalive"] = True
+        settings["socket_keepalive_options"] = keepalive_options()
     encoding = codecs.lookup(settings.get("encoding", "utf-8")).name
     if encoding == "utf-8" and settings.get("encoding_errors", "strict") == "strict":
         pool.connection_class = packing_with_hiredis(pool.connection_class)
+    pool.connection_class = watched(pool.connection_class)
     client = aioredis.Redis(connection_pool=pool)
     direct = ScriptCalls(
         pool, max_connections=MAX_CONNECTIONS, max_idle=MAX_IDLE_SCRIPT_CONNECTIONS
     )
-    return Connection(client, None, owned=True, direct=direct)
+    return Connection(client, None, owned=True, direct=direct, url=url)
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def wrap(client: aioredis.Redis | RedisCluster) -> Connection:
     """A connection around a client the caller owns (never closed by plait)."""
     wakeups = None
-    if isinstance(client, fakeredis.FakeAsyncRedis):
+    if memory.is_embedded(client):
         wakeups = WakeUps()
     return Connection(client, wakeups, owned=False)

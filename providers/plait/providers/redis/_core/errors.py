@@ -26,8 +26,12 @@ from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
 
-from plait.events import EventCommandError, EventProviderUnavailableError
-from plait.workflows import ProviderUnavailableError, RedisCommandError
+from plait.events import (
+    EventCommandError,
+    EventIncompatibleSchemaError,
+    EventProviderUnavailableError,
+)
+from plait.workflows import IncompatibleSchemaError, ProviderUnavailableError, RedisCommandError
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
@@ -45,6 +49,13 @@ while their slot moves: Redis, or a script before its first write, refused it), 
 and redis-py's ``ClusterError`` when redirections did not settle within its limit (as while a
 slot moves): nothing was applied, and the call is made again.
 """
+
+REFUSED_CREDENTIALS: tuple[type[BaseException], ...] = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthenticationWrongNumberOfArgsError,
+)
+"""Redis answered, and refused the username or password: not retried (trying again cannot
+help), reported as such rather than as "unreachable"."""
 
 COMMAND_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.RedisError,
@@ -73,12 +84,22 @@ class ErrorKinds:
     """Raised, with a message, when Redis stayed unreachable."""
     command: type[RedisCommandError]
     """Raised, with ``(purpose, reply)``, when Redis refused a command."""
+    schema: type[IncompatibleSchemaError]
+    """Raised, with ``(prefix, found, expected)``, when ``start()`` meets another key schema."""
 
 
-WORKFLOW_KINDS = ErrorKinds(unavailable=ProviderUnavailableError, command=RedisCommandError)
+WORKFLOW_KINDS = ErrorKinds(
+    unavailable=ProviderUnavailableError,
+    command=RedisCommandError,
+    schema=IncompatibleSchemaError,
+)
 """What :class:`~plait.providers.redis.RedisWorkflowProvider` and its handles raise."""
 
-EVENT_KINDS = ErrorKinds(unavailable=EventProviderUnavailableError, command=EventCommandError)
+EVENT_KINDS = ErrorKinds(
+    unavailable=EventProviderUnavailableError,
+    command=EventCommandError,
+    schema=EventIncompatibleSchemaError,
+)
 """What :class:`~plait.providers.redis.RedisEventProvider` raises."""
 
 
@@ -96,6 +117,8 @@ def translated(kinds: ErrorKinds, purpose: str) -> Iterator[None]:
     """
     try:
         yield
+    except REFUSED_CREDENTIALS as error:
+        raise kinds.unavailable(f"{purpose}: Redis refused the credentials: {error}") from error
     except CONNECTION_ERRORS as error:
         raise kinds.unavailable(f"{purpose}: Redis unreachable: {error}") from error
     except COMMAND_ERRORS as error:

@@ -91,11 +91,21 @@ execute or emit path, with the keys of its workflow or event::
     <prefix>:schedules:{<kind>}:state       hash     schedule id -> JSON {tick, run}: the last
                                                      tick fired and the run or event it made
 
-Two keys belong to the whole deployment under a prefix (each used alone, outside any script)::
+Five keys belong to the whole deployment under a prefix (each used alone, outside any script)::
 
+    <prefix>:schema                         string   the key schema version of the data under
+                                                     the prefix (:data:`SCHEMA_VERSION`, set by
+                                                     the first provider to start)
     <prefix>:instances                      zset     provider id -> last heartbeat ms
     <prefix>:reconcile:lock                 string   the provider doing a reconciler pass
                                                      (expires: 0.9 x the reconcile interval)
+    <prefix>:workflows                      zset     workflow name -> ms it was last enrolled
+                                                     (a consumer started, or a first execute)
+    <prefix>:events                         zset     event name -> ms it was last enrolled
+                                                     (a handler's group started)
+
+``workflows`` and ``events`` are the registry that tools read instead of scanning the keyspace
+(``_ops/catalog.py``); nothing removes a name but ``plait registry forget``.
 
 :data:`SCHEMA` holds these tables as data (``tests/test_keys.py`` checks that they agree and that
 every key a provider writes matches one of them).
@@ -105,6 +115,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+"""The version of this key schema. A change that an older plait cannot read, or would damage,
+raises it; a provider refuses to start on data recorded with another version."""
 
 GROUP = "plait"
 """The consumer group every instance reads step streams through."""
@@ -301,6 +315,11 @@ class ScheduleKeys:
         return self.base + "state"
 
 
+def schema_version(prefix: str) -> str:
+    """String: the key schema version of the data under ``prefix``."""
+    return f"{prefix}:schema"
+
+
 def instances(prefix: str) -> str:
     """Zset provider id -> last heartbeat ms of every started provider (live instances)."""
     return f"{prefix}:instances"
@@ -309,6 +328,16 @@ def instances(prefix: str) -> str:
 def reconcile_lock(prefix: str) -> str:
     """The short lock that lets one instance at a time run a reconciler pass."""
     return f"{prefix}:reconcile:lock"
+
+
+def workflow_registry(prefix: str) -> str:
+    """Zset workflow name -> ms last enrolled: every workflow consumed or executed."""
+    return f"{prefix}:workflows"
+
+
+def event_registry(prefix: str) -> str:
+    """Zset event name -> ms last enrolled: every event a handler's group subscribes to."""
+    return f"{prefix}:events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,8 +400,11 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:schedules:{<kind>}:specs", "hash"),
     KeyPattern("<prefix>:schedules:{<kind>}:due", "zset"),
     KeyPattern("<prefix>:schedules:{<kind>}:state", "hash"),
+    KeyPattern("<prefix>:schema", "string"),
     KeyPattern("<prefix>:instances", "zset"),
     KeyPattern("<prefix>:reconcile:lock", "string"),
+    KeyPattern("<prefix>:workflows", "zset"),
+    KeyPattern("<prefix>:events", "zset"),
 )
 """Every key and channel of the schema, in the order of the tables above."""
 
@@ -387,16 +419,6 @@ def pattern_of(key: str, prefix: str) -> KeyPattern | None:
     return max(
         matching, key=lambda pattern: len(_PLACEHOLDER.sub("", pattern.template)), default=None
     )
-
-
-def active_pattern(prefix: str) -> str:
-    """SCAN pattern of every workflow's set of live runs."""
-    return f"{prefix}:{{*}}:active"
-
-
-def runs_pattern(prefix: str) -> str:
-    """SCAN pattern of every workflow's index of runs."""
-    return f"{prefix}:{{*}}:runs"
 
 
 def workflow_pattern(prefix: str, suffix: str) -> str:

@@ -11,17 +11,20 @@ its blocked read runs in a task of its own that outlives the caller: a read canc
 stopping provider still takes the next entries for a consumer that is gone, where they wait for
 a reclaim (measured: tests/test_events.py's lagging-group test then times out). So the
 wake-ups stay.
+
+fakeredis (and lupa, its Lua) is imported on the first ``memory://`` open, never before: a
+service on a real Redis does not pay for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-import fakeredis
 
 
 class WakeUps:
@@ -61,16 +64,33 @@ _SERVERS: dict[str, _Server] = {}
 """The live embedded servers by name."""
 
 
-def open_client(name: str) -> tuple[fakeredis.FakeAsyncRedis, WakeUps]:
-    """A new client on the embedded server ``name`` (started if none runs), and its wake-ups.
+def open_client(name: str) -> tuple[Any, WakeUps]:
+    """A new client (a ``fakeredis.FakeAsyncRedis``) on the embedded server ``name`` (started
+    if none runs), and its wake-ups.
 
     Each call counts as one user of the server until :func:`release`.
     """
+    fakeredis: Any = importlib.import_module("fakeredis")
     entry = _SERVERS.get(name)
     if entry is None:
         entry = _SERVERS[name] = _Server(fakeredis.FakeServer())
     entry.users += 1
     return fakeredis.FakeAsyncRedis(server=entry.server), entry.wakeups
+
+
+def is_embedded(client: object) -> bool:
+    """Whether ``client`` is a fakeredis client (asyncio or not): without fakeredis imported,
+    no client can be one."""
+    fakeredis: Any = sys.modules.get("fakeredis")
+    return fakeredis is not None and isinstance(
+        client, fakeredis.FakeAsyncRedis | fakeredis.FakeRedis
+    )
+
+
+def sync_twin(client: Any) -> Any:
+    """A synchronous fakeredis client on the same embedded server as ``client``."""
+    fakeredis: Any = importlib.import_module("fakeredis")
+    return fakeredis.FakeRedis(server=client.connection_pool.connection_kwargs["server"])
 
 
 def release(name: str) -> None:

@@ -4,12 +4,18 @@ One pub/sub connection per provider, subscribed lazily to the channels someone l
 re-subscribed after a reconnect. Notifications only wake waiters early: every waiter also
 re-reads the state it waits for (when told that its channel is subscribed again, or on a slow
 poll), so a notification lost during an outage delays, never loses.
+
+A subscribed connection is silent while nobody publishes, so silence alone cannot tell a dead
+one: the session sends ``PING`` after :data:`PING_EVERY` seconds without a message, and
+takes a connection that answered nothing for :data:`SILENT_LIMIT` seconds for dead (a black
+hole: no FIN, no RST) and subscribes again on a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +23,16 @@ import anyio
 
 from .connection import Connection
 from .errors import CONNECTION_ERRORS
+from .watchdog import READ_DEADLINE
 
 logger = logging.getLogger("plait.redis.notify")
 
 Callback = Callable[[str], None]
+
+PING_EVERY = 5.0
+"""Seconds without a message after which the pub/sub session pings Redis."""
+SILENT_LIMIT = PING_EVERY + READ_DEADLINE
+"""Seconds without any message (a pong included) after which the session is taken for dead."""
 
 
 class Notifications:
@@ -103,8 +115,18 @@ class Notifications:
             self._pubsub = pubsub
             async with self._subscribing:
                 await pubsub.subscribe(*self._callbacks)
-            async for message in pubsub.listen():
-                self._dispatch(message)
+            heard = pinged = time.monotonic()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                now = time.monotonic()
+                if message is not None:
+                    heard = now
+                    self._dispatch(message)
+                elif now - heard >= SILENT_LIMIT:
+                    raise TimeoutError(f"no reply on the pub/sub connection for {now - heard:.0f}s")
+                elif now - max(heard, pinged) >= PING_EVERY:
+                    pinged = now
+                    await pubsub.ping()
         finally:
             self._pubsub = None
             await pubsub.aclose()

@@ -14,6 +14,10 @@ from collections.abc import Callable, Mapping
 
 import pydantic_core
 
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+"""The default largest payload plait stores (bytes of JSON): an input, a result, progress or
+event data; ``max_payload_bytes`` on either provider changes it."""
+
 MAX_DEPTH = 200
 """No value of a stored payload may lie inside more than this many objects and arrays (the
 payload's own top-level object counts): pydantic's JSON parser refuses deeper ones."""
@@ -37,23 +41,37 @@ def check_text(value: str, what: str) -> None:
         raise UnstorableError(_not_unicode(what, error)) from None
 
 
-def stored_json(serialize: Callable[[], str], what: str) -> str:
+def stored_json(serialize: Callable[[], str], what: str, *, limit: int) -> str:
     """``serialize()``'s JSON text, checked to be writable and readable back by a worker: one
-    pass over the text by pydantic's own parser (no validation).
+    pass over the text by pydantic's own parser (no validation), and at most ``limit`` bytes.
 
     Raises:
         UnstorableError: the value does not serialize (a value of an unknown type, or nesting
-            past the serializer's own limit of 255 levels), the text is not valid Unicode, or
-            it nests deeper than :data:`MAX_DEPTH`.
+            past the serializer's own limit of 255 levels), the text is not valid Unicode, it
+            nests deeper than :data:`MAX_DEPTH`, or it is larger than ``limit``.
     """
     try:
         text = serialize()
-        pydantic_core.from_json(text if text.isascii() else text.encode())
+        raw = text if text.isascii() else text.encode()
+        check_size(len(raw), what, limit)
+        pydantic_core.from_json(raw)
     except UnicodeEncodeError as error:
         raise UnstorableError(_not_unicode(what, error)) from None
     except ValueError as error:
         raise UnstorableError(f"{what} cannot be stored as JSON: {error}{_LIMITS}") from None
     return text
+
+
+def check_size(size: int, what: str, limit: int) -> None:
+    """Refuse a payload of ``size`` bytes larger than ``limit``.
+
+    Raises:
+        UnstorableError: ``size`` is over ``limit``.
+    """
+    if size > limit:
+        raise UnstorableError(
+            f"{what} is {size:,} bytes of JSON, more than max_payload_bytes ({limit:,})"
+        )
 
 
 def check_key(key: object) -> None:

@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import CONNECTION_ERRORS, ErrorKinds, translated
+from .errors import CONNECTION_ERRORS, REFUSED_CREDENTIALS, ErrorKinds, translated
+from .watchdog import deadline
 
 T = TypeVar("T")
 
@@ -26,6 +27,11 @@ async def call_until(
     operation: Callable[[], Awaitable[T]], *, timeout: float, what: str, kinds: ErrorKinds
 ) -> T:
     """Run ``operation`` for a caller, retrying connection errors for up to ``timeout`` seconds.
+
+    Every reply is awaited no later than ``timeout`` from now (:func:`~.watchdog.deadline`):
+    a connection that stops answering (black-holed, no FIN, no RST), even in the middle of
+    its handshake, is closed then, so the caller is told within ``timeout`` (plus the
+    watchdog's sweep, a quarter of a second) whatever the network does.
 
     Args:
         operation: the Redis call(s), made again on each attempt.
@@ -38,14 +44,15 @@ async def call_until(
             ``timeout`` seconds.
         RedisCommandError: (``kinds.command``) Redis refused a command; not retried.
     """
-    deadline = time.monotonic() + timeout
     delay = 0.05
-    with translated(kinds, what):
+    with translated(kinds, what), deadline(timeout) as until:
         while True:
             try:
                 return await operation()
+            except REFUSED_CREDENTIALS:
+                raise  # Redis answered: waiting cannot change its mind
             except CONNECTION_ERRORS:
-                remaining = deadline - time.monotonic()
+                remaining = until - time.monotonic()
                 if remaining <= 0:
                     raise
                 await asyncio.sleep(min(delay, remaining))

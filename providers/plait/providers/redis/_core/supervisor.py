@@ -28,6 +28,7 @@ from plait.workflows._errors import describe_exception
 from .connection import Connection
 from .errors import ErrorKinds, translated
 from .retry import call_until
+from .server import claim_schema, warn_of_data_loss
 
 logger = logging.getLogger("plait.provider")
 
@@ -45,9 +46,10 @@ class Supervisor:
     """Starts and stops the background work of one provider on one connection."""
 
     def __init__(
-        self, connection: Connection, *, connect_timeout: float, kinds: ErrorKinds
+        self, connection: Connection, *, prefix: str, connect_timeout: float, kinds: ErrorKinds
     ) -> None:
         self._connection = connection
+        self._prefix = prefix
         self._timeout = connect_timeout
         self._kinds = kinds
         self._stopping: anyio.Event | None = None
@@ -103,7 +105,14 @@ class Supervisor:
             await call_until(
                 self._connection.client.ping, timeout=self._timeout, what="start", kinds=self._kinds
             )
+            await call_until(
+                lambda: claim_schema(self._connection, self._prefix, self._kinds),
+                timeout=self._timeout,
+                what="start",
+                kinds=self._kinds,
+            )
             self._answered = True
+            await warn_of_data_loss(self._connection, timeout=self._timeout)
             async with anyio.create_task_group() as tg:
                 try:
                     if not stopping.is_set():  # else stop() came while Redis was checked

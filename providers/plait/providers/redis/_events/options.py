@@ -13,6 +13,8 @@ from typing import Any, TypedDict
 
 from plait.workflows import RetryPolicy
 
+from .._core.payload import DEFAULT_MAX_PAYLOAD
+
 
 @dataclass(frozen=True, kw_only=True)
 class EventProviderOptions:
@@ -38,6 +40,9 @@ class EventProviderOptions:
     """How long ``stop()`` waits for running handlers."""
     connect_timeout: timedelta = timedelta(seconds=5)
     """How long calls wait for an unreachable Redis before ``EventProviderUnavailableError``."""
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    """The largest event data stored, in bytes of JSON (default 2 MiB): larger data is
+    refused with ``InvalidEventError`` before anything is written."""
     tracer_provider: Any = None
     """An OpenTelemetry tracer provider (default: the global one)."""
     meter_provider: Any = None
@@ -46,6 +51,8 @@ class EventProviderOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.max_payload_bytes < 1:
+            raise ValueError("max_payload_bytes must be >= 1")
         if self.retry is None:  # an explicit ``retry=None`` means the default policy
             object.__setattr__(self, "retry", RetryPolicy())
 
@@ -61,5 +68,6 @@ class EventProviderKeywords(TypedDict, total=False):
     concurrency: int
     shutdown_timeout: timedelta
     connect_timeout: timedelta
+    max_payload_bytes: int
     tracer_provider: Any
     meter_provider: Any

@@ -39,7 +39,7 @@ from .._core.schedules import (
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
-from .._ops.health import Health, check_health, with_liveness
+from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, request_seconds, validated
@@ -107,9 +107,11 @@ class RedisEventProvider:
             retention=opts.retention,
             connect_timeout=opts.connect_timeout,
             published=self._published,
+            max_payload=opts.max_payload_bytes,
         )
         self._supervisor = Supervisor(
             self._connection,
+            prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=EVENT_KINDS,
         )
@@ -162,6 +164,11 @@ class RedisEventProvider:
     def concurrency(self) -> int:
         """Handlers running at once on this instance."""
         return self.options.concurrency
+
+    @property
+    def subscriptions(self) -> tuple[tuple[str, str], ...]:
+        """``(event, group)`` of every handler registered here, in registration order."""
+        return tuple(self._worker.subscriptions)
 
     def _new_worker(self) -> EventWorker:
         options = WorkerOptions(
@@ -418,6 +425,7 @@ class RedisEventProvider:
             catchup=catchup,
             catchup_window=catchup_window,
             meta=meta,
+            limit=self.options.max_payload_bytes,
         )
         info = await self.schedules.put(schedule_id, spec)
         self._scheduler.wake()
@@ -471,11 +479,13 @@ class RedisEventProvider:
         )
 
     async def health(self) -> Health:
-        """Redis reachability and latency, queues, dead letters and live instances.
+        """The backlog report: Redis reachability and latency, the queues and dead letters of
+        every workflow and event of the registry, and the live instances.
 
-        Covers every workflow and event under this provider's prefix, and this instance's own
-        liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
-        not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
+        For alerting, not for probes (see :meth:`readiness`); read within ``connect_timeout``,
+        with this instance's own liveness (``alive``, see :attr:`alive`: a report of an
+        instance that is not alive is not ok). An unreachable Redis gives a report with
+        ``ok=False`` rather than an error.
 
         Raises:
             EventCommandError: Redis refused a command (a key of the wrong type under the
@@ -488,6 +498,18 @@ class RedisEventProvider:
                 stalled_after=2 * self.options.stall_timeout.total_seconds(),
                 timeout=self.options.connect_timeout.total_seconds(),
             )
+        return with_liveness(report, self._supervisor.problem)
+
+    async def readiness(self) -> Readiness:
+        """Whether this instance may take traffic: it is :attr:`alive` and Redis answers a
+        ``PING`` within ``connect_timeout``.
+
+        One round trip and no read under the prefix, so no backlog (see :meth:`health`) and no
+        size of the keyspace changes the answer: the readiness probe of an API pod that only
+        emits. Never raises.
+        """
+        timeout = self.options.connect_timeout.total_seconds()
+        report = await check_readiness(self._connection.client, timeout=timeout)
         return with_liveness(report, self._supervisor.problem)
 
     @property

@@ -100,7 +100,9 @@ class Publisher:
         retention: timedelta,
         connect_timeout: timedelta,
         published: Callable[[EventKeys, bool], None],
+        max_payload: int,
     ) -> None:
+        self._max_payload = max_payload
         self._scripts = scripts
         self._notifications = notifications
         self._telemetry = telemetry
@@ -121,7 +123,7 @@ class Publisher:
         meta: Mapping[str, str] | None,
     ) -> Any:
         """Emit ``event`` with a reply address and return the first group's validated reply."""
-        data = stored_data(event, model)
+        data = stored_data(event, model, self._max_payload)
         user_meta = checked_meta(event, meta)
         keys = EventKeys(self._prefix, event.name)
         channel = keys.reply_channel(self._provider_id)
@@ -195,7 +197,7 @@ class Publisher:
         wait_ms = delay_ms(event, delay)
         if idempotency_key is not None:
             check_key(event, idempotency_key)
-        data = stored_data(event, model)
+        data = stored_data(event, model, self._max_payload)
         user_meta = checked_meta(event, meta)
         return await self._write(event, data, idempotency_key, wait_ms=wait_ms, meta=user_meta)
 
@@ -283,10 +285,11 @@ def check_key(event: Event[Any, Any], key: object) -> None:
         raise InvalidEventError(event.name, str(error)) from None
 
 
-def stored_data(event: Event[Any, Any], model: BaseModel) -> str:
-    """The event's data as stored JSON, checked to be readable back by its consumers."""
+def stored_data(event: Event[Any, Any], model: BaseModel, limit: int) -> str:
+    """The event's data as stored JSON, checked to be readable back by its consumers and at
+    most ``limit`` bytes."""
     try:
-        return payload.stored_json(lambda: encode_json(model), "the data")
+        return payload.stored_json(lambda: encode_json(model), "the data", limit=limit)
     except payload.UnstorableError as error:
         raise InvalidEventError(event.name, str(error)) from None
 

@@ -79,8 +79,10 @@ def event_spec(
     catchup: str,
     catchup_window: timedelta,
     meta: Mapping[str, str] | None,
+    limit: int,
 ) -> StoredSchedule:
-    """The stored spec of a schedule of ``event`` (checked: bad data raises).
+    """The stored spec of a schedule of ``event`` (checked: bad data raises; the data is at most
+    ``limit`` bytes).
 
     Raises:
         InvalidEventError: ``event`` is not an Event, ``data`` does not validate, or ``meta``
@@ -89,7 +91,7 @@ def event_spec(
     model = validated(event, data)
     return StoredSchedule(
         target=event.name,
-        data=stored_data(event, model),
+        data=stored_data(event, model, limit),
         cron=cron,
         timezone=timezone,
         every_ms=None if every is None else every // timedelta(milliseconds=1),

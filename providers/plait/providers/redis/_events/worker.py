@@ -26,6 +26,7 @@ from .._core.connection import Connection
 from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import EventKeys
 from .._core.telemetry import Telemetry
+from .._ops.catalog import enroll_events
 from .codec import Delivery
 from .delivery import DeliveryRunner, Subscription
 from .scripts import EventScripts
@@ -146,7 +147,8 @@ class EventWorker:
     # -- reading ----------------------------------------------------------------------------
 
     async def _read(self, sub: Subscription) -> None:
-        """Create ``sub``'s group, then read its new entries until cancelled.
+        """Enroll the event (``_ops/catalog.py``), create ``sub``'s group, then read its new
+        entries until cancelled.
 
         Whatever fails here (Redis unreachable, a key of another type, a bug) is logged and
         tried again with backoff, by this reader alone; a group that vanished is created again.
@@ -156,6 +158,7 @@ class EventWorker:
         while True:
             try:
                 if create_at is not None:
+                    await enroll_events(self._connection.client, sub.keys.prefix, [sub.keys.event])
                     await self._scripts.create_group(sub.keys, sub.group, create_at)
                     create_at = None
                     sub.ready.set()

@@ -2,7 +2,10 @@
 
 Mount it under ``/health`` in any ASGI server or framework::
 
-    app = health_app(workflows)   # GET -> 200 {"ok": true, ...} or 503 when not ok
+    app = health_app(workflows)
+    # GET /health/live     200 while the provider's loops run, else 503 (no Redis call)
+    # GET /health/ready    200 while alive and Redis answers PING, else 503 (also /health)
+    # GET /health/backlog  200 and the backlog report (503 only when Redis is unreachable)
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
-from .health import Health
+from .health import Health, Readiness
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -20,19 +23,38 @@ ASGIApp = Callable[
 
 
 class SupportsHealth(Protocol):
-    """Anything with an async ``health()`` (both providers)."""
+    """Anything with ``alive``, ``readiness()`` and ``health()`` (both providers)."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the provider's background work runs (local, no Redis call)."""
+        ...
+
+    async def readiness(self) -> Readiness:
+        """Whether the provider may take traffic (alive, and Redis answers)."""
+        ...
 
     async def health(self) -> Health:
-        """The current health report."""
+        """The backlog report."""
         ...
 
 
 def health_app(provider: SupportsHealth) -> ASGIApp:
     """A minimal ASGI application serving ``provider``'s health (no framework needed).
 
-    ``GET`` (or ``HEAD``) on any path answers the report as JSON with status 200 when it is ok
-    and 503 when it is not; other methods get 405. Mount it under ``/health`` in any ASGI
-    server or framework, or run it alone (it answers the lifespan protocol).
+    ``GET`` (or ``HEAD``) answers JSON, by the path's last segment:
+
+    - ``/live``: liveness, ``{"alive": ...}``, 200 while the provider's loops run and 503 once
+      one died or the provider stopped. No Redis call.
+    - ``/ready`` (and any other path, such as the mount point itself): readiness
+      (:meth:`~plait.providers.redis.RedisWorkflowProvider.readiness`), 200 when the provider is
+      alive and Redis answers a ``PING`` within ``connect_timeout``, else 503. Never reads the
+      backlog, so no queue decides whether an instance takes traffic.
+    - ``/backlog``: the backlog report (``provider.health()``), 200 whatever it says (its
+      ``ok`` and ``problems`` are for alerting), 503 only when Redis is unreachable.
+
+    Other methods get 405. Mount it under ``/health`` in any ASGI server or framework, or run
+    it alone (it answers the lifespan protocol).
 
     Args:
         provider: a started :class:`RedisWorkflowProvider` or :class:`RedisEventProvider`.
@@ -56,9 +78,17 @@ def health_app(provider: SupportsHealth) -> ASGIApp:
         if scope.get("method", "GET") not in ("GET", "HEAD"):
             await _respond(send, 405, {"error": "method not allowed"}, head=False)
             return
-        report = await provider.health()
-        status = 200 if report.ok else 503
-        await _respond(send, status, report.to_json(), head=scope.get("method") == "HEAD")
+        head = scope.get("method") == "HEAD"
+        what = str(scope.get("path") or "/").rstrip("/").rpartition("/")[2]
+        if what == "live":
+            alive = provider.alive
+            await _respond(send, 200 if alive else 503, {"alive": alive}, head=head)
+        elif what == "backlog":
+            report = await provider.health()
+            await _respond(send, 200 if report.reachable else 503, report.to_json(), head=head)
+        else:
+            ready = await provider.readiness()
+            await _respond(send, 200 if ready.ok else 503, ready.to_json(), head=head)
 
     return app
 

@@ -179,9 +179,9 @@ class DeadLetters:
         client, prefix = self._client, self._prefix
         return [
             *[("workflow", name, self._dead_key("workflow", name))
-              for name in await workflow_names(client, prefix, "dead")],
+              for name in await workflow_names(client, prefix)],
             *[("event", name, self._dead_key("event", name))
-              for name in await event_names(client, prefix, "dead")],
+              for name in await event_names(client, prefix)],
         ]  # fmt: skip
 
     def _dead_key(self, kind: str, name: str) -> str:

@@ -1,16 +1,26 @@
-"""Health of a plait deployment: Redis, queues, dead letters and live instances.
+"""Health of a plait deployment: liveness, readiness, and the backlog report.
 
-:func:`check_health` reads everything under a prefix, so the CLI (which has no provider) and
-each provider's ``health()`` report the same thing. Live instances are those whose
-:class:`~plait.providers.redis._ops.heartbeat.Heartbeat` beat recently; :mod:`.asgi` serves the
-report over HTTP.
+Three answers, each for its own audience:
+
+- **liveness** (``provider.alive``): this instance's loops run. Local, no Redis call.
+- **readiness** (:func:`check_readiness`, ``provider.readiness()``): this instance is alive
+  and Redis answers a ``PING`` within a bound (the provider's ``connect_timeout``). One round
+  trip, whatever the keyspace or the queues hold: what a load balancer should ask.
+- **the backlog report** (:func:`check_health`, ``provider.health()``, ``plait health``):
+  every workflow and event of the registry (``_ops/catalog.py``) with its lag, pending,
+  stalled and retrying entries, the age of its oldest entries, its dead letters, and the live
+  instances. It says what needs an operator's attention; it never decides whether an instance
+  may take traffic (a backlog on one workflow says nothing about an API pod that only emits).
 
 A queue is a consumer group of a step stream (group ``plait``) or of an event stream (one per
-subscribing group). Health is not ok when Redis cannot be reached, when entries of a group are
-*stalled* (pending without a lease renewal for ``stalled_after``: their consumer died and no
-live instance took them over), or when the oldest entry a group has not read yet has waited
-longer than ``max_wait`` (no live consumer, or too few); a provider's own report is also not ok
-when that provider is not alive (:func:`with_liveness`).
+subscribing group). The report is not ok when Redis cannot be reached, when entries of a group
+are *stalled* (pending without a lease renewal for ``stalled_after``: their consumer died and
+no live instance took them over), when the oldest entry a group has not read yet has waited
+longer than ``max_wait`` (no live consumer, or too few), or when the report could not be read
+within its bound (it then holds what was read); a provider's own report is also not ok when
+that provider is not alive (:func:`with_liveness`). Live instances are those whose
+:class:`~plait.providers.redis._ops.heartbeat.Heartbeat` beat recently; :mod:`.asgi` serves all
+three over HTTP.
 """
 
 from __future__ import annotations
@@ -18,16 +28,17 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from redis import exceptions as redis_errors
 
-from .._core.errors import UNREACHABLE
+from .._core.errors import REFUSED_CREDENTIALS, UNREACHABLE
 from .._core.keys import GROUP, EventKeys, WorkflowKeys, instances
 from .._core.wire import text
 from .catalog import event_names, workflow_names
 from .heartbeat import FORGET_AFTER, HEARTBEAT
+
+Report = TypeVar("Report", "Health", "Readiness")
 
 LIVE_BEATS = 3
 """An instance is live while its last heartbeat is at most this many periods old."""
@@ -35,8 +46,8 @@ LAG_CAP = 10_000
 """Longest range counted when Redis cannot tell a group's lag itself."""
 STALL_SAMPLE = 1_000
 """Most stalled entries counted per group."""
-WF = ("jobs", "dead")
-EV = ("stream", "dead")
+BATCH = 200
+"""Queues looked at by one pipeline."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,10 +100,11 @@ class Health:
     """A health report, from :meth:`RedisWorkflowProvider.health` or ``plait health``.
 
     Attributes:
-        ok: Redis answered and no queue has stalled or long-waiting entries.
+        ok: Redis answered, the report was read within its bound, and no queue has stalled
+            or long-waiting entries (and, in a provider's report, the provider is alive).
         reachable: Redis answered.
         latency_ms: the round trip of a ``PING``, in milliseconds (None when unreachable).
-        queues: every workflow and event stream under the prefix, by kind and name.
+        queues: every workflow and event of the registry, by kind and name.
         instances: providers that sent a heartbeat in the last few minutes.
         problems: why the report is not ok, one sentence each.
         checked_at: when the report was made.
@@ -128,7 +140,56 @@ class Health:
         return data  # type: ignore[no-any-return]
 
 
-def with_liveness(report: Health, problem: str | None) -> Health:
+@dataclass(frozen=True, kw_only=True)
+class Readiness:
+    """Whether an instance may take traffic, from ``provider.readiness()``.
+
+    Attributes:
+        ok: the instance is alive and Redis answered a ``PING`` within the bound.
+        reachable: Redis answered.
+        latency_ms: the round trip of the ``PING``, in milliseconds (None when unreachable).
+        problems: why it is not ready, one sentence each.
+        checked_at: when it was checked.
+        alive: the provider's liveness (``provider.alive``); None without a provider
+            (:func:`check_readiness`).
+    """
+
+    ok: bool
+    reachable: bool
+    latency_ms: float | None
+    problems: tuple[str, ...] = ()
+    checked_at: datetime = field(default_factory=lambda: datetime.now(tz=UTC))
+    alive: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer as JSON-able data (times in ISO 8601)."""
+        return _jsonable(asdict(self))  # type: ignore[no-any-return]
+
+
+async def check_readiness(client: Any, *, timeout: float = 5.0) -> Readiness:
+    """Whether Redis answers a ``PING`` within ``timeout`` seconds (never raises).
+
+    One round trip: it reads nothing under the prefix, so neither the size of the keyspace
+    nor any backlog changes the answer.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            began = time.perf_counter()
+            await client.ping()
+            latency = (time.perf_counter() - began) * 1000
+    except UNREACHABLE as error:
+        return Readiness(ok=False, reachable=False, latency_ms=None, problems=(_why(error),))
+    return Readiness(ok=True, reachable=True, latency_ms=round(latency, 3))
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, REFUSED_CREDENTIALS):
+        return f"Redis refused the credentials: {error}"
+    reason = "timed out" if isinstance(error, TimeoutError) else str(error)
+    return f"Redis unreachable: {reason or type(error).__name__}"
+
+
+def with_liveness(report: Report, problem: str | None) -> Report:
     """``report`` as a provider gives it: ``alive`` when ``problem`` is None, else not alive and
     not ok, with ``problem`` (why it is not alive) added to its problems."""
     if problem is None:
@@ -156,7 +217,7 @@ async def check_health(
     max_wait: float = 60.0,
     timeout: float = 5.0,
 ) -> Health:
-    """Read the health of everything stored under ``prefix``.
+    """Read the backlog report of everything the registry names under ``prefix``.
 
     Args:
         client: a ``redis.asyncio.Redis`` (or the ``memory://`` fake).
@@ -164,25 +225,36 @@ async def check_health(
         stalled_after: seconds without a lease renewal after which a pending entry is stalled
             (use about twice the providers' ``stall_timeout``).
         max_wait: seconds the oldest unread entry of a group may wait before health is not ok.
-        timeout: seconds the whole check may take before Redis counts as unreachable.
+        timeout: seconds the whole check may take. Redis counts as unreachable when its
+            ``PING`` takes that long; a report not read in that time is returned as far as it
+            got, not ok, saying so.
 
     Returns:
         The report; an unreachable Redis gives ``ok=False, reachable=False`` (never raises).
     """
+    began = time.perf_counter()
+    ready = await check_readiness(client, timeout=timeout)
+    if not ready.reachable:
+        return Health(ok=False, reachable=False, latency_ms=None, problems=ready.problems)
+    reader = _Reader(client, prefix, stalled_after, max_wait)
     try:
-        with anyio.fail_after(timeout):
-            began = time.perf_counter()
-            await client.ping()
-            latency = (time.perf_counter() - began) * 1000
-            return await _Reader(client, prefix, stalled_after, max_wait).read(latency)
+        with anyio.move_on_after(timeout - (time.perf_counter() - began)) as bound:
+            await reader.read()
     except UNREACHABLE as error:
-        reason = "timed out" if isinstance(error, TimeoutError) else str(error)
-        return Health(
-            ok=False,
-            reachable=False,
-            latency_ms=None,
-            problems=(f"Redis unreachable: {reason or type(error).__name__}",),
+        return Health(ok=False, reachable=False, latency_ms=None, problems=(_why(error),))
+    if bound.cancelled_caught:
+        reader.problems.append(
+            f"backlog report incomplete: not read within {timeout:g}s "
+            f"({len(reader.queues)} queues read; Redis answered PING in {ready.latency_ms} ms)"
         )
+    return Health(
+        ok=not reader.problems,
+        reachable=True,
+        latency_ms=ready.latency_ms,
+        queues=tuple(reader.queues),
+        instances=reader.instances,
+        problems=tuple(reader.problems),
+    )
 
 
 class _Reader:
@@ -195,29 +267,53 @@ class _Reader:
         self._max_wait = timedelta(seconds=max_wait)
         self._now_ms = 0
         self.problems: list[str] = []
+        self.queues: list[QueueHealth] = []
+        self.instances: tuple[InstanceHealth, ...] = ()
 
-    async def read(self, latency_ms: float) -> Health:
+    async def read(self) -> None:
+        """Fill :attr:`instances`, then :attr:`queues` a batch at a time (a report cut short by
+        its bound keeps what was read)."""
         seconds, micros = await self._client.time()
         self._now_ms = int(seconds) * 1000 + int(micros) // 1000
-        client, prefix = self._client, self._prefix
-        queues = [
-            *[await self._workflow(name) for name in await workflow_names(client, prefix, *WF)],
-            *[await self._event(name) for name in await event_names(client, prefix, *EV)],
-        ]
-        heartbeats = await self._instances()
-        return Health(
-            ok=not self.problems,
-            reachable=True,
-            latency_ms=round(latency_ms, 3),
-            queues=tuple(queues),
-            instances=heartbeats,
-            problems=tuple(self.problems),
-        )
+        self.instances = await self._instances()
+        workflows = await workflow_names(self._client, self._prefix)
+        for at in range(0, len(workflows), BATCH):
+            keys = [WorkflowKeys(self._prefix, name) for name in workflows[at : at + BATCH]]
+            looks = await self._look([(one.jobs, one.dead) for one in keys])
+            self.queues += [
+                await self._workflow(one, *look) for one, look in zip(keys, looks, strict=True)
+            ]
+        events = await event_names(self._client, self._prefix)
+        for at in range(0, len(events), BATCH):
+            names = [EventKeys(self._prefix, name) for name in events[at : at + BATCH]]
+            looks = await self._look([(one.stream, one.dead) for one in names])
+            self.queues += [
+                await self._event(one, *look) for one, look in zip(names, looks, strict=True)
+            ]
 
-    async def _workflow(self, name: str) -> QueueHealth:
-        keys = WorkflowKeys(self._prefix, name)
-        length = int(await self._client.xlen(keys.jobs))
-        infos = await self._groups(keys.jobs)
+    async def _look(self, streams: list[tuple[str, str]]) -> list[tuple[int, list[Any], int]]:
+        """Length, groups and dead letters of each (stream, dead-letter stream), in one
+        pipeline: an idle queue costs no other command."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream, dead in streams:
+                pipe.xlen(stream)
+                pipe.xinfo_groups(stream)
+                pipe.xlen(dead)
+            replies = await pipe.execute(raise_on_error=False)
+        looks = []
+        for at in range(0, len(replies), 3):
+            length, infos, dead = replies[at : at + 3]
+            for reply in (length, dead):
+                if isinstance(reply, Exception):  # a key of another type
+                    raise reply
+            # XINFO GROUPS fails on a stream that does not exist (only dead letters are left).
+            groups = [] if isinstance(infos, Exception) else list(infos)
+            looks.append((int(length), groups, int(dead)))
+        return looks
+
+    async def _workflow(
+        self, keys: WorkflowKeys, length: int, infos: list[Any], dead: int
+    ) -> QueueHealth:
         groups = []
         for info in infos:
             if text(info.get("name")) != GROUP:
@@ -236,18 +332,19 @@ class _Reader:
             )
         queue = QueueHealth(
             kind="workflow",
-            name=name,
+            name=keys.workflow,
             length=length,
-            dead_letters=int(await self._client.xlen(keys.dead)),
+            dead_letters=dead,
             groups=tuple(groups),
         )
         self._judge(queue)
         return queue
 
-    async def _event(self, name: str) -> QueueHealth:
-        keys = EventKeys(self._prefix, name)
+    async def _event(
+        self, keys: EventKeys, length: int, infos: list[Any], dead: int
+    ) -> QueueHealth:
         groups = []
-        for info in await self._groups(keys.stream):
+        for info in infos:
             lag = info.get("lag")
             if lag is None:
                 last = text(info.get("last-delivered-id") or "0-0")
@@ -258,19 +355,13 @@ class _Reader:
             groups.append(await self._group(keys.stream, info, lag=int(lag), retry_key=retry_key))
         queue = QueueHealth(
             kind="event",
-            name=name,
-            length=int(await self._client.xlen(keys.stream)),
-            dead_letters=int(await self._client.xlen(keys.dead)),
+            name=keys.event,
+            length=length,
+            dead_letters=dead,
             groups=tuple(groups),
         )
         self._judge(queue)
         return queue
-
-    async def _groups(self, stream: str) -> list[dict[str, Any]]:
-        try:
-            return list(await self._client.xinfo_groups(stream))
-        except redis_errors.ResponseError:  # no such stream (only dead letters are left)
-            return []
 
     async def _group(
         self, stream: str, info: dict[str, Any], *, lag: int, retry_key: str | None

@@ -40,6 +40,7 @@ from .codec import decode_record, encode_result, outcome_error
 from .handlers import Handlers, wire_error
 from .jobs import ERROR, compensates, display_name
 from .scripts import Corrupt, Deferred, Job, Lost, Refused, RunScripts, Started, StartReply, Taken
+from .waits import parking
 
 logger = logging.getLogger("plait.worker")
 
@@ -91,6 +92,9 @@ class Attempts:
         """
         try:
             if isinstance(started, Started):
+                if job.name in self._handlers.parks:
+                    await self._park(job, started)
+                    return []
                 return await self._attempt(job, started)
             await self._settle(job, started)
         except Exception as error:
@@ -99,6 +103,29 @@ class Attempts:
             fields = {"r": job.run_id, "j": job.name, "t": job.token}
             await self.dead_letter(entry, f"processing failed: {cause_type}: {message}", fields)
         return []
+
+    async def _park(self, job: Job, started: Started) -> None:
+        """Park a wait or sleep; a sleep whose ``until`` raised fails like a step."""
+        try:
+            how = parking(self._handlers, job, started)
+        except Exception as error:
+            await self._record_failure(job, started.attempt, error)
+            return
+        call = self._scripts.call_id()
+        parked = await transition(
+            lambda: self._scripts.park(
+                self._keys,
+                job,
+                call=call,
+                kind=how.kind,
+                due_in_ms=how.due_in_ms,
+                due_at_ms=how.due_at_ms,
+                goes_on=how.goes_on,
+            ),
+            self._keys.workflow,
+        )
+        if parked is not None and parked[0] == "parked":
+            self._on_retry(self._keys.workflow)  # its timeout may be the earliest due time
 
     async def _settle(self, job: Job, started: StartReply) -> None:
         """Record what an entry that did not start means: a lost attempt, a corrupt run, a
@@ -259,7 +286,7 @@ class Attempts:
         handler's thread is followed by ``thread``."""
 
         async def save(value: Any) -> None:
-            text = encode_result(value)
+            text = self._handlers.stored(encode_result(value), "progress")
             call = self._scripts.call_id()
             saved = await transition(
                 lambda: self._scripts.progress(self._keys, job, text, call=call),

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from plait.workflows import (
     RunInfo,
     StepInfo,
+    WaitInfo,
     Workflow,
     WorkflowCancelledError,
     WorkflowConsumer,
@@ -58,8 +59,11 @@ def encode_result(value: Any) -> str:
 
 
 def decode_result(text: str, model: type[Any] | None) -> Any:
-    """Decode a stored result, validated into ``model`` when given."""
+    """Decode a stored result, validated into ``model`` when given (``null`` stays None: a
+    wait that timed out and continued has no payload)."""
     value = json.loads(text)
+    if value is None:
+        return None
     if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
         return model.model_validate(value)
     return value
@@ -147,7 +151,35 @@ def run_info(run_id: str, workflow: str, record: Mapping[str, str]) -> RunInfo:
         completion_order=tuple(filter(None, record.get("order", "").split(","))),
         error=_error(record.get("err")),
         rollback_errors=tuple(rollback_errors(record)),
+        waits=waits_of(record),
+        starts_at=_time(record.get("sat")),
     )
+
+
+def waits_of(record: Mapping[str, str]) -> dict[str, WaitInfo]:
+    """The waits and sleeps of a run record that were reached or got a signal."""
+    names = [name for name in record.get("sigs", "").split(",") if name]
+    names += [field[:-3] for field in record if field.endswith("|wk") and field[:-3] not in names]
+    waits = {}
+    for name in names:
+        kind, st = record.get(f"{name}|wk"), record.get(f"{name}|st")
+        signal_id = record.get(f"{name}|sg")
+        if kind is None:  # not reached yet
+            if signal_id is None:
+                continue
+            state, since = "pending", record.get(f"{name}|s0")
+        else:
+            state = "cancelled" if st == "cancelled" else record.get(f"{name}|ws", "waiting")
+            since = record.get(f"{name}|w0")
+        waits[name] = WaitInfo(
+            name=name,
+            kind=kind or "signal",
+            state=state,
+            since=_time(since),
+            due=_time(record.get(f"{name}|wd")),
+            signal_id=signal_id,
+        )
+    return waits
 
 
 def _state(stored: str) -> str:

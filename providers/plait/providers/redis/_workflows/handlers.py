@@ -19,7 +19,9 @@ from plait.workflows import (
     InvalidStoredInputError,
     ResultNotSerializableError,
     RetryPolicy,
+    Sleep,
     StepContext,
+    Wait,
     WorkflowConsumer,
     WorkflowContext,
     WorkflowError,
@@ -27,6 +29,7 @@ from plait.workflows import (
 )
 
 from .._core.calls import Straggler, invoke
+from .._core.payload import DEFAULT_MAX_PAYLOAD, UnstorableError, check_size
 from .codec import decode_result, encode_result
 from .jobs import COMPLETE, ERROR, error_step_name, is_step, rollback_of, step_of
 from .scripts import Job, Started
@@ -35,15 +38,26 @@ from .scripts import Job, Started
 class Handlers:
     """Calls the handlers of one consumer and judges their outcomes."""
 
-    def __init__(self, consumer: WorkflowConsumer[Any, Any], default_retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        consumer: WorkflowConsumer[Any, Any],
+        default_retry: RetryPolicy,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        events: Any = None,
+    ) -> None:
         self.consumer = consumer
+        self._max_payload = max_payload
+        self._emit = events.emit if events is not None else None
         self.definition = consumer.definition
         self._default_retry = default_retry
         self._outputs = {step.name: step.output for step in self.definition.steps}
+        self.parks: dict[str, Wait | Sleep] = {step.name: step for step in self.definition.parks}
+        """The waits and sleeps, which plait parks instead of calling a handler."""
         self._timeouts = {
             step.name: step.timeout.total_seconds()
             for step in self.definition.steps
-            if step.timeout is not None
+            if step.timeout is not None and step.name not in self.parks
         }
 
     def knows(self, job: str) -> bool:
@@ -51,7 +65,7 @@ class Handlers:
         step = rollback_of(job)
         if step is not None:
             return step in self._outputs
-        return job in self.consumer.steps or job in (COMPLETE, ERROR)
+        return job in self.consumer.steps or job in (COMPLETE, ERROR) or job in self.parks
 
     def policy(self, job: str) -> RetryPolicy:
         """The retry policy of a job: its step's, its rollback's, or the provider default."""
@@ -100,6 +114,7 @@ class Handlers:
                 if started.deadline_ms
                 else None
             ),
+            "emit": self._emit,
         }
         if job.name in (COMPLETE, ERROR):
             return WorkflowContext(**common)
@@ -149,11 +164,25 @@ class Handlers:
             return self._step_result(job, value)
         return "null"  # on_error and rollbacks return nothing
 
+    def stored(self, text: str, what: str) -> str:
+        """``text`` (a result or progress as JSON), refused when over ``max_payload_bytes``.
+
+        Raises:
+            ResultNotSerializableError: ``text`` is too large to store.
+        """
+        size = len(text) if text.isascii() else len(text.encode(errors="surrogatepass"))
+        try:
+            check_size(size, what, self._max_payload)
+        except UnstorableError as error:
+            raise ResultNotSerializableError(str(error)) from None
+        return text
+
     def _step_result(self, job: str, value: Any) -> str:
         try:
-            return encode_result(value)
+            text = encode_result(value)
         except TypeError as error:
             raise ResultNotSerializableError(f"step {job!r}: {error}") from None
+        return self.stored(text, f"the result of step {job!r}")
 
     def _complete_result(self, value: Any) -> str:
         output = self.definition.output
@@ -165,9 +194,10 @@ class Handlers:
                     f"on_complete result does not validate as {output.__name__}: {error}"
                 ) from None
         try:
-            return encode_result(value)
+            text = encode_result(value)
         except TypeError as error:
             raise ResultNotSerializableError(f"on_complete: {error}") from None
+        return self.stored(text, "the result of on_complete")
 
 
 def wire_error(

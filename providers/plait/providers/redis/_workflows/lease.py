@@ -13,13 +13,13 @@ import logging
 import threading
 from typing import Any
 
-import fakeredis
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 
 from plait.workflows._errors import describe_exception
 
+from .._core import memory
 from .._core.connection import Connection
 from .._core.keys import GROUP
 
@@ -72,8 +72,8 @@ def sync_client(connection: Connection) -> Any:
     """A synchronous client on the same server or cluster as ``connection`` (for the lease
     thread), with the same credentials and TLS settings."""
     client: Any = connection.client
-    if isinstance(client, fakeredis.FakeAsyncRedis):
-        return fakeredis.FakeRedis(server=client.connection_pool.connection_kwargs["server"])
+    if memory.is_embedded(client):
+        return memory.sync_twin(client)
     if isinstance(client, AsyncRedisCluster):
         settings = client.connection_kwargs
         node = client.get_nodes()[0]

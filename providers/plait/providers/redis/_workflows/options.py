@@ -13,6 +13,8 @@ from typing import Any, TypedDict
 
 from plait.workflows import RetryPolicy
 
+from .._core.payload import DEFAULT_MAX_PAYLOAD
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkflowProviderOptions:
@@ -40,14 +42,23 @@ class WorkflowProviderOptions:
     reconcile_interval: timedelta = timedelta(seconds=30)
     """How often the reconciler looks for runs that cannot advance by themselves (one
     instance at a time does a pass)."""
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    """The largest payload stored, in bytes of JSON (default 2 MiB): a larger input is refused
+    with ``InvalidInputError`` before anything is written; a larger step or on_complete result
+    or progress fails the attempt as ``plait.ResultNotSerializable``."""
     tracer_provider: Any = None
     """The OpenTelemetry tracer provider (default: the global one)."""
     meter_provider: Any = None
     """The OpenTelemetry meter provider (default: the global one)."""
+    events: Any = None
+    """An event provider (``RedisEventProvider``) that steps and hooks emit through with
+    ``await ctx.emit(event, data)`` (None: ``ctx.emit`` raises ``RuntimeError``)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.max_payload_bytes < 1:
+            raise ValueError("max_payload_bytes must be >= 1")
         if self.retry is None:  # an explicit ``retry=None`` means the default policy
             object.__setattr__(self, "retry", RetryPolicy())
 
@@ -65,5 +76,7 @@ class WorkflowProviderKeywords(TypedDict, total=False):
     shutdown_timeout: timedelta
     connect_timeout: timedelta
     reconcile_interval: timedelta
+    max_payload_bytes: int
     tracer_provider: Any
     meter_provider: Any
+    events: Any

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -45,8 +45,10 @@ from .._core.schedules import (
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
+from .._core.watchdog import check_round_trip
 from .._core.wire import default_provider_id
-from .._ops.health import Health, check_health, with_liveness
+from .._ops.catalog import Enrollment
+from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .codec import canonical_json, caps_of, input_hash, limits_of, new_run_id, plan_of
 from .flow import debounce_of, per_key_of
@@ -58,6 +60,7 @@ from .runs import Runs
 from .schedules import WorkflowFiring, workflow_schedules, workflow_spec
 from .scripts import RunScripts
 from .timers import Timers
+from .waits import Signals, signal_names, start_of
 from .worker import Worker
 
 logger = logging.getLogger("plait.provider")
@@ -95,7 +98,8 @@ class RedisWorkflowProvider:
         **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
-            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``); the provider
+            ``reconcile_interval``, ``tracer_provider``, ``meter_provider``, ``events``: an
+            event provider for ``ctx.emit``); the provider
             keeps them as :attr:`options`.
     """
 
@@ -137,8 +141,17 @@ class RedisWorkflowProvider:
             self._connection, owner=self.provider_id, period=opts.stall_timeout.total_seconds() / 4
         )
         self._definitions: dict[str, Workflow[Any, Any]] = {}
+        self._signals = Signals(
+            self._connection,
+            self._scripts,
+            self._definitions,
+            prefix=opts.prefix,
+            connect_timeout=opts.connect_timeout.total_seconds(),
+            max_payload=opts.max_payload_bytes,
+        )
         self._supervisor = Supervisor(
             self._connection,
+            prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=WORKFLOW_KINDS,
         )
@@ -157,6 +170,7 @@ class RedisWorkflowProvider:
         self._scheduler = Scheduler(self._schedule_store, firing)
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
+        self._enrollment = Enrollment(self._connection.client, opts.prefix)
 
     @classmethod
     def from_url(cls, url: str, **options: Unpack[WorkflowProviderKeywords]) -> Self:
@@ -183,6 +197,11 @@ class RedisWorkflowProvider:
         """This instance's name in consumer groups, heartbeats and errors."""
         assert self.options.provider_id is not None  # resolved in __init__
         return self.options.provider_id
+
+    @property
+    def registered(self) -> tuple[str, ...]:
+        """The workflows whose steps this instance runs, in registration order."""
+        return tuple(self._workers)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -254,9 +273,13 @@ class RedisWorkflowProvider:
             tg.start_soon(self._heartbeat.serve)
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
+            await self._enroll(list(self._workers))
             tg.start_soon(self._scheduler.serve)
             for worker in self._workers.values():
                 await tg.start(self._run_worker, worker)
+            if self._workers:
+                stall = self.options.stall_timeout.total_seconds()
+                tg.start_soon(check_round_trip, self._connection.client, stall, self.provider_id)
             self._runs.open()
             task_status.started()
             try:
@@ -276,6 +299,15 @@ class RedisWorkflowProvider:
         left = sum(worker.running for worker in self._workers.values())
         if left:
             logger.warning("%s: %d running steps left to be reclaimed", self.provider_id, left)
+
+    async def _enroll(self, names: list[str]) -> None:
+        """Add ``names`` to the registry of workflows (``_ops/catalog.py``)."""
+        await call_until(
+            lambda: self._enrollment.workflows(names),
+            timeout=self.options.connect_timeout.total_seconds(),
+            what="start",
+            kinds=WORKFLOW_KINDS,
+        )
 
     async def _run_worker(
         self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
@@ -299,7 +331,12 @@ class RedisWorkflowProvider:
         worker = Worker(
             self._connection,
             self._scripts,
-            Handlers(consumer, self.options.retry),
+            Handlers(
+                consumer,
+                self.options.retry,
+                max_payload=self.options.max_payload_bytes,
+                events=self.options.events,
+            ),
             options=self.options,
             caps=caps_of(consumer),
             leases=self._leases,
@@ -309,8 +346,8 @@ class RedisWorkflowProvider:
         self._workers[name] = worker
         self._definitions[name] = consumer.definition
         self._timers.watch(name)
-        if self._tg is not None:
-            self._tg.start_soon(self._run_worker, worker)
+        if self._tg is not None:  # started: enroll it beside its worker's start
+            self._tg.start_soon(self._enrollment.alongside, name, lambda: self._run_worker(worker))
 
     # -- executing ---------------------------------------------------------------------------
 
@@ -322,6 +359,8 @@ class RedisWorkflowProvider:
         idempotency_key: str | None = None,
         timeout: timedelta | None = None,
         meta: Mapping[str, str] | None = None,
+        start_at: datetime | None = None,
+        delay: timedelta | None = None,
         concurrency_key: str | None = None,
         debounce: timedelta | None = None,
         debounce_key: str | None = None,
@@ -341,6 +380,10 @@ class RedisWorkflowProvider:
             timeout: the run's deadline, counted from now (default: ``default_timeout``).
             meta: string pairs carried to every step, with ``correlation_id`` and
                 ``traceparent``.
+            start_at: start the run at this (aware) time instead of now, on Redis's clock.
+                The run is created now, PENDING (so its idempotency key holds at once), and
+                parked until then; its ``timeout`` counts from its start.
+            delay: start the run this long from now (the same, relative).
             concurrency_key: the run's concurrency key (default: the workflow's
                 ``concurrency_key`` of the input, if it has one): at most the workflow's
                 ``per_key_limit`` runs of one key are live at once, across all instances.
@@ -367,7 +410,9 @@ class RedisWorkflowProvider:
         try:
             model = definition.input.model_validate(data)
             canonical = stored_json(
-                lambda: canonical_json(model.model_dump(mode="json")), "the input"
+                lambda: canonical_json(model.model_dump(mode="json")),
+                "the input",
+                limit=self.options.max_payload_bytes,
             )
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
@@ -378,6 +423,11 @@ class RedisWorkflowProvider:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
             raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
+        start_in_ms, start_at_ms = start_of(name, start_at, delay)
+        if (start_in_ms or start_at_ms) and (per_key is not None or quiet is not None):
+            raise InvalidInputError(
+                name, "a delayed start does not go with a concurrency key or debounce="
+            )
         run_id = new_run_id(name)
         deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
@@ -396,10 +446,18 @@ class RedisWorkflowProvider:
             }
             if quiet is None:
                 ikey = idempotency_key or ""
+                signals = signal_names(definition)
 
                 def call() -> Any:
                     return self._scripts.execute(
-                        keys, run_id, idempotency_key=ikey, per_key=per_key, **common
+                        keys,
+                        run_id,
+                        idempotency_key=ikey,
+                        start_in_ms=start_in_ms,
+                        start_at_ms=start_at_ms,
+                        signals=signals,
+                        per_key=per_key,
+                        **common,
                     )
             else:
                 dkey, quiet_ms, max_wait_ms = quiet
@@ -414,11 +472,14 @@ class RedisWorkflowProvider:
                         **common,
                     )
 
-            outcome, found, earliest = await call_until(
-                call,
-                timeout=self.options.connect_timeout.total_seconds(),
-                what=f"execute {name}",
-                kinds=WORKFLOW_KINDS,
+            outcome, found, earliest = await self._enrollment.alongside(
+                name,
+                lambda: call_until(
+                    call,
+                    timeout=self.options.connect_timeout.total_seconds(),
+                    what=f"execute {name}",
+                    kinds=WORKFLOW_KINDS,
+                ),
             )
         if outcome == "created":
             self._telemetry.runs_started.add(1, {"plait.workflow": name})
@@ -426,10 +487,10 @@ class RedisWorkflowProvider:
             raise IdempotencyConflictError(idempotency_key or "", found)
         if outcome == "busy":
             raise ConcurrencyKeyBusyError(name, found)
-        if deadline or quiet is not None:
+        if deadline or start_in_ms or start_at_ms or quiet is not None:
             self._timers.watch(name)
         # the timer may be asleep until a later time: it must see this deadline (or start)
-        if earliest or (quiet is not None and outcome == "created"):
+        if earliest or start_in_ms or start_at_ms or (quiet is not None and outcome == "created"):
             self._timers.wake(name)
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
@@ -496,6 +557,7 @@ class RedisWorkflowProvider:
             catchup_window=catchup_window,
             timeout=timeout,
             meta=meta,
+            limit=self.options.max_payload_bytes,
         )
         self._definitions.setdefault(definition.name, definition)
         info = await self.schedules.put(schedule_id, spec)
@@ -507,6 +569,48 @@ class RedisWorkflowProvider:
         self._timers.watch(workflow)
         if earliest:
             self._timers.wake(workflow)
+
+    async def signal(
+        self,
+        target: str | Workflow[Any, Any],
+        name: str,
+        data: Any = None,
+        *,
+        signal_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send signal ``name`` to a run's wait of that name, from any instance.
+
+        ``signal(run_id, "approval", Approval(...))`` names the run;
+        ``signal(workflow, "approval", data, idempotency_key="order-42")`` names the run by the
+        idempotency key it was executed with (what a webhook knows). The payload, validated as
+        the wait's ``data`` model when the workflow is known here (passed, executed or
+        registered on this instance), becomes the wait's result. A signal that comes before
+        its run reaches the wait is kept and taken when it does.
+
+        Args:
+            target: the run id, or the workflow (with ``idempotency_key``).
+            name: the wait's name.
+            data: the payload (a model instance or a mapping for it).
+            signal_id: names this signal: the same id again is a no-op (default: a new one).
+            idempotency_key: the run's idempotency key, with ``target`` a workflow.
+
+        Returns:
+            True when this call delivered the signal (or kept it for its wait), False when a
+            signal with the same ``signal_id`` already was.
+
+        Raises:
+            SignalRefusedError: too late: the run ended or is compensating, the wait timed
+                out, or it got another signal; nothing changed.
+            InvalidInputError: the run has no wait ``name``, or ``data`` does not validate
+                (nothing is written).
+            RunNotFoundError: no such run (or no run owns the key).
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        self._check_started()
+        return await self._signals.signal(
+            target, name, data, signal_id=signal_id, idempotency_key=idempotency_key
+        )
 
     async def get_handle(
         self, run_id: str, workflow: Workflow[Any, OutputT] | None = None
@@ -562,10 +666,11 @@ class RedisWorkflowProvider:
         )
 
     async def health(self) -> Health:
-        """Redis reachability and latency, queues, dead letters and live instances.
+        """The backlog report: Redis reachability and latency, the queues and dead letters of
+        every workflow and event of the registry, and the live instances.
 
-        Covers every workflow and event under this provider's prefix (see
-        :func:`~plait.providers.redis._ops.health.check_health`), and this instance's own
+        For alerting, not for probes (see :meth:`readiness`); read within ``connect_timeout``
+        (see :func:`~plait.providers.redis._ops.health.check_health`), with this instance's own
         liveness (``alive``, see :attr:`alive`: a report of an instance that is not alive is
         not ok). An unreachable Redis gives a report with ``ok=False`` rather than an error.
 
@@ -580,6 +685,18 @@ class RedisWorkflowProvider:
                 stalled_after=2 * self.options.stall_timeout.total_seconds(),
                 timeout=self.options.connect_timeout.total_seconds(),
             )
+        return with_liveness(report, self._problem())
+
+    async def readiness(self) -> Readiness:
+        """Whether this instance may take traffic: it is :attr:`alive` and Redis answers a
+        ``PING`` within ``connect_timeout``.
+
+        One round trip and no read under the prefix, so no backlog (see :meth:`health`) and no
+        size of the keyspace changes the answer: the readiness probe of an API pod that only
+        emits. Never raises.
+        """
+        timeout = self.options.connect_timeout.total_seconds()
+        report = await check_readiness(self._connection.client, timeout=timeout)
         return with_liveness(report, self._problem())
 
     @property

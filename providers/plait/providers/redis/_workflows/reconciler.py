@@ -4,6 +4,7 @@ An entry lost from a stream, a retry missing from the delayed set, a finished gr
 compensation step that did not advance, a deadline no timer will see: each is repaired by one
 Lua call per run (``run_reconcile.lua``), which also forgets runs that already ended. Every
 instance runs a pass now and then, behind a short Redis lock so one instance at a time does it.
+A pass looks at the workflows of the registry (``_ops/catalog.py``), never scans the keyspace.
 
 A pass reads each workflow's live runs oldest first, a page at a time, and looks at no more
 than ``pass_limit`` of them: the next pass of this instance goes on where it stopped, and
@@ -25,8 +26,8 @@ from plait.workflows._errors import describe_exception
 
 from .._core.connection import Connection
 from .._core.errors import CONNECTION_ERRORS
-from .._core.keys import WorkflowKeys, active_pattern, reconcile_lock, runs_pattern, workflow_of_key
-from .._core.wire import lenient_text
+from .._core.keys import WorkflowKeys, reconcile_lock, workflow_of_key
+from .._ops.catalog import workflow_names
 from .scripts import RunScripts
 
 # The reconciler has always logged as "plait.timers"; logging configs may name it.
@@ -111,16 +112,18 @@ class Reconciler:
         tally = _Tally()
         seconds, micros = await self._client.time()  # scores are Redis ms: compare with its clock
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        async for raw in self._client.scan_iter(match=runs_pattern(self._prefix), count=500):
+        names = await workflow_names(self._client, self._prefix)
+        for name in names:
             # The run index keeps ids a little longer than the runs themselves live.
+            key = WorkflowKeys(self._prefix, name).runs
             try:
                 await self._client.zremrangebyscore(
-                    raw, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
+                    key, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
                 )
             except redis_errors.ResponseError as error:  # a key of another type: left alone
-                logger.error("reconciler: %s cannot be trimmed: %s", lenient_text(raw), error)
-        async for raw in self._client.scan_iter(match=active_pattern(self._prefix), count=500):
-            key = lenient_text(raw)
+                logger.error("reconciler: %s cannot be trimmed: %s", key, error)
+        for name in names:
+            key = WorkflowKeys(self._prefix, name).active
             try:
                 await self._walk(key, now_ms - self._min_age_ms, tally)
             except redis_errors.ResponseError as error:  # one broken index must not stop the pass

@@ -141,14 +141,20 @@ class Runs:
         """Snapshot of the run."""
         return run_info(run_id, workflow, await self.record(workflow, run_id))
 
-    async def watch_run(self, workflow: str, run_id: str) -> AsyncIterator[RunEvent]:
-        """The run's events from its start, then live, until ``finished``.
+    async def watch_run(
+        self, workflow: str, run_id: str, *, after: str | None = None
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events from its start (or after the event ``after``), then live, until
+        ``finished``.
 
         Keeps waiting while Redis is unreachable, like :meth:`run_result`.
+
+        Raises:
+            ValueError: ``after`` is not an event id.
         """
         keys = self.keys(workflow)
+        last = b"0-0" if after is None else _event_id(after)
         await self.record(workflow, run_id)
-        last = b"0-0"
         while True:
             self._check_open()
             with translated(WORKFLOW_KINDS, f"watch run {run_id}"):
@@ -204,6 +210,13 @@ class Runs:
             raise ProviderClosedError("the workflow provider is stopped")
 
 
+def _event_id(text: str) -> bytes:
+    millis, dash, sequence = text.partition("-")
+    if not (millis.isdigit() and dash and sequence.isdigit()):
+        raise ValueError(f"not a run event id: {text!r}")
+    return text.encode()
+
+
 def _run_event(entry: bytes, fields: Mapping[bytes, bytes]) -> RunEvent:
     kind = fields.get(b"k", b"").decode()
     job = fields.get(b"j", b"").decode()
@@ -218,6 +231,10 @@ def _run_event(entry: bytes, fields: Mapping[bytes, bytes]) -> RunEvent:
         data["status"] = raw
     elif kind == "compensating":
         data["reason"] = raw
+    elif kind in ("wait.signalled", "wait.kept") and raw:
+        data["signal_id"] = raw
+    elif kind == "wait.waiting" and raw:
+        data["due"] = datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
     millis = int(entry.split(b"-")[0])
     return RunEvent(
         kind=kind,
@@ -225,4 +242,5 @@ def _run_event(entry: bytes, fields: Mapping[bytes, bytes]) -> RunEvent:
         attempt=int(attempt) if attempt else None,
         at=datetime.fromtimestamp(millis / 1000, tz=UTC),
         data=data,
+        id=entry.decode(),
     )

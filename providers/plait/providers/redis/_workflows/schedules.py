@@ -99,8 +99,10 @@ def workflow_spec(
     catchup_window: timedelta,
     timeout: timedelta | None,
     meta: Mapping[str, str] | None,
+    limit: int,
 ) -> StoredSchedule:
-    """The stored spec of a schedule of ``definition`` (checked: a bad argument raises).
+    """The stored spec of a schedule of ``definition`` (checked: a bad argument raises; the
+    input is at most ``limit`` bytes).
 
     Raises:
         InvalidInputError: ``data`` does not validate, or ``meta`` is not string pairs.
@@ -123,7 +125,9 @@ def workflow_spec(
     name = definition.name
     try:
         model = definition.input.model_validate(data)
-        canonical = stored_json(lambda: canonical_json(model.model_dump(mode="json")), "the input")
+        canonical = stored_json(
+            lambda: canonical_json(model.model_dump(mode="json")), "the input", limit=limit
+        )
         user_meta = {} if meta is None else check_meta(meta)
     except (ValidationError, UnstorableError) as error:
         raise InvalidInputError(name, str(error)) from None

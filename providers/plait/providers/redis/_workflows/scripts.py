@@ -152,6 +152,8 @@ class RunScripts:
         self._retry = register(client, "run_retry", "run_lib")
         self._reconcile = register(client, "run_reconcile", "run_lib")
         self._dead_letter = register(client, "run_dead_letter")
+        self._wait = register(client, "run_wait", "run_lib")
+        self._signal = register(client, "run_signal", "run_lib")
 
     def call_id(self) -> str:
         """A new call id: make one per transition, before its retry loop, and resend with it."""
@@ -170,19 +172,26 @@ class RunScripts:
         timeout_ms: int,
         retention_ms: int,
         limits_json: str = "",
+        start_in_ms: int = 0,
+        start_at_ms: int = 0,
+        signals: str = "",
         per_key: tuple[str, int, str] | None = None,
     ) -> tuple[str, str, bool]:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told).
 
-        ``per_key`` is (concurrency key, its limit, its strategy); the outcome ``busy`` says
-        ``reject_new`` found the key's runs all live (the run id is then the key)."""
-        args: list[str | int] = [keys.base, run_id, idempotency_key, input_hash, input_json]
+        ``start_in_ms`` / ``start_at_ms`` (Redis ms) delay its start; ``signals`` names its
+        signal waits (",a,b,"). ``per_key`` is (concurrency key, its limit, its strategy); the
+        outcome ``busy`` says ``reject_new`` found the key's runs all live (the run id is then
+        the key)."""
+        args: list[Any] = [keys.base, run_id, idempotency_key, input_hash, input_json]
         args += [meta_json, plan_json]
         declared = _run_keys(keys, run_id)
         if idempotency_key:
             declared.append(keys.idempotency(idempotency_key))
         args += [timeout_ms, retention_ms, limits_json]
+        if start_in_ms or start_at_ms or signals or per_key is not None:
+            args += [start_in_ms, start_at_ms, signals]
         if per_key is not None:
             declared += [keys.key_running(per_key[0]), keys.key_queue(per_key[0])]
             args += list(per_key)
@@ -325,6 +334,41 @@ class RunScripts:
         )
         outcome = text(reply[0])
         if outcome == "repaired":
+            self._connection.kick(keys.jobs)
+        return outcome, text(reply[1])
+
+    async def park(
+        self,
+        keys: WorkflowKeys,
+        job: Job,
+        *,
+        call: str,
+        kind: str,
+        due_in_ms: int = -1,
+        due_at_ms: int = 0,
+        goes_on: bool = False,
+    ) -> tuple[str, str, int]:
+        """Park a started wait or sleep: ("parked", status, due ms or -1) | ("ok", status, -1)
+        (it went on at once) | ("stale", "", -1)."""
+        args: list[Any] = [keys.base, job.run_id, job.name, job.token, job.entry, kind]
+        args += [due_in_ms, due_at_ms, "1" if goes_on else "", call]
+        reply = await self._connection.run(self._wait, keys=_run_keys(keys, job.run_id), args=args)
+        self._connection.kick(keys.jobs)
+        due = int(reply[2]) if len(reply) > 2 else -1
+        return text(reply[0]), text(reply[1]), due
+
+    async def signal(
+        self, keys: WorkflowKeys, run_id: str, name: str, *, signal_id: str, data: str
+    ) -> tuple[str, str]:
+        """Deliver (or keep) a signal: ("delivered" | "kept" | "duplicate" | "refused" |
+        "nowait" | "unknown", status or why)."""
+        reply = await self._connection.run(
+            self._signal,
+            keys=_run_keys(keys, run_id),
+            args=[keys.base, run_id, name, signal_id, data],
+        )
+        outcome = text(reply[0])
+        if outcome == "delivered":
             self._connection.kick(keys.jobs)
         return outcome, text(reply[1])
 

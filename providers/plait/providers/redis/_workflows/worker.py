@@ -157,9 +157,11 @@ class Worker:
                     await self._slot_freed.wait()
                     continue
                 if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self._stall / 2
                     await self._measure_depth()
                     entries = await self._reclaim(free)
+                    # Counted from the pass's end: a pass slower than stall/2 (a long round
+                    # trip) still leaves the reads their time, so the worker is slow, not stuck.
+                    next_reclaim = time.monotonic() + self._stall / 2
                 else:
                     # An idle read waits no longer than the next reclaim pass is due.
                     wait = min(max(next_reclaim - time.monotonic(), 0.01), _READ_WAIT)

@@ -5,9 +5,11 @@
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
 -- ARGV[10] global limits JSON ('' for none): {cc = running cap, rl = {step = {n, period ms}}}
--- ARGV[11] concurrency key ('' for none)  ARGV[12] runs of the key at once
--- ARGV[13] what a run finding them all running does: queue | cancel_running | reject_new
---   with a concurrency key, the last two KEYS are <base>key:<key>:running and :queue
+-- ARGV[11] start in ms from now (0: now)  ARGV[12] start at, Redis ms (0: now; wins over 11)
+-- ARGV[13] the names of its signal waits, ",a,b," ('' for none)
+-- ARGV[14] concurrency key ('' for none; never with a delayed start)  ARGV[15] runs of the key
+-- at once  ARGV[16] what a run finding them all running does: queue | cancel_running |
+-- reject_new; with a concurrency key, the last two KEYS are <base>key:<key>:running and :queue
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
 --        | {'busy', key} (reject_new: the key's runs are all taken; nothing written)
@@ -21,9 +23,12 @@ local plan = ARGV[7]
 local timeout = tonumber(ARGV[8])
 local retention = ARGV[9]
 local limits = ARGV[10]
+local start_in = tonumber(ARGV[11] or '0') or 0
+local start_at = tonumber(ARGV[12] or '0') or 0
+local sigs = ARGV[13] or ''
 -- (per-key concurrency: a slot still held by a run that ended is freed first, the one write
 -- made before a reject_new answer)
-local pkey, plimit, pmode = ARGV[11] or '', tonumber(ARGV[12] or '0'), ARGV[13] or 'queue'
+local pkey, plimit, pmode = ARGV[14] or '', tonumber(ARGV[15] or '0'), ARGV[16] or 'queue'
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -63,10 +68,17 @@ local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', ikey, 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
   'lim', limits)
-local earliest = timeout > 0 and set_deadline(c, now + timeout)
+if sigs ~= '' then redis.call('HSET', c.r, 'sigs', sigs) end
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)
 event(c, 'run.started', '', '', '')
+local due = start_at > 0 and start_at or (start_in > 0 and now + start_in) or 0
+if due > now then  -- a delayed start: parked until then, its deadline counted from then
+  redis.call('HSET', c.r, 'sat', due, '~start|st', 'parked', '~start|tk', '0')
+  redis.call('ZADD', DELAYED, due, c.run .. '|~start|0')
+  return {'created', c.run, 0}
+end
+local earliest = timeout > 0 and set_deadline(c, now + timeout)
 if pkey ~= '' then
   redis.call('HSET', c.r, 'pk', pkey)
   if held >= plimit then  -- wait for a slot of the key; cancel_running frees the oldest ones

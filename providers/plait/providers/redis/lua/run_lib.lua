@@ -6,7 +6,8 @@
 -- order (completed steps, in completion order), comp (steps still to compensate, next first),
 -- rbact (the compensation job running now), infl (steps still running while compensating),
 -- err (the error that failed the run), result, jobs (every job, in scheduling order), and per
--- job J: J|st (queued running retrying done failed cancelling cancelled), J|at (attempt),
+-- job J: J|st (queued running retrying done failed cancelling cancelled, parked: a wait or
+-- sleep, see the waits section at the end), J|at (attempt),
 -- J|tk (token of the live attempt), J|en (its stream entry), J|ow (owner), J|ci (the call that
 -- started it, then the outcome of the one that completed it), J|t0, J|t1, J|er (last error),
 -- J|pg (progress), J|pc (the call that saved it), J|o<token> (the outcome of the run_fail call
@@ -140,12 +141,17 @@ end
 -- A job put aside by a global limit ("run|job|token" in the waiting or delayed set) may try
 -- to start again, unless it was cancelled or superseded meanwhile. Its run is not declared:
 -- only while here(base) holds.
+-- A parked job (a wait, a sleep, a delayed start) whose time came goes on instead (woke(), in
+-- the waits section at the end).
+local woke
 local function wake(base, member)
   local run, job, tok = string.match(member, '^(.*)|([^|]*)|([^|]*)$')
   if not run then return false end
   local c = ctx(base, run)
   local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|st')
-  if v[1] ~= tok or (v[2] ~= 'retrying' and v[2] ~= 'waiting') then return false end
+  if v[1] ~= tok then return false end
+  if v[2] == 'parked' then return woke(c, job, now_ms()) end
+  if v[2] ~= 'retrying' and v[2] ~= 'waiting' then return false end
   push(c, job, tok)
   return true
 end
@@ -251,7 +257,7 @@ local function spoil(c, what, job)
   for _, j in ipairs(split(redis.call('HGET', c.r, 'jobs'))) do
     local st = redis.call('HGET', c.r, j .. '|st')
     if st == 'queued' or st == 'retrying' or st == 'waiting' or st == 'running'
-        or st == 'cancelling' then
+        or st == 'cancelling' or st == 'parked' then
       redis.call('HSET', c.r, j .. '|st', 'cancelled', j .. '|tk', '')
     end
   end
@@ -339,7 +345,7 @@ local function compensate(c, reason, err, now)
   local infl = 0
   for _, job in ipairs(live) do
     local st = redis.call('HGET', c.r, job .. '|st')
-    if st == 'queued' or st == 'retrying' or st == 'waiting' then
+    if st == 'queued' or st == 'retrying' or st == 'waiting' or st == 'parked' then
       redis.call('HSET', c.r, job .. '|st', 'cancelled', job .. '|tk',
         redis.call('HINCRBY', c.r, 'tok', 1))
     elseif st == 'running' then
@@ -508,4 +514,65 @@ local function start(c, job, tok, entry, owner, call)
   end
   ack(c, entry)
   return {'stale'}
+end
+
+-- ==== Waits, sleeps and delayed starts (run_wait.lua, run_signal.lua, wake()) ================
+-- A wait or a sleep is a step a worker parks (run_wait.lua) instead of running a handler: while
+-- parked, <job>|st = 'parked', and it has no stream entry and holds no running slot. Its fields:
+-- |wk its kind ('signal' or 'sleep'), |ws what became of it (waiting, signalled, timed_out,
+-- woke), |w0 since when (ms), |wd when its timeout (or wake-up) is due, if it has one (then
+-- "run|job|token" is in the delayed set, where the tick finds it: wake()), |wc '1' when a
+-- timeout lets the run continue, |sg the id of the signal it got, and, for a signal that came
+-- before its wait was reached, |sd its payload (|sg its id, |s0 when) until the wait takes it.
+-- The run's 'sigs' holds the names of its signal waits (",a,b,"), 'sat' when a delayed start
+-- is due: the pseudo-job '~start' (never in 'jobs') is parked until then.
+
+-- The parked `job` is over with `result` (JSON, `state` what became of it): done, and the run
+-- advances when it was the last of its group. ready() read the run first.
+local function unpark(c, job, result, state, now, data)
+  local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|at', 'pend')
+  redis.call('ZREM', DELAYED, c.run .. '|' .. job .. '|' .. (v[1] or ''))
+  redis.call('HSET', c.r, job .. '|st', 'done', job .. '|t1', now, job .. '|ws', state)
+  redis.call('HDEL', c.r, job .. '|sd')
+  redis.call('HSET', c.res, job, result)
+  event(c, 'wait.' .. state, job, v[2], data)
+  local pend = (tonumber(v[3] or '') or 1) - 1
+  redis.call('HSET', c.r, 'pend', pend)
+  if pend <= 0 then advance(c, now) end
+end
+
+-- The time of the parked `job` came (from wake(): its run is not declared, here() holds): a
+-- delayed start starts, a sleep wakes, a wait times out (failing and compensating the run,
+-- unless its timeout continues it). Returns whether the run went on.
+woke = function(c, job, now)
+  local status = redis.call('HGET', c.r, 'status')
+  if status ~= 'PENDING' and status ~= 'RUNNING' then return false end
+  if ready(c, job) then return false end
+  if job == '~start' then
+    redis.call('HSET', c.r, '~start|st', 'done')
+    local timeout = tonumber(redis.call('HGET', c.r, 'tmo') or '') or 0
+    if timeout > 0 then set_deadline(c, now + timeout) end
+    event(c, 'run.woke', '', '', '')
+    advance(c, now)
+    return true
+  end
+  local v = redis.call('HMGET', c.r, job .. '|wk', job .. '|wc', job .. '|at', job .. '|w0',
+    job .. '|wd')
+  if v[1] == 'sleep' then
+    unpark(c, job, 'null', 'woke', now, '')
+  elseif v[2] == '1' then
+    unpark(c, job, 'null', 'timed_out', now, '')
+  else
+    local waited = ((tonumber(v[5] or '') or now) - (tonumber(v[4] or '') or now)) / 1000
+    local err = cjson.encode({step = job, attempt = tonumber(v[3] or '') or 1,
+      type = 'plait.WaitTimeout', traceback = '',
+      message = "no signal '" .. job .. "' came within " .. string.format('%g', waited) .. 's'})
+    redis.call('ZREM', DELAYED, c.run .. '|' .. job .. '|' .. (redis.call('HGET', c.r, job .. '|tk') or ''))
+    redis.call('HSET', c.r, job .. '|st', 'failed', job .. '|t1', now, job .. '|ws', 'timed_out',
+      job .. '|er', err)
+    event(c, 'wait.timed_out', job, v[3], '')
+    event(c, 'step.failed', job, v[3], err)
+    compensate(c, 'failed', err, now)
+  end
+  return true
 end

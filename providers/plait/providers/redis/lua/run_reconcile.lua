@@ -73,6 +73,13 @@ for _, job in ipairs(front) do
       redis.call('ZADD', WAITING, now, member)
       fixed[#fixed + 1] = job
     end
+  elseif st == 'parked' then  -- a wait or sleep: its timeout must be in the delayed set
+    local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|wd')
+    local member = c.run .. '|' .. job .. '|' .. (v[1] or '')
+    if v[2] and not redis.call('ZSCORE', DELAYED, member) then
+      redis.call('ZADD', DELAYED, v[2], member)
+      fixed[#fixed + 1] = job
+    end
   elseif st == 'retrying' then
     local member = c.run .. '|' .. job .. '|' .. redis.call('HGET', c.r, job .. '|tk')
     if not redis.call('ZSCORE', DELAYED, member) then
@@ -95,6 +102,12 @@ if status == 'COMPENSATING' then
   if #fixed > 0 then comp_next(c, now) end
 elseif gi == 0 and redis.call('HGET', c.r, 'kq') == '1' then
   -- waiting for a slot of its concurrency key (run_lib.lua): a run of the key that ends starts it
+elseif gi == 0 and redis.call('HGET', c.r, '~start|st') == 'parked' then  -- a delayed start
+  local member = c.run .. '|~start|0'
+  if not redis.call('ZSCORE', DELAYED, member) then
+    redis.call('ZADD', DELAYED, redis.call('HGET', c.r, 'sat') or now, member)
+    fixed[#fixed + 1] = 'delayed start'
+  end
 elseif gi == 0 then
   advance(c, now)
   fixed[#fixed + 1] = 'start'

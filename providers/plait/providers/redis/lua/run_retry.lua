@@ -19,9 +19,14 @@ if status ~= 'FAILED' and status ~= 'TIMED_OUT' then return {'invalid', status} 
 if sound(c) then return {'invalid', status} end
 if c.idem and not here(base, c.idem) then return redis.error_reply(MOVING) end
 local now = now_ms()
-local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 'ci', 't0', 't1', 'er'}
+local FIELDS = {'st', 'at', 'tk', 'en', 'ow', 'ci', 't0', 't1', 'er',
+  'wk', 'ws', 'w0', 'wd', 'wc'}  -- the last five: a wait's (run_lib.lua)
 local function wipe(job)
   for _, f in ipairs(FIELDS) do redis.call('HDEL', c.r, job .. '|' .. f) end
+  -- a signal kept for a wait the run never reached is kept for the new attempt
+  if redis.call('HEXISTS', c.r, job .. '|sd') == 0 then
+    redis.call('HDEL', c.r, job .. '|sg', job .. '|s0')
+  end
 end
 local function kept(step)
   return redis.call('HGET', c.r, step .. '|st') == 'done'
