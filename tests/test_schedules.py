@@ -359,3 +359,35 @@ async def test_an_event_schedule_emits_each_tick_once_across_two_instances(
     assert len(set(ticks)) == len(ticks)
     assert {run["schedule_id"] for run in seen} == {"remind"}
     assert (info.target, [entry.schedule_id for entry in listed]) == ("sched.reminder", ["remind"])
+
+
+async def test_buffer_one_fires_one_run_once_the_previous_one_ended(
+    open_provider: OpenProvider,
+) -> None:
+    seen: list[dict[str, str]] = []
+    spans: list[tuple[float, float]] = []
+    consumer: WorkflowConsumer[Report, Any] = WorkflowConsumer(report)
+
+    @consumer.step("write")
+    async def write(ctx: StepContext[Report]) -> None:
+        start = anyio.current_time()
+        seen.append(dict(ctx.meta))
+        await anyio.sleep(2.5)
+        spans.append((start, anyio.current_time()))
+
+    workflows = await open_provider(consumer)
+    await workflows.schedule(
+        "buffered", report, {"name": "b"}, every=timedelta(seconds=1), overlap="buffer_one"
+    )
+
+    async def two_ran() -> bool:
+        return len(spans) >= 2
+
+    await eventually(two_ran, timeout=30, what="two runs of a buffered schedule")
+    await workflows.schedules.pause("buffered")
+    first, second = sorted(spans)[:2]
+    ticks = [datetime.fromisoformat(run["scheduled_at"]) for run in seen[:2]]
+
+    assert second[0] >= first[1]  # the buffered run started after the previous one ended
+    assert second[0] - first[1] < 1.5  # ... soon after it, not at a later tick
+    assert ticks[1] - ticks[0] >= timedelta(seconds=2)  # one run for the ticks meanwhile
