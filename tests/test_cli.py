@@ -273,6 +273,37 @@ async def output_of(process: Process) -> list[Any]:
     return [json.loads(line) for line in out.decode().splitlines()]
 
 
+# -- schedules -------------------------------------------------------------------------------
+
+
+async def test_schedules_list_pause_resume_and_delete(open_provider: OpenProvider) -> None:
+    provider = await open_provider()
+    await provider.schedule(
+        "cli-nightly", flow, Item(n=1), cron="0 3 * * *", timezone="Europe/Paris"
+    )
+    prefix = provider.prefix
+
+    listed = await plait_json(prefix, "schedules", "list")
+    table = await plait(prefix, "schedules", "list")
+    paused = await plait_json(prefix, "schedules", "pause", "cli-nightly")
+    shown = await plait_json(prefix, "schedules", "show", "cli-nightly")
+    resumed = await plait(prefix, "schedules", "resume", "cli-nightly")
+    again = await provider.schedules.get("cli-nightly")
+    deleted = await plait(prefix, "schedules", "delete", "cli-nightly")
+    gone = await plait(prefix, "schedules", "show", "cli-nightly")
+
+    assert [(row["schedule_id"], row["target"], row["cron"]) for row in listed] == [
+        ("cli-nightly", "cli-flow", "0 3 * * *")
+    ]
+    assert len(listed[0]["next_fire_times"]) == 3
+    assert "cron 0 3 * * * (Europe/Paris)" in table.stdout
+    assert (paused["paused"], shown["paused"], shown["next_fire_times"]) == (True, True, [])
+    assert resumed.stdout.strip() == "schedule cli-nightly resumed"
+    assert again is not None and not again.paused
+    assert deleted.returncode == 0 and await provider.schedules.get("cli-nightly") is None
+    assert (gone.returncode, gone.stderr.strip()) == (1, "plait: schedule cli-nightly not found")
+
+
 async def test_events_tail_prints_new_events_as_they_come(prefix: str) -> None:
     async with RedisEventProvider.from_url(REDIS_URL, group="g", prefix=prefix) as events:
         await events.emit(paid, Item(n=0))

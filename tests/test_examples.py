@@ -23,6 +23,8 @@ EXPECTED = {
     ],
     "order_saga.py": ["COMPLETED", "FAILED", "rollback: released R-43", "created=False"],
     "events_fanout.py": ["billing :", "shipping:", "quote for tea"],
+    "flow_control.py": ["one run for the burst: True", "reindex doc-7 with 'draft 9'"],
+    "schedules.py": ["each once: True", "nightly-report next fires at", "'nightly-report', 'tick'"],
     "tracing.py": ["span tree:", "execute book-trip  [PRODUCER", "(linked to attempt 1)"],
 }
 

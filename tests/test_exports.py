@@ -11,6 +11,7 @@ def test_workflows_exports_the_contract_names() -> None:
     assert plait.workflows.__all__ == [
         "PLAIT_CAUSES",
         "AttemptSupersededError",
+        "ConcurrencyKeyBusyError",
         "CorruptRunError",
         "IdempotencyConflictError",
         "IncompatibleSchemaError",
@@ -85,6 +86,8 @@ def test_redis_provider_exports_the_contract_names() -> None:
         "ReconcileStats",
         "RedisEventProvider",
         "RedisWorkflowProvider",
+        "ScheduleInfo",
+        "Schedules",
         "WorkflowProviderOptions",
         "health_app",
         "http_status",

@@ -28,6 +28,7 @@ from plait.providers.redis._core.keys import (
     SCHEMA,
     EventKeys,
     KeyPattern,
+    ScheduleKeys,
     WorkflowKeys,
     event_registry,
     instances,
@@ -136,9 +137,9 @@ def test_the_key_builders_build_every_documented_key_and_channel() -> None:
         workflow_registry("p"): "workflow_registry",
         event_registry("p"): "event_registry",
     }
-    for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev")):
+    for names in (WorkflowKeys("p", "wf"), EventKeys("p", "ev"), ScheduleKeys("p", "workflows")):
         for name, member in inspect.getmembers(type(names)):
-            if name.startswith("_") or name in ("base", "prefix", "workflow", "event"):
+            if name.startswith("_") or name in ("base", "prefix", "workflow", "event", "kind"):
                 continue
             key = getattr(names, name) if isinstance(member, property) else member(names, "x")
             built[key] = name
@@ -229,11 +230,27 @@ async def test_every_key_a_workflow_writes_is_documented(
         )
         second = await workflows.execute(saga, Item(n=2))
         timed_out = await workflows.execute(late, Item(n=3), timeout=timedelta(milliseconds=300))
+        # two runs of one concurrency key: the second waits for the first's slot
+        keyed = [
+            await workflows.execute(
+                late, Item(n=n), concurrency_key="k", timeout=timedelta(seconds=1)
+            )
+            for n in (4, 5)
+        ]
         for handle in (first, second):
             with pytest.raises(WorkflowStepError):
                 await handle.result(timeout=20)
-        with pytest.raises(WorkflowTimeoutError):
-            await timed_out.result(timeout=20)
+        # a debounced execute: its burst's key lives while the run waits
+        debounced = await workflows.execute(
+            late,
+            Item(n=6),
+            debounce=timedelta(milliseconds=100),
+            debounce_key="d",
+            timeout=timedelta(seconds=1),
+        )
+        for handle in (timed_out, *keyed, debounced):
+            with pytest.raises(WorkflowTimeoutError):
+                await handle.result(timeout=20)
         watched = [event.kind async for event in first.watch()]
         attached = await workflows.execute(saga, Item(n=1), idempotency_key="order-1")
 

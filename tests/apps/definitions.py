@@ -30,3 +30,14 @@ shipping_v1: Workflow[Job, Any] = (
 )
 """Version 1 of a workflow deployed in place: version 2 adds the step ``ship``."""
 shipping_v2: Workflow[Job, Any] = shipping_v1.step("ship", retry=ONCE)
+ticked: Workflow[Job, Any] = Workflow("ticked", input=Job).step("record")
+
+
+class Keyed(BaseModel):
+    key: str
+    n: int
+
+
+keyed: Workflow[Keyed, Any] = Workflow(
+    "keyed", input=Keyed, concurrency_key=lambda job: job.key, per_key_limit=1
+).step("work")

@@ -12,6 +12,7 @@ from ._definition import RetryPolicy, Sleep, Step, Wait, Workflow
 from ._errors import (
     PLAIT_CAUSES,
     AttemptSupersededError,
+    ConcurrencyKeyBusyError,
     CorruptRunError,
     IdempotencyConflictError,
     IncompatibleSchemaError,
@@ -47,6 +48,7 @@ __version__ = metadata.version("plait")
 __all__ = [
     "PLAIT_CAUSES",
     "AttemptSupersededError",
+    "ConcurrencyKeyBusyError",
     "CorruptRunError",
     "IdempotencyConflictError",
     "IncompatibleSchemaError",

@@ -9,11 +9,15 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args, overload
 
 from pydantic import BaseModel
 
 from ._errors import InvalidDefinitionError, NonRetryableError, cause_name
+
+PerKeyStrategy = Literal["queue", "cancel_running", "reject_new"]
+"""What a run does when its concurrency key's runs are all live (``per_key_strategy=``)."""
+PER_KEY_STRATEGIES: tuple[str, ...] = get_args(PerKeyStrategy)
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -249,9 +253,28 @@ class Workflow(Generic[InputT, OutputT]):
             by every instance consuming it (default: a stable hash of the plan and the step
             options, so a change of either is a new version). Runs keep the plan and step
             options of the version that executed them, whichever version runs an attempt.
+        concurrency_key: the run's concurrency key from its input (``lambda order:
+            order.customer_id``): at most ``per_key_limit`` runs of one key are live at once
+            across all instances; ``execute(concurrency_key=...)`` gives it per call instead.
+        per_key_limit: runs of one concurrency key live at once (default 1).
+        per_key_strategy: what a run that finds its key's runs all live does: ``queue``
+            (default: it waits, PENDING, and starts when one ends, oldest first per key),
+            ``cancel_running`` (the oldest live run of the key is cancelled, which
+            compensates it, and the new run starts once it ended) or ``reject_new``
+            (``execute`` raises :class:`ConcurrencyKeyBusyError`, nothing is written).
     """
 
-    __slots__ = ("_version", "concurrency", "groups", "input", "name", "output")
+    __slots__ = (
+        "_version",
+        "concurrency",
+        "concurrency_key",
+        "groups",
+        "input",
+        "name",
+        "output",
+        "per_key_limit",
+        "per_key_strategy",
+    )
 
     @overload
     def __init__(
@@ -262,6 +285,9 @@ class Workflow(Generic[InputT, OutputT]):
         output: None = None,
         concurrency: int | None = None,
         version: str | None = None,
+        concurrency_key: Callable[[InputT], str] | None = None,
+        per_key_limit: int = 1,
+        per_key_strategy: PerKeyStrategy = "queue",
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None: ...
 
@@ -274,6 +300,9 @@ class Workflow(Generic[InputT, OutputT]):
         output: type[OutputT],
         concurrency: int | None = None,
         version: str | None = None,
+        concurrency_key: Callable[[InputT], str] | None = None,
+        per_key_limit: int = 1,
+        per_key_strategy: PerKeyStrategy = "queue",
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None: ...
 
@@ -285,6 +314,9 @@ class Workflow(Generic[InputT, OutputT]):
         output: type[OutputT] | None = None,
         concurrency: int | None = None,
         version: str | None = None,
+        concurrency_key: Callable[[InputT], str] | None = None,
+        per_key_limit: int = 1,
+        per_key_strategy: PerKeyStrategy = "queue",
         _groups: tuple[tuple[Step, ...], ...] = (),
     ) -> None:
         if not isinstance(name, str) or not WORKFLOW_NAME.match(name):
@@ -299,11 +331,22 @@ class Workflow(Generic[InputT, OutputT]):
             raise InvalidDefinitionError(
                 f"workflow {name!r}: invalid version {version!r}: must match {VERSION.pattern}"
             )
+        if not isinstance(per_key_limit, int) or per_key_limit < 1:
+            raise InvalidDefinitionError(f"workflow {name!r}: per_key_limit must be >= 1")
+        if per_key_strategy not in PER_KEY_STRATEGIES:
+            raise InvalidDefinitionError(
+                f"workflow {name!r}: per_key_strategy must be one of {PER_KEY_STRATEGIES}"
+            )
+        if concurrency_key is not None and not callable(concurrency_key):
+            raise InvalidDefinitionError(f"workflow {name!r}: concurrency_key must be callable")
         self.name = name
         self.input: type[InputT] = input
         self.output: type[OutputT] | None = output
         self.concurrency = concurrency
         self._version = version
+        self.concurrency_key = concurrency_key
+        self.per_key_limit = per_key_limit
+        self.per_key_strategy: PerKeyStrategy = per_key_strategy
         self.groups: tuple[tuple[Step, ...], ...] = _groups
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -393,6 +436,9 @@ class Workflow(Generic[InputT, OutputT]):
             output=self.output,
             concurrency=self.concurrency,
             version=self._version,
+            concurrency_key=self.concurrency_key,
+            per_key_limit=self.per_key_limit,
+            per_key_strategy=self.per_key_strategy,
             _groups=(*self.groups, group),
         )
         return extended

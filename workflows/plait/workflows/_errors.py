@@ -6,6 +6,7 @@ Every error a caller can see derives from :class:`WorkflowError`::
     ├── InvalidDefinitionError        a workflow, step or consumer definition is invalid
     ├── InvalidInputError             execute() input does not validate (nothing written)
     ├── IdempotencyConflictError      the key belongs to a run with another input
+    ├── ConcurrencyKeyBusyError       reject_new: the concurrency key's runs are all taken
     ├── RunNotFoundError              no run with this id
     ├── InvalidRunStateError          retry() of a run that is not FAILED or TIMED_OUT
     ├── ProviderUnavailableError      Redis unreachable for connect_timeout
@@ -52,6 +53,7 @@ from typing import Any, ClassVar
 __all__ = [
     "PLAIT_CAUSES",
     "AttemptSupersededError",
+    "ConcurrencyKeyBusyError",
     "CorruptRunError",
     "IdempotencyConflictError",
     "IncompatibleSchemaError",
@@ -115,6 +117,21 @@ class IdempotencyConflictError(WorkflowError):
         )
         self.idempotency_key = idempotency_key
         self.run_id = run_id
+
+
+class ConcurrencyKeyBusyError(WorkflowError):
+    """``execute`` of a workflow whose per-key strategy is ``reject_new`` found its concurrency
+    key's runs all taken (nothing was written).
+
+    Attributes:
+        workflow: the workflow's name.
+        key: the concurrency key.
+    """
+
+    def __init__(self, workflow: str, key: str) -> None:
+        super().__init__(f"workflow {workflow!r}: concurrency key {key!r} is busy")
+        self.workflow = workflow
+        self.key = key
 
 
 class RunNotFoundError(WorkflowError):

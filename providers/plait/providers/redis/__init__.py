@@ -27,6 +27,8 @@ codec) and never import each other; both stand on ``_core``::
       tracing.py      trace and correlation ids carried in meta
       telemetry.py    OpenTelemetry spans and metrics
       server.py       the Redis settings that may lose data (eviction, persistence)
+      schedules.py    schedules as stored: specs, ticks (cron via cronsim), list/pause/resume
+      scheduler.py    the loop that fires due ticks, each once, with no leader
     _workflows/     the workflow engine
       provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, readiness,
                       health
@@ -43,6 +45,8 @@ codec) and never import each other; both stand on ``_core``::
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
       waits.py        waits and sleeps parked, signals delivered
+      schedules.py    firing workflow schedules: each tick one execute
+      flow.py         an execute's per-key concurrency and debounce options
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors
     _events/        the event engine
@@ -53,6 +57,7 @@ codec) and never import each other; both stand on ``_core``::
       delivery.py     running one delivery and recording its outcome
       scripts.py      EventScripts: typed calls of lua/event_*.lua
       codec.py        events as stored: entries, replies
+      schedules.py    firing event schedules: each tick one emit
     _ops/           operating a deployment
       health.py       readiness and the backlog report
       heartbeat.py    per-instance heartbeats
@@ -69,6 +74,7 @@ codec) and never import each other; both stand on ``_core``::
       worker.py       plait worker: load, check flags, banner, run until a signal
       dashboard.py    plait dashboard: check the extra and flags, serve with uvicorn
       commands.py     runs, events, dead-letters, reconcile, health, registry
+      schedules.py    schedules list, show, pause, resume, delete
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them
 """
@@ -76,6 +82,7 @@ codec) and never import each other; both stand on ``_core``::
 import logging
 from importlib import metadata
 
+from ._core.schedules import ScheduleInfo, Schedules
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
 from ._ops.asgi import health_app
@@ -101,6 +108,8 @@ __all__ = [
     "ReconcileStats",
     "RedisEventProvider",
     "RedisWorkflowProvider",
+    "ScheduleInfo",
+    "Schedules",
     "WorkflowProviderOptions",
     "health_app",
     "http_status",

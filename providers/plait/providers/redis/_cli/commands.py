@@ -35,6 +35,14 @@ from .._workflows.reconciler import Reconciler
 from .._workflows.scripts import RunScripts
 from .._workflows.waits import Signals
 from .output import ago, clock, emit, moment, span, table
+from .schedules import (
+    ScheduleNotFoundError,
+    schedules_delete,
+    schedules_list,
+    schedules_pause,
+    schedules_resume,
+    schedules_show,
+)
 
 PAGE = 500
 """Run ids read at a time from a workflow's run index."""
@@ -57,7 +65,10 @@ async def run(connection: Connection, args: argparse.Namespace) -> int:
     """Run the command ``args`` names; returns its exit code."""
     name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
     command: Command = COMMANDS[name]
-    return await command(connection, args)
+    try:
+        return await command(connection, args)
+    except ScheduleNotFoundError as error:
+        raise CommandError(str(error)) from None
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -549,4 +560,9 @@ COMMANDS: dict[str, Command] = {
     "registry list": registry_list,
     "registry rebuild": registry_rebuild,
     "registry forget": registry_forget,
+    "schedules list": schedules_list,
+    "schedules show": schedules_show,
+    "schedules pause": schedules_pause,
+    "schedules resume": schedules_resume,
+    "schedules delete": schedules_delete,
 }

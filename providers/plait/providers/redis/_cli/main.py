@@ -8,11 +8,12 @@ abandoned sync steps). It exits with 0 after a signal, and with 1 when a provide
 itself (its background work died: the traceback is in the log); see :mod:`.worker`.
 
 The other commands inspect and repair what is stored under a prefix: ``runs list|show|retry|
-cancel|signal``, ``events tail``, ``dead-letters list|replay|purge``, ``reconcile``, ``health`` and
-``registry list|rebuild|forget``. They print tables, or JSON with ``--json``, and exit with 0
-on success, 1 when something asked for does not exist, a check fails or Redis refused a command,
-2 on bad arguments (a bad URL, a database the server does not have) and 3 when Redis cannot be
-reached or refused the credentials. Messages never show a password, and never a traceback but
+cancel|signal``, ``events tail``, ``dead-letters list|replay|purge``, ``schedules list|show|
+pause|resume|delete``, ``reconcile``, ``health`` and ``registry list|rebuild|forget``. They
+print tables, or JSON with ``--json``, and exit with 0 on success, 1 when something asked for
+does not exist, a check fails or Redis refused a command, 2 on bad arguments (a bad URL, a
+database the server does not have) and 3 when Redis cannot be reached or refused the
+credentials. Messages never show a password, and never a traceback but
 the user module's. ``health`` exits with 0 when the backlog report is ok, 1 when it names a
 problem (stalled or long-waiting entries, a report not read within ``--timeout``) and 3 when
 Redis does not answer ``PING`` within ``--timeout``; ``health --ready`` only sends that
@@ -171,6 +172,18 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-actions", action="store_true", help="offer retry, cancel and replay"
     )
     dashboard.add_argument("--token", help="the token actions need ($PLAIT_DASHBOARD_TOKEN)")
+    schedules = command(top, "schedules", "workflow and event schedules")
+    schedules_do = schedules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(schedules_do, "list", "every schedule, its next tick and its last run")
+    for name, text in (
+        ("show", "a schedule with its next fire times"),
+        ("pause", "fire nothing until resumed"),
+        ("resume", "fire again from the next tick on"),
+        ("delete", "forget a schedule (runs it fired go on)"),
+    ):
+        sub = command(schedules_do, name, text)
+        sub.add_argument("schedule_id", metavar="SCHEDULE_ID")
+        sub.add_argument("--events", action="store_true", help="an event schedule")
 
     reconcile = command(top, "reconcile", "one reconciler pass: repair runs that are stuck")
     reconcile.add_argument(

@@ -33,6 +33,13 @@ one attempt of a job::
                                                because no live instance announced it
     <prefix>:{<wf>}:idem:<key>        string   "run|input hash" of the run owning the
                                                idempotency key (expires: retention after it ends)
+    <prefix>:{<wf>}:key:<key>:running zset  run id -> ms: runs holding a slot of concurrency key
+                                               <key> (at most the workflow's per-key limit)
+    <prefix>:{<wf>}:key:<key>:queue   zset     run id -> µs, in execute order: runs waiting for
+                                               a slot of <key>
+    <prefix>:{<wf>}:debounce:<key>    string   "run|first call ms" of the run a burst of debounced
+                                               executes makes, while it waits (expires: after
+                                               its quiet period)
     <prefix>:{<wf>}:run:<id>          hash     the run record: status, plan, per-job fields
                                                ``<job>|<field>`` (listed in ``lua/run_lib.lua``)
     <prefix>:{<wf>}:run:<id>:results  hash     step -> JSON result
@@ -81,6 +88,17 @@ event never shares keys with a workflow of the same name)::
     <prefix>:ev:{<event>}:reply:<provider>  channel  replies to that provider's requests
 
 Event scripts declare every key they touch in KEYS too (the stream first when they touch it).
+
+Schedules live under their own hash tag, one per kind of target (``workflows`` or ``events``),
+so a firing script touches one slot; the run or event a tick fires goes through the ordinary
+execute or emit path, with the keys of its workflow or event::
+
+    <prefix>:schedules:{<kind>}:specs       hash     schedule id -> JSON spec (target, data,
+                                                     cron or every, timezone, policies, paused)
+    <prefix>:schedules:{<kind>}:due         zset     schedule id -> ms of its earliest tick not
+                                                     fired yet (schedules not paused)
+    <prefix>:schedules:{<kind>}:state       hash     schedule id -> JSON {tick, run}: the last
+                                                     tick fired and the run or event it made
 
 Five keys belong to the whole deployment under a prefix (each used alone, outside any script)::
 
@@ -206,6 +224,18 @@ class WorkflowKeys:
         """The run owning idempotency ``key`` (and its input hash)."""
         return f"{self.base}idem:{key}"
 
+    def key_running(self, key: str) -> str:
+        """Zset of the runs holding a slot of concurrency key ``key``."""
+        return f"{self.base}key:{key}:running"
+
+    def key_queue(self, key: str) -> str:
+        """Zset of the runs waiting for a slot of concurrency key ``key``, oldest first."""
+        return f"{self.base}key:{key}:queue"
+
+    def debounce(self, key: str) -> str:
+        """The run that a burst of executes with debounce key ``key`` makes, while it waits."""
+        return f"{self.base}debounce:{key}"
+
     def run(self, run_id: str) -> str:
         """Hash of the run record."""
         return f"{self.base}run:{run_id}"
@@ -272,6 +302,34 @@ class EventKeys:
         return f"{self.base}reply:{provider_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleKeys:
+    """Keys of the schedules of one kind (``workflows`` or ``events``) under one prefix."""
+
+    prefix: str
+    kind: str
+
+    @property
+    def base(self) -> str:
+        """Common start of every key of these schedules (carries the hash tag)."""
+        return f"{self.prefix}:schedules:{{{self.kind}}}:"
+
+    @property
+    def specs(self) -> str:
+        """Hash of the schedules' specs."""
+        return self.base + "specs"
+
+    @property
+    def due(self) -> str:
+        """Zset of the schedules not paused, by their earliest tick not fired yet."""
+        return self.base + "due"
+
+    @property
+    def state(self) -> str:
+        """Hash of the last tick each schedule fired, and what it made."""
+        return self.base + "state"
+
+
 def schema_version(prefix: str) -> str:
     """String: the key schema version of the data under ``prefix``."""
     return f"{prefix}:schema"
@@ -321,7 +379,7 @@ class KeyPattern:
 
 
 _PLACEHOLDER = re.compile(r"<([a-z]+)>")
-_FILL = {"wf": "[^{}]+", "event": "[^{}]+"}
+_FILL = {"wf": "[^{}]+", "event": "[^{}]+", "kind": "(?:workflows|events)"}
 
 SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:jobs", "stream"),
@@ -336,6 +394,9 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:consumers", "hash"),
     KeyPattern("<prefix>:{<wf>}:stats", "hash"),
     KeyPattern("<prefix>:{<wf>}:idem:<key>", "string"),
+    KeyPattern("<prefix>:{<wf>}:key:<key>:running", "zset"),
+    KeyPattern("<prefix>:{<wf>}:key:<key>:queue", "zset"),
+    KeyPattern("<prefix>:{<wf>}:debounce:<key>", "string"),
     KeyPattern("<prefix>:{<wf>}:run:<id>", "hash"),
     KeyPattern("<prefix>:{<wf>}:run:<id>:results", "hash"),
     KeyPattern("<prefix>:{<wf>}:run:<id>:events", "stream"),
@@ -352,6 +413,9 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:ev:{<event>}:attempts:<group>", "hash"),
     KeyPattern("<prefix>:ev:{<event>}:answer:<request>", "string"),
     KeyPattern("<prefix>:ev:{<event>}:reply:<provider>", "channel"),
+    KeyPattern("<prefix>:schedules:{<kind>}:specs", "hash"),
+    KeyPattern("<prefix>:schedules:{<kind>}:due", "zset"),
+    KeyPattern("<prefix>:schedules:{<kind>}:state", "hash"),
     KeyPattern("<prefix>:schema", "string"),
     KeyPattern("<prefix>:instances", "zset"),
     KeyPattern("<prefix>:reconcile:lock", "string"),

@@ -28,6 +28,14 @@ from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
 from .._core.retry import call_until
+from .._core.scheduler import Scheduler
+from .._core.schedules import (
+    CatchUp,
+    ScheduleInfo,
+    Schedules,
+    ScheduleStore,
+    check_schedule,
+)
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
@@ -35,6 +43,7 @@ from .._ops.health import Health, Readiness, check_health, check_readiness, with
 from .._ops.heartbeat import Heartbeat
 from .options import EventProviderKeywords, EventProviderOptions
 from .publisher import Publisher, request_seconds, validated
+from .schedules import EventFiring, event_schedules, event_spec
 from .scripts import EventScripts
 from .worker import EventWorker, WorkerOptions
 
@@ -107,6 +116,17 @@ class RedisEventProvider:
             kinds=EVENT_KINDS,
         )
         self._heartbeat = Heartbeat(self._connection.client, opts.prefix, self.provider_id)
+        self._schedule_store = ScheduleStore(self._connection, event_schedules(opts.prefix))
+        self.schedules = Schedules(self._schedule_store, EVENT_KINDS)
+        """The event schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
+        ``delete`` (made and changed by :meth:`schedule`)."""
+        firing = EventFiring(
+            self._scripts,
+            opts.prefix,
+            retention_ms=int(opts.retention.total_seconds() * 1000),
+            on_emit=lambda keys: self._published(keys, False),
+        )
+        self._scheduler = Scheduler(self._schedule_store, firing)
 
     @classmethod
     def from_url(cls, url: str, *, group: str, **options: Unpack[EventProviderKeywords]) -> Self:
@@ -225,6 +245,7 @@ class RedisEventProvider:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._notifications.run)
             tg.start_soon(self._heartbeat.serve)
+            tg.start_soon(self._scheduler.serve)
             async with anyio.create_task_group() as work:
                 await work.start(self._worker.serve)
                 with anyio.move_on_after(self.options.connect_timeout.total_seconds()) as waiting:
@@ -344,6 +365,71 @@ class RedisEventProvider:
         model = validated(event, data)
         self._check_open()
         return await self._publisher.publish(event, model, idempotency_key, delay=delay, meta=meta)
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        event: Event[DataT, Any],
+        data: DataT | Mapping[str, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        catchup: CatchUp = "latest_once",
+        catchup_window: timedelta = timedelta(hours=1),
+        meta: Mapping[str, str] | None = None,
+    ) -> ScheduleInfo:
+        """Emit ``event`` with ``data`` at each tick of a schedule (create or replace it).
+
+        The same schedules as ``RedisWorkflowProvider.schedule`` (stored in Redis, fired by
+        any started event provider of the prefix, each tick one event whose idempotency key
+        is ``schedule:<id>:<tick ms>``), without an overlap policy: an emitted event is never
+        still going. See :attr:`schedules` to list, pause, resume and delete.
+
+        Args:
+            schedule_id: the schedule's name (letters, digits, ``_.:-``; 128 at most).
+            event: the event each tick emits.
+            data: its data, validated now.
+            cron: a cron expression read in ``timezone`` (needs ``plait[schedules]``).
+            every: a fixed period instead (at least 1 s), ticking at its multiples since
+                the Unix epoch.
+            timezone: an IANA name.
+            catchup: ticks missed while every instance was down: ``latest_once``, ``all``
+                (within ``catchup_window``) or ``none``.
+            catchup_window: how far back ``catchup="all"`` goes.
+            meta: string pairs added to each event's meta.
+
+        Raises:
+            InvalidEventError: the schedule's arguments make no schedule, or ``data`` does not
+                validate (nothing is written).
+        """
+        self._check_open()
+        name = getattr(event, "name", "")
+        problem = check_schedule(
+            schedule_id,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap="allow",
+            catchup=catchup,
+            catchup_window=catchup_window,
+        )
+        if problem is not None:
+            raise InvalidEventError(name, f"schedule {schedule_id!r}: {problem}")
+        spec = event_spec(
+            event,
+            data,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            catchup=catchup,
+            catchup_window=catchup_window,
+            meta=meta,
+            limit=self.options.max_payload_bytes,
+        )
+        info = await self.schedules.put(schedule_id, spec)
+        self._scheduler.wake()
+        return info
 
     async def request(
         self,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio.cluster import RedisCluster
 
 from plait.workflows import (
+    ConcurrencyKeyBusyError,
     IdempotencyConflictError,
     InvalidDefinitionError,
     InvalidInputError,
@@ -33,6 +34,14 @@ from .._core.keys import workflow_of
 from .._core.notify import Notifications
 from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
+from .._core.scheduler import Scheduler
+from .._core.schedules import (
+    CatchUp,
+    Overlap,
+    ScheduleInfo,
+    Schedules,
+    ScheduleStore,
+)
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
@@ -43,12 +52,14 @@ from .._ops.health import Health, Readiness, check_health, check_readiness, with
 from .._ops.heartbeat import Heartbeat
 from .capabilities import Pins, announcement, pins_of
 from .codec import canonical_json, input_hash, limits_of, new_run_id, plan_of
+from .flow import debounce_of, per_key_of
 from .handlers import Handlers
 from .intake import Intake
 from .lease import Leases
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
+from .schedules import WorkflowFiring, workflow_schedules, workflow_spec
 from .scripts import RunScripts
 from .timers import Timers
 from .waits import Signals, signal_names, start_of
@@ -149,6 +160,19 @@ class RedisWorkflowProvider:
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=WORKFLOW_KINDS,
         )
+        self._schedule_store = ScheduleStore(self._connection, workflow_schedules(opts.prefix))
+        self.schedules = Schedules(self._schedule_store, WORKFLOW_KINDS)
+        """The workflow schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
+        ``delete`` (made and changed by :meth:`schedule`)."""
+        firing = WorkflowFiring(
+            self._scripts,
+            self._connection.client,
+            opts.prefix,
+            retention_ms=int(opts.retention.total_seconds() * 1000),
+            default_timeout_ms=int(_seconds(opts.default_timeout) or 0) * 1000,
+            on_execute=self._scheduled,
+        )
+        self._scheduler = Scheduler(self._schedule_store, firing)
         self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(
             self._connection.client, opts.prefix, self.provider_id, announcements=self._announced
@@ -261,6 +285,7 @@ class RedisWorkflowProvider:
             await tg.start(self._timers.serve)
             tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
             await self._enroll(list(self._workers))
+            tg.start_soon(self._scheduler.serve)
             tg.start_soon(self._intake.serve)
             await self._intake.prepare(list(self._workers.values()))  # pipelined
             async with anyio.create_task_group() as starting:  # thousands: not one by one
@@ -357,6 +382,10 @@ class RedisWorkflowProvider:
         meta: Mapping[str, str] | None = None,
         start_at: datetime | None = None,
         delay: timedelta | None = None,
+        concurrency_key: str | None = None,
+        debounce: timedelta | None = None,
+        debounce_key: str | None = None,
+        debounce_max_wait: timedelta | None = None,
     ) -> WorkflowHandle[OutputT]:
         """Start a run of ``definition`` (or attach to the run owning ``idempotency_key``).
 
@@ -376,10 +405,22 @@ class RedisWorkflowProvider:
                 The run is created now, PENDING (so its idempotency key holds at once), and
                 parked until then; its ``timeout`` counts from its start.
             delay: start the run this long from now (the same, relative).
+            concurrency_key: the run's concurrency key (default: the workflow's
+                ``concurrency_key`` of the input, if it has one): at most the workflow's
+                ``per_key_limit`` runs of one key are live at once, across all instances.
+            debounce: a quiet period: executes with one ``debounce_key`` within it make one
+                run, which starts once no execute of the key came for that long, with the
+                latest execute's input and meta; every caller gets that run's handle (only
+                the first with ``created=True``). The run's timeout counts from the first.
+            debounce_key: what makes executes one burst (required with ``debounce``).
+            debounce_max_wait: the run starts at the latest this long after the burst's
+                first execute, however long the burst goes on.
 
         Raises:
             InvalidInputError: ``data`` does not validate (nothing is written).
             IdempotencyConflictError: the key belongs to a run with a different input.
+            ConcurrencyKeyBusyError: ``per_key_strategy="reject_new"`` and the concurrency
+                key's runs are all live (nothing is written).
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
             RedisCommandError: Redis refused the command (e.g. a key of the wrong type).
         """
@@ -397,11 +438,17 @@ class RedisWorkflowProvider:
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
                 check_key(idempotency_key)
+            per_key = per_key_of(definition, model, concurrency_key)
+            quiet = debounce_of(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
         except (ValidationError, UnstorableError) as error:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
             raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
         start_in_ms, start_at_ms = start_of(name, start_at, delay)
+        if (start_in_ms or start_at_ms) and (per_key is not None or quiet is not None):
+            raise InvalidInputError(
+                name, "a delayed start does not go with a concurrency key or debounce="
+            )
         run_id = new_run_id(name)
         deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
@@ -409,25 +456,48 @@ class RedisWorkflowProvider:
         with self._telemetry.producing(
             f"execute {name}", operation="execute", destination=name, message_id=run_id
         ):
+            common: dict[str, Any] = {
+                "input_hash": input_hash(canonical),
+                "input_json": canonical,
+                "meta_json": canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
+                "plan_json": plan_of(definition),
+                "timeout_ms": int(deadline * 1000) if deadline else 0,
+                "retention_ms": int(self.options.retention.total_seconds() * 1000),
+                "limits_json": limits_of(definition),
+            }
+            if quiet is None:
+                ikey = idempotency_key or ""
+                signals = signal_names(definition)
+
+                def call() -> Any:
+                    return self._scripts.execute(
+                        keys,
+                        run_id,
+                        idempotency_key=ikey,
+                        start_in_ms=start_in_ms,
+                        start_at_ms=start_at_ms,
+                        signals=signals,
+                        per_key=per_key,
+                        pinned=self._pinned(definition).args(),
+                        **common,
+                    )
+            else:
+                dkey, quiet_ms, max_wait_ms = quiet
+
+                def call() -> Any:
+                    return self._scripts.debounce(
+                        keys,
+                        run_id,
+                        debounce_key=dkey,
+                        quiet_ms=quiet_ms,
+                        max_wait_ms=max_wait_ms,
+                        **common,
+                    )
+
             outcome, found, earliest = await self._enrollment.alongside(
                 name,
                 lambda: call_until(
-                    lambda: self._scripts.execute(
-                        keys,
-                        run_id,
-                        idempotency_key=idempotency_key or "",
-                        input_hash=input_hash(canonical),
-                        input_json=canonical,
-                        meta_json=canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
-                        plan_json=plan_of(definition),
-                        timeout_ms=int(deadline * 1000) if deadline else 0,
-                        retention_ms=int(self.options.retention.total_seconds() * 1000),
-                        limits_json=limits_of(definition),
-                        start_in_ms=start_in_ms,
-                        start_at_ms=start_at_ms,
-                        signals=signal_names(definition),
-                        pinned=self._pinned(definition).args(),
-                    ),
+                    call,
                     timeout=self.options.connect_timeout.total_seconds(),
                     what=f"execute {name}",
                     kinds=WORKFLOW_KINDS,
@@ -437,15 +507,90 @@ class RedisWorkflowProvider:
             self._telemetry.runs_started.add(1, {"plait.workflow": name})
         if outcome == "conflict":
             raise IdempotencyConflictError(idempotency_key or "", found)
-        if deadline or start_in_ms or start_at_ms:
+        if outcome == "busy":
+            raise ConcurrencyKeyBusyError(name, found)
+        if deadline or start_in_ms or start_at_ms or quiet is not None:
             self._timers.watch(name)
-        if (
-            earliest or start_in_ms or start_at_ms
-        ):  # the timer may be asleep until a later time: it must see this deadline
+        # the timer may be asleep until a later time: it must see this deadline (or start)
+        if earliest or start_in_ms or start_at_ms or (quiet is not None and outcome == "created"):
             self._timers.wake(name)
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
         )
+
+    async def schedule(
+        self,
+        schedule_id: str,
+        definition: Workflow[InputT, Any],
+        data: InputT | Mapping[str, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        overlap: Overlap = "skip",
+        catchup: CatchUp = "latest_once",
+        catchup_window: timedelta = timedelta(hours=1),
+        timeout: timedelta | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> ScheduleInfo:
+        """Run ``definition`` with ``data`` at each tick of a schedule (create or replace it).
+
+        The schedule lives in Redis: every started instance of the prefix fires it, and each
+        tick makes exactly one run, whose idempotency key is ``schedule:<id>:<tick ms>``; its
+        meta carries ``schedule_id``, ``scheduled_at`` and ``catch_up``. Replacing a schedule
+        keeps its last run (for the overlap policy) and fires from its next tick on; a paused
+        schedule stays paused. See :attr:`schedules` to list, pause, resume and delete.
+
+        Args:
+            schedule_id: the schedule's name (letters, digits, ``_.:-``; 128 at most).
+            definition: the workflow each tick runs.
+            data: its input, validated now.
+            cron: a cron expression (5 fields: minute hour day month weekday), read in
+                ``timezone``; needs ``plait[schedules]`` (the ``cronsim`` package).
+            every: a fixed period instead (at least 1 s): ticks at its multiples since the
+                Unix epoch (``every=timedelta(minutes=5)`` fires at :00, :05...).
+            timezone: an IANA name (``"Europe/Paris"``); DST changes follow cron's rules.
+            overlap: what a tick does while the previous tick's run is still going:
+                ``skip`` (default), ``allow``, ``buffer_one`` (one run once it ended) or
+                ``cancel_previous`` (cancel it, which compensates it, then run).
+            catchup: ticks missed while every instance was down (late by more than 2 s):
+                ``latest_once`` (default: the latest of them runs once), ``all`` (each of
+                them within ``catchup_window``) or ``none``.
+            catchup_window: how far back ``catchup="all"`` goes.
+            timeout: each run's timeout (default: the firing provider's ``default_timeout``).
+            meta: string pairs added to each run's meta.
+
+        Raises:
+            InvalidDefinitionError: the schedule's arguments make no schedule (bad id, cron,
+                timezone, period or policy).
+            InvalidInputError: ``data`` does not validate (nothing is written).
+            ImportError: a ``cron`` schedule without the ``cronsim`` package.
+        """
+        self._check_started()
+        spec = workflow_spec(
+            schedule_id,
+            definition,
+            data,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=overlap,
+            catchup=catchup,
+            catchup_window=catchup_window,
+            timeout=timeout,
+            meta=meta,
+            limit=self.options.max_payload_bytes,
+        )
+        self._definitions.setdefault(definition.name, definition)
+        info = await self.schedules.put(schedule_id, spec)
+        self._scheduler.wake()
+        return info
+
+    def _scheduled(self, workflow: str, earliest: bool) -> None:
+        """A schedule executed a run of ``workflow``: its timers must look after it."""
+        self._timers.watch(workflow)
+        if earliest:
+            self._timers.wake(workflow)
 
     async def signal(
         self,

@@ -145,6 +145,7 @@ class RunScripts:
         self._calls = f"{os.urandom(6).hex()}:"
         self._count = itertools.count(1).__next__
         self._execute = register(client, "run_execute", "run_lib")
+        self._debounce = register(client, "run_debounce", "run_lib")
         self._start = register(client, "run_start", "run_lib")
         self._start_many = register(client, "run_start_many", "run_lib")
         self._complete = register(client, "run_complete", "run_lib")
@@ -180,6 +181,7 @@ class RunScripts:
         start_at_ms: int = 0,
         signals: str = "",
         pinned: tuple[str, str, str] = ("", "", ""),
+        per_key: tuple[str, int, str] | None = None,
     ) -> tuple[str, str, bool]:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told).
@@ -187,15 +189,45 @@ class RunScripts:
         ``start_in_ms`` / ``start_at_ms`` (Redis ms) delay its start; ``signals`` names its
         signal waits (",a,b,"); ``pinned``: what the run records of its definition (see
         ``capabilities.Pins``): the hooks and rollbacks of this instance's consumer, the step
-        options, the version."""
+        options, the version. ``per_key`` is (concurrency key, its limit, its strategy); the
+        outcome ``busy`` says ``reject_new`` found the key's runs all live (the run id is then
+        the key)."""
         args: list[Any] = [keys.base, run_id, idempotency_key, input_hash, input_json]
         args += [meta_json, plan_json]
         declared = _run_keys(keys, run_id)
         if idempotency_key:
             declared.append(keys.idempotency(idempotency_key))
         args += [timeout_ms, retention_ms, limits_json, start_in_ms, start_at_ms, signals]
-        reply = await self._connection.run(self._execute, keys=declared, args=[*args, *pinned])
+        args += pinned
+        if per_key is not None:
+            declared += [keys.key_running(per_key[0]), keys.key_queue(per_key[0])]
+            args += list(per_key)
+        reply = await self._connection.run(self._execute, keys=declared, args=args)
         self._connection.kick(keys.jobs)
+        return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
+
+    async def debounce(
+        self,
+        keys: WorkflowKeys,
+        run_id: str,
+        *,
+        debounce_key: str,
+        input_hash: str,
+        input_json: str,
+        meta_json: str,
+        plan_json: str,
+        timeout_ms: int,
+        retention_ms: int,
+        limits_json: str,
+        quiet_ms: int,
+        max_wait_ms: int,
+    ) -> tuple[str, str, bool]:
+        """Start a burst's run, or give the waiting one this input and a later start; returns
+        (``created`` | ``exists``, run id, whether a new run's deadline is the earliest)."""
+        declared = [*_run_keys(keys, run_id), keys.debounce(debounce_key)]
+        args: list[str | int] = [keys.base, run_id, input_hash, input_json, meta_json, plan_json]
+        args += [timeout_ms, retention_ms, limits_json, quiet_ms, max_wait_ms]
+        reply = await self._connection.run(self._debounce, keys=declared, args=args)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1
 
     async def start(self, keys: WorkflowKeys, job: Job, owner: str, *, call: str) -> StartReply:

@@ -10,8 +10,12 @@
 -- ARGV[14] the hooks and rollbacks the executing instance's consumer has, JSON {oc, oe, rb}
 --   ('' when it has none of this workflow)  ARGV[15] the step options, JSON {step = {r = retry,
 --   rr = rollback retry, t = timeout ms}} ('' when no step has any)  ARGV[16] the version
+-- ARGV[17] concurrency key ('' for none; never with a delayed start)  ARGV[18] runs of the key
+-- at once  ARGV[19] what a run finding them all running does: queue | cancel_running |
+-- reject_new; with a concurrency key, the last two KEYS are <base>key:<key>:running and :queue
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
+--        | {'busy', key} (reject_new: the key's runs are all taken; nothing written)
 local base = ARGV[1]
 local run_id = ARGV[2]
 local ikey = ARGV[3]
@@ -28,6 +32,9 @@ local sigs = ARGV[13] or ''
 local pinned = ARGV[14] or ''
 local options = ARGV[15] or ''
 local version = ARGV[16] or ''
+-- (per-key concurrency: a slot still held by a run that ended is freed first, the one write
+-- made before a reject_new answer)
+local pkey, plimit, pmode = ARGV[17] or '', tonumber(ARGV[18] or '0'), ARGV[19] or 'queue'
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -41,6 +48,27 @@ if ikey ~= '' then
   end
 end
 if redis.call('EXISTS', c.r) == 1 then return {'created', c.run, 0} end
+local held, holders = 0, {}
+if pkey ~= '' then  -- per-key concurrency (run_lib.lua): checked before the first write
+  held = redis.call('ZCARD', KEYS[#KEYS - 1])
+  if held >= plimit and here(base) then  -- a slot kept by a run that ended unseen: freed
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 1], 0, -1)) do
+      local st = redis.call('HGET', base .. 'run:' .. other, 'status')
+      if st ~= 'PENDING' and st ~= 'RUNNING' and st ~= 'COMPENSATING' then
+        redis.call('ZREM', KEYS[#KEYS - 1], other)
+        held = held - 1
+      end
+    end
+  end
+  if held >= plimit and pmode == 'reject_new' then return {'busy', pkey} end
+  if held >= plimit and pmode == 'cancel_running' then
+    if not here(base) then return redis.error_reply(MOVING) end
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 1], 0, held - plimit)) do
+      local o = ctx(base, other)
+      if not sound(o) then holders[#holders + 1] = o end
+    end
+  end
+end
 if c.idem then redis.call('SET', c.idem, c.run .. '|' .. ihash) end
 local now = now_ms()
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
@@ -57,5 +85,18 @@ if due > now then  -- a delayed start: parked until then, its deadline counted f
   return {'created', c.run, 0}
 end
 local earliest = timeout > 0 and set_deadline(c, now + timeout)
+if pkey ~= '' then
+  redis.call('HSET', c.r, 'pk', pkey)
+  if held >= plimit then  -- wait for a slot of the key; cancel_running frees the oldest ones
+    redis.call('HSET', c.r, 'kq', 1)
+    local last = redis.call('ZRANGE', KEYS[#KEYS], -1, -1, 'WITHSCORES')[2]
+    local order = now * 1000  -- µs, and after the last waiting run: executes' order, kept
+    if last and tonumber(last) >= order then order = tonumber(last) + 1 end
+    redis.call('ZADD', KEYS[#KEYS], order, c.run)
+    for _, o in ipairs(holders) do compensate(o, 'cancel', '', now) end
+    return {'created', c.run, earliest and 1 or 0}
+  end
+  redis.call('ZADD', KEYS[#KEYS - 1], now, c.run)
+end
 advance(c, now)
 return {'created', c.run, earliest and 1 or 0}

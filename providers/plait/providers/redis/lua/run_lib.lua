@@ -237,19 +237,23 @@ local function late(c, now)
   return deadline > 0 and now >= deadline
 end
 
+local key_release  -- (per-key concurrency, defined below advance())
+
 -- The run's idempotency key (c.idem) was found by sound() or spoil(), and checked with here().
 local function finalize(c, status, now)
   redis.call('HSET', c.r, 'status', status, 'finished', now)
   redis.call('ZREM', DEADLINES, c.run)
   redis.call('ZREM', ACTIVE, c.run)
   event(c, 'finished', '', '', status)
-  local ret = tonumber(redis.call('HGET', c.r, 'ret') or '') or 86400000
+  local v = redis.call('HMGET', c.r, 'ret', 'pk')
+  local ret = tonumber(v[1] or '') or 86400000
   redis.call('PEXPIRE', c.r, ret)
   redis.call('PEXPIRE', c.res, ret)
   redis.call('PEXPIRE', c.ev, ret)
   if c.idem then redis.call('PEXPIRE', c.idem, ret) end
   redis.call('HINCRBY', STATS, status, 1)
   redis.call('PUBLISH', c.base .. 'finished', c.run .. '|' .. status)
+  if v[2] then key_release(c, v[2], now) end
 end
 
 -- Before a transition that may advance, compensate or finish the run writes anything: reads
@@ -450,6 +454,38 @@ local function limits_in(raw)
   end
   return lim
 end
+
+-- Per-key concurrency ------------------------------------------------------------------
+-- A run executed with a concurrency key K (field 'pk') holds a slot of K while it lives:
+-- <base>key:K:running (zset run -> ms) has at most the key's limit of runs; a run that finds
+-- them all taken waits, PENDING with no job (field 'kq' = 1), in <base>key:K:queue (zset run ->
+-- ms, oldest first). Each key has its own queue, so a busy key never holds another key's runs
+-- back. When a run holding a slot ends, finalize() gives the slot to the oldest run still
+-- waiting for that key, which starts its first group. Those keys are the workflow's (its hash
+-- tag), named from the run's field rather than declared by every transition: touched only
+-- while here() holds (a run that ends while its slot migrates between Cluster nodes keeps its
+-- key's slot until the next execute of the key finds it ended: run_execute.lua).
+local function key_running(base, key) return base .. 'key:' .. key .. ':running' end
+local function key_queue(base, key) return base .. 'key:' .. key .. ':queue' end
+
+-- A run of key `key` ended: free its slot and start the oldest run waiting for the key.
+key_release = function(c, key, now)
+  local running, queue = key_running(c.base, key), key_queue(c.base, key)
+  if not here(c.base) or redis.call('ZREM', running, c.run) == 0 then return end
+  while true do
+    local oldest = redis.call('ZPOPMIN', queue)[1]
+    if not oldest then return end
+    local n = ctx(c.base, oldest)
+    local v = redis.call('HMGET', n.r, 'status', 'kq')
+    if v[1] == 'PENDING' and v[2] == '1' and not sound(n) then
+      redis.call('ZADD', running, now, oldest)
+      redis.call('HSET', n.r, 'kq', 0)
+      advance(n, now)
+      return
+    end
+  end
+end
+-- ---------------------------------------------------------------------------------------
 
 -- A worker took a job's stream entry: mark the attempt running (see run_start.lua for replies).
 -- The same call made again (`owner` and `call` match: its reply was lost) gets the attempt it

@@ -100,6 +100,8 @@ if status == 'COMPENSATING' then
     fixed[#fixed + 1] = 'in-flight count'
   end
   if #fixed > 0 then comp_next(c, now) end
+elseif gi == 0 and redis.call('HGET', c.r, 'kq') == '1' then
+  -- waiting for a slot of its concurrency key (run_lib.lua): a run of the key that ends starts it
 elseif gi == 0 and redis.call('HGET', c.r, '~start|st') == 'parked' then  -- a delayed start
   local member = c.run .. '|~start|0'
   if not redis.call('ZSCORE', DELAYED, member) then
