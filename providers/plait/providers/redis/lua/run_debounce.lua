@@ -39,7 +39,7 @@ if cur then
       local due = now + quiet
       if max_wait > 0 and due > tonumber(first) + max_wait then due = tonumber(first) + max_wait end
       redis.call('HSET', o.r, 'input', input, 'ihash', ihash, 'meta', meta)
-      for _, member in ipairs(members) do redis.call('ZADD', DELAYED, due, member) end
+      for _, member in ipairs(members) do later(o.base, due, member) end
       redis.call('PEXPIRE', dkey, due - now + 60000)
       return {'exists', owner}
     end
@@ -68,7 +68,7 @@ for _, job in ipairs(split(redis.call('HGET', c.r, 'jobs'))) do
     redis.call('XDEL', JOBS, v[3])
     redis.call('HSET', c.r, job .. '|st', 'waiting')
     local member = c.run .. '|' .. job .. '|' .. v[2]
-    redis.call('ZADD', DELAYED, due, member)
+    later(c.base, due, member)
     members[#members + 1] = member
   end
 end

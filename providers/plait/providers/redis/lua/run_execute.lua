@@ -81,7 +81,7 @@ event(c, 'run.started', '', '', '')
 local due = start_at > 0 and start_at or (start_in > 0 and now + start_in) or 0
 if due > now then  -- a delayed start: parked until then, its deadline counted from then
   redis.call('HSET', c.r, 'sat', due, '~start|st', 'parked', '~start|tk', '0')
-  redis.call('ZADD', DELAYED, due, c.run .. '|~start|0')
+  later(c.base, due, c.run .. '|~start|0')
   return {'created', c.run, 0}
 end
 local earliest = timeout > 0 and set_deadline(c, now + timeout)

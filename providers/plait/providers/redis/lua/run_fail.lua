@@ -58,10 +58,7 @@ if delay >= 0 then
   local due = now + delay
   redis.call('HSET', c.r, job .. '|st', 'retrying', job .. '|tk', next_tok, job .. '|at', at + 1,
     outcome, call .. '|retry|' .. (at + 1) .. '|' .. due)
-  local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')[2]
-  redis.call('ZADD', DELAYED, due, c.run .. '|' .. job .. '|' .. next_tok)
-  -- the earliest retry now: every instance's timer is told, as for a deadline (set_deadline)
-  if not first or tonumber(first) > due then redis.call('PUBLISH', c.base .. 'deadline', due) end
+  later(c.base, due, c.run .. '|' .. job .. '|' .. next_tok)
   event(c, 'step.retrying', job, at, err)
   return {'retry', at + 1, due}
 end

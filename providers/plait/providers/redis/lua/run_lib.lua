@@ -230,6 +230,19 @@ local function set_deadline(c, at)
   return true
 end
 
+-- Put `member` (run|job|token) in the delayed set, due at `due`. Every job that waits for a
+-- time goes through here (a retry, a put-back, a wait's timeout, a sleep, a delayed or
+-- debounced start, a rate limit): when it is now the workflow's earliest, every instance's
+-- timer (asleep until the earliest time it knew of) is told on the 'deadline' channel, as for
+-- a deadline.
+local function later(base, due, member)
+  local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')[2]
+  redis.call('ZADD', DELAYED, due, member)
+  if not first or tonumber(first) > tonumber(due) then
+    redis.call('PUBLISH', base .. 'deadline', due)
+  end
+end
+
 -- Whether the run has passed its deadline (a run completing now would be late). A deadline
 -- that does not parse counts as none.
 local function late(c, now)
@@ -507,7 +520,11 @@ local function start(c, job, tok, entry, owner, call)
   local function defer(set, due)
     ack(c, entry)
     redis.call('HSET', c.r, job .. '|st', 'waiting')
-    redis.call('ZADD', set, due, c.run .. '|' .. job .. '|' .. tok)
+    if set == DELAYED then
+      later(c.base, due, c.run .. '|' .. job .. '|' .. tok)
+    else
+      redis.call('ZADD', set, due, c.run .. '|' .. job .. '|' .. tok)
+    end
     return {'wait', due}
   end
 

@@ -77,13 +77,13 @@ for _, job in ipairs(front) do
     local v = redis.call('HMGET', c.r, job .. '|tk', job .. '|wd')
     local member = c.run .. '|' .. job .. '|' .. (v[1] or '')
     if v[2] and not redis.call('ZSCORE', DELAYED, member) then
-      redis.call('ZADD', DELAYED, v[2], member)
+      later(c.base, v[2], member)
       fixed[#fixed + 1] = job
     end
   elseif st == 'retrying' then
     local member = c.run .. '|' .. job .. '|' .. redis.call('HGET', c.r, job .. '|tk')
     if not redis.call('ZSCORE', DELAYED, member) then
-      redis.call('ZADD', DELAYED, now, member)
+      later(c.base, now, member)
       fixed[#fixed + 1] = job
     end
   end
@@ -105,7 +105,7 @@ elseif gi == 0 and redis.call('HGET', c.r, 'kq') == '1' then
 elseif gi == 0 and redis.call('HGET', c.r, '~start|st') == 'parked' then  -- a delayed start
   local member = c.run .. '|~start|0'
   if not redis.call('ZSCORE', DELAYED, member) then
-    redis.call('ZADD', DELAYED, redis.call('HGET', c.r, 'sat') or now, member)
+    later(c.base, redis.call('HGET', c.r, 'sat') or now, member)
     fixed[#fixed + 1] = 'delayed start'
   end
 elseif gi == 0 then

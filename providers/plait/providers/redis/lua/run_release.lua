@@ -95,5 +95,5 @@ if delay <= 0 then
   return {'released', now}
 end
 redis.call('HSET', c.r, job .. '|st', 'retrying', job .. '|tk', next_tok)
-redis.call('ZADD', DELAYED, now + delay, c.run .. '|' .. job .. '|' .. next_tok)
+later(c.base, now + delay, c.run .. '|' .. job .. '|' .. next_tok)
 return {'released', now + delay}

@@ -61,7 +61,7 @@ if due and due <= now and kind == 'sleep' then
 end
 if due then
   redis.call('HSET', c.r, job .. '|wd', due)
-  redis.call('ZADD', DELAYED, due, c.run .. '|' .. job .. '|' .. tok)
+  later(c.base, due, c.run .. '|' .. job .. '|' .. tok)
 end
 event(c, 'wait.waiting', job, redis.call('HGET', c.r, job .. '|at'), due or '')
 return {'parked', redis.call('HGET', c.r, 'status'), due or -1}
