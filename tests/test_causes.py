@@ -25,7 +25,8 @@ from plait.workflows import (
 )
 from plait.workflows._errors import cause_name
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "concepts.md"
+"""Where the table of failure causes is documented (Errors > Failure causes)."""
 
 PINNED = {
     "plait.AttemptSuperseded": "AttemptSupersededError",
