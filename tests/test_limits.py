@@ -14,7 +14,14 @@ from conftest import REDIS_URL, OpenProvider, Spawn, ready
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
-from plait.workflows import Step, StepContext, Workflow, WorkflowConsumer
+from plait.workflows import (
+    InvalidDefinitionError,
+    InvalidInputError,
+    Step,
+    StepContext,
+    Workflow,
+    WorkflowConsumer,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +85,56 @@ async def test_a_step_rate_limit_caps_starts_per_period(open_provider: OpenProvi
     for first, fourth in zip(recorded, recorded[3:], strict=False):
         assert fourth - first >= period.total_seconds() - slack
     assert recorded[-1] - recorded[0] >= 2 * period.total_seconds() - slack
+
+
+class Order(BaseModel):
+    customer: str
+    n: int = 0
+
+
+async def test_a_per_key_step_rate_limit_caps_each_key_alone(open_provider: OpenProvider) -> None:
+    period = timedelta(seconds=1)
+    flow = Workflow("rated-per-key", input=Order).step(
+        "call", rate_limit=(2, period), rate_key=lambda order: order.customer
+    )
+    consumer: WorkflowConsumer[Order, Any] = WorkflowConsumer(flow)
+    consumer.step("call")(lambda ctx: None)
+    workflows = await open_provider(consumer, concurrency=10)
+
+    busy = [await workflows.execute(flow, Order(customer="busy", n=n)) for n in range(4)]
+    quiet = [await workflows.execute(flow, Order(customer="quiet", n=n)) for n in range(2)]
+    for handle in busy + quiet:
+        await handle.result(timeout=30)
+
+    async def started(handles: list[Any]) -> list[float]:
+        times = [(await h.describe()).steps["call"].started_at for h in handles]
+        return sorted(t.timestamp() for t in times if t is not None)
+
+    busy_starts, quiet_starts = await started(busy), await started(quiet)
+    slack = 0.002  # recorded times are in whole milliseconds
+    # each key has its own window: "busy"'s third and fourth starts wait a period...
+    assert busy_starts[2] - busy_starts[0] >= period.total_seconds() - slack
+    assert busy_starts[3] - busy_starts[1] >= period.total_seconds() - slack
+    # ... while "quiet" starts at once, as if "busy" were not there
+    assert quiet_starts[1] - busy_starts[0] < period.total_seconds() / 2
+
+
+def test_a_rate_key_needs_a_rate_limit() -> None:
+    with pytest.raises(InvalidDefinitionError, match="rate_key"):
+        Workflow("no-limit", input=Order).step("call", rate_key=lambda order: order.customer)
+
+
+async def test_a_rate_key_that_is_not_text_is_refused_before_anything_is_written(
+    open_provider: OpenProvider,
+) -> None:
+    not_text: Any = lambda order: order.n  # noqa: E731 - what a type checker would refuse
+    flow = Workflow("bad-rate-key", input=Order).step(
+        "call", rate_limit=(1, timedelta(seconds=1)), rate_key=not_text
+    )
+    workflows = await open_provider()
+
+    with pytest.raises(InvalidInputError, match="rate_key"):
+        await workflows.execute(flow, Order(customer="c"))
 
 
 @pytest.mark.redis_only

@@ -147,6 +147,9 @@ class Step:
         output: a pydantic model the step's result is validated into in ``ctx.results``.
         rollback_retry: retry policy of the step's rollback (default: ``retry``).
         rate_limit: at most ``n`` starts per ``period`` across all instances.
+        rate_key: with ``rate_limit``, the limit holds per key of the run's input
+            (``lambda order: order.customer_id``): each key has its own window, so one busy
+            customer never slows the others down.
     """
 
     name: str
@@ -155,6 +158,7 @@ class Step:
     output: type[BaseModel] | None = field(default=None, kw_only=True)
     rollback_retry: RetryPolicy | None = field(default=None, kw_only=True)
     rate_limit: tuple[int, timedelta] | None = field(default=None, kw_only=True)
+    rate_key: Callable[[Any], str] | None = field(default=None, kw_only=True, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not STEP_NAME.match(self.name):
@@ -167,6 +171,10 @@ class Step:
             count, period = self.rate_limit
             if count < 1 or period <= timedelta(0):
                 raise InvalidDefinitionError(f"step {self.name!r}: invalid rate_limit")
+        if self.rate_key is not None and (self.rate_limit is None or not callable(self.rate_key)):
+            raise InvalidDefinitionError(
+                f"step {self.name!r}: rate_key must be a function, given with a rate_limit"
+            )
 
 
 @dataclass(frozen=True)
@@ -367,6 +375,7 @@ class Workflow(Generic[InputT, OutputT]):
         output: type[BaseModel] | None = None,
         rollback_retry: RetryPolicy | None = None,
         rate_limit: tuple[int, timedelta] | None = None,
+        rate_key: Callable[[InputT], str] | None = None,
     ) -> Workflow[InputT, OutputT]:
         """Return a new definition with one more sequential step."""
         if isinstance(name, Step):
@@ -379,6 +388,7 @@ class Workflow(Generic[InputT, OutputT]):
                 output=output,
                 rollback_retry=rollback_retry,
                 rate_limit=rate_limit,
+                rate_key=rate_key,
             )
         return self._extend((step,))
 

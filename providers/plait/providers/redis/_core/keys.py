@@ -16,7 +16,8 @@ one attempt of a job::
     <prefix>:{<wf>}:running           zset     "run|job" -> start ms: attempts holding a slot
                                                under ``Workflow(concurrency=)``
     <prefix>:{<wf>}:rate:<step>       zset     "run|job|token" -> start ms: the step's starts in
-                                               the ``Step(rate_limit=)`` window (expires with it)
+                                               the ``Step(rate_limit=)`` window (expires with it;
+                                               ``rate:<step>:<key>`` per key with ``rate_key=``)
     <prefix>:{<wf>}:deadlines         zset     run id -> deadline ms (live runs with a timeout)
     <prefix>:{<wf>}:active            zset     run id -> created ms (runs not finished yet)
     <prefix>:{<wf>}:runs              zset     run id -> created ms (every run; trimmed by the

@@ -29,6 +29,7 @@ from plait.workflows import (
 )
 from plait.workflows._errors import cause_name
 
+from .._core.payload import UnstorableError, check_text
 from .._core.wire import lenient_text
 from .jobs import display_name, rollback_of
 
@@ -89,6 +90,32 @@ def limits_of(definition: Workflow[Any, Any]) -> str:
     if rates:
         limits["rl"] = rates
     return json.dumps(limits) if limits else ""
+
+
+def limits_for(definition: Workflow[Any, Any], model: Any) -> str:
+    """The limits one run stores: :func:`limits_of`, plus the key of each step whose rate limit
+    holds per key (``Step(rate_key=)``, computed from the run's validated input).
+
+    Raises:
+        UnstorableError: a rate key is not valid text, or its function failed.
+    """
+    keyed = [step for step in definition.steps if step.rate_key is not None]
+    if not keyed:
+        return limits_of(definition)  # the same text for every run of the definition
+    limits = json.loads(limits_of(definition))
+    for step in keyed:
+        assert step.rate_key is not None
+        try:
+            key = step.rate_key(model)
+        except Exception as error:
+            raise UnstorableError(f"step {step.name!r}: rate_key failed: {error!r}") from None
+        if not isinstance(key, str) or not key:
+            raise UnstorableError(
+                f"step {step.name!r}: rate_key must give a non-empty string, not {key!r}"
+            )
+        check_text(key, f"the rate_key of step {step.name!r}")
+        limits["rl"][step.name].append(key)
+    return json.dumps(limits)
 
 
 def caps_of(consumer: WorkflowConsumer[Any, Any]) -> str:

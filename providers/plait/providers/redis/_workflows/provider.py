@@ -51,7 +51,7 @@ from .._ops.catalog import Enrollment
 from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
 from .capabilities import Pins, announcement, pins_of
-from .codec import canonical_json, input_hash, limits_of, new_run_id, plan_of
+from .codec import canonical_json, input_hash, limits_for, new_run_id, plan_of
 from .flow import debounce_of, per_key_of
 from .handlers import Handlers
 from .intake import Intake
@@ -438,6 +438,7 @@ class RedisWorkflowProvider:
             user_meta = None if meta is None else check_meta(meta)
             if idempotency_key is not None:
                 check_key(idempotency_key)
+            limits = limits_for(definition, model)
             per_key = per_key_of(definition, model, concurrency_key)
             quiet = debounce_of(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
         except (ValidationError, UnstorableError) as error:
@@ -463,7 +464,7 @@ class RedisWorkflowProvider:
                 "plan_json": plan_of(definition),
                 "timeout_ms": int(deadline * 1000) if deadline else 0,
                 "retention_ms": int(self.options.retention.total_seconds() * 1000),
-                "limits_json": limits_of(definition),
+                "limits_json": limits,
             }
             if quiet is None:
                 ikey = idempotency_key or ""

@@ -20,7 +20,7 @@ from .._core.keys import ScheduleKeys, WorkflowKeys
 from .._core.payload import UnstorableError, check_meta, stored_json
 from .._core.schedules import StoredSchedule, check_schedule, schedule_meta, tick_key
 from .._core.tracing import outgoing_meta
-from .codec import canonical_json, input_hash, limits_of, new_run_id, plan_of
+from .codec import canonical_json, input_hash, limits_for, new_run_id, plan_of
 from .scripts import RunScripts
 
 logger = logging.getLogger("plait.schedules")
@@ -129,6 +129,7 @@ def workflow_spec(
             lambda: canonical_json(model.model_dump(mode="json")), "the input", limit=limit
         )
         user_meta = {} if meta is None else check_meta(meta)
+        limits = limits_for(definition, model)
     except (ValidationError, UnstorableError) as error:
         raise InvalidInputError(name, str(error)) from None
     if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
@@ -146,7 +147,7 @@ def workflow_spec(
         timeout_ms=0 if timeout is None else timeout // timedelta(milliseconds=1),
         fire={
             "plan": plan_of(definition),
-            "limits": limits_of(definition),
+            "limits": limits,
             "ihash": input_hash(canonical),
         },
     )

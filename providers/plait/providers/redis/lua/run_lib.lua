@@ -461,7 +461,8 @@ local function limits_in(raw)
   if lim.cc ~= nil and type(lim.cc) ~= 'number' then return nil end
   if lim.rl ~= nil and type(lim.rl) ~= 'table' then return nil end
   for _, rate in pairs(lim.rl or {}) do
-    if type(rate) ~= 'table' or type(rate[1]) ~= 'number' or type(rate[2]) ~= 'number' then
+    if type(rate) ~= 'table' or type(rate[1]) ~= 'number' or type(rate[2]) ~= 'number'
+      or (rate[3] ~= nil and type(rate[3]) ~= 'string') then
       return nil
     end
   end
@@ -542,7 +543,9 @@ local function start(c, job, tok, entry, owner, call)
     local now = now_ms()
     if next(lim) then
       local rate = lim.rl and lim.rl[job]
-      local starts = c.rate or (c.base .. 'rate:' .. job)
+      -- a per-key rate limit (rate[3], Step(rate_key=)) has a window of its own per key
+      local starts = rate and rate[3] and (c.base .. 'rate:' .. job .. ':' .. rate[3])
+        or c.rate or (c.base .. 'rate:' .. job)
       if rate then
         redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - rate[2])
         if redis.call('ZCARD', starts) >= rate[1] then
