@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis as sync_redis
+import redis.asyncio as redis_asyncio
 
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.workflows import RetryPolicy, WorkflowConsumer
@@ -242,6 +243,14 @@ def only_provider_keys(keys: list[bytes], prefix: str) -> bool:
     """Whether ``keys`` hold nothing but what a started provider writes under ``prefix`` by
     itself: its heartbeat and the key schema version (no run, no event)."""
     return set(keys) <= {f"{prefix}:instances".encode(), f"{prefix}:schema".encode()}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Any]:
+    """A redis-py asyncio client on the shared Redis (``REDIS_URL``), closed afterwards."""
+    connection = redis_asyncio.Redis.from_url(REDIS_URL)
+    yield connection
+    await connection.aclose()
 
 
 TESTS = Path(__file__).resolve().parent

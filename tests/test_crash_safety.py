@@ -14,14 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from apps.definitions import chain, crunch, hold, stuck
 from conftest import REDIS_URL, Spawn, eventually, ready, redis_server
 
@@ -46,13 +45,6 @@ REDIS_SERVER = shutil.which("redis-server")
 def backend() -> str:
     """These tests run on the real Redis only (keys under the test's prefix are cleaned)."""
     return "redis"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    connection = aioredis.Redis.from_url(REDIS_URL)
-    yield connection
-    await connection.aclose()
 
 
 async def test_a_killed_worker_loses_no_run_and_completes_none_twice(

@@ -9,12 +9,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from apps.definitions import shipping_v1, shipping_v2
 from conftest import REDIS_URL, Spawn, eventually, ready
 
@@ -31,13 +29,6 @@ ROLLBACKS = ("rollback:pack", "rollback:label")
 def backend() -> str:
     """These tests run on the real Redis only (keys under the test's prefix are cleaned)."""
     return "redis"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    connection = aioredis.Redis.from_url(REDIS_URL)
-    yield connection
-    await connection.aclose()
 
 
 async def test_a_stopped_worker_hands_its_running_steps_to_another_without_spending_attempts(

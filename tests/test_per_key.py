@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from apps.definitions import Keyed, keyed
 from conftest import REDIS_URL, OpenProvider, Spawn, ready
 from pydantic import BaseModel
@@ -243,13 +241,6 @@ def test_a_bad_per_key_option_is_refused_at_definition_time() -> None:
 
 
 # -- three worker processes on the real Redis -----------------------------------------------
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    connection = aioredis.Redis.from_url(REDIS_URL)
-    yield connection
-    await connection.aclose()
 
 
 @pytest.mark.redis_only

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from apps.definitions import Job, ticked
 from conftest import REDIS_URL, Spawn, eventually, ready
 
@@ -33,13 +31,6 @@ INSTANCES = ("s1", "s2", "s3")
 def backend() -> str:
     """These tests run on the real Redis only (keys under the test's prefix are cleaned)."""
     return "redis"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    connection = aioredis.Redis.from_url(REDIS_URL)
-    yield connection
-    await connection.aclose()
 
 
 async def redis_ms(client: Any) -> int:

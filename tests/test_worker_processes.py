@@ -11,12 +11,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from apps.definitions import chain, hold
 from apps.fault_app import napping
 from conftest import REDIS_URL, Spawn, eventually, ready
@@ -34,13 +32,6 @@ FAULTS = "apps.fault_app:providers"
 def backend() -> str:
     """These tests run on the real Redis only (keys under the test's prefix are cleaned)."""
     return "redis"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Any]:
-    connection = aioredis.Redis.from_url(REDIS_URL)
-    yield connection
-    await connection.aclose()
 
 
 async def exited(process: subprocess.Popen[bytes], timeout: float) -> float:
