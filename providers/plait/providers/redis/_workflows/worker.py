@@ -224,8 +224,13 @@ class Worker:
                     # Idle: wait in the intake (its sweep does the reclaim passes meanwhile).
                     entries, why = await self._intake_of.park(self, self._reader(free))
                     next_reclaim = 0.0 if why == "reclaim" else time.monotonic() + self._stall / 2
-                    if why == "entries" and not entries:  # woken: read before arming again
-                        entries = await self._read(free, 0)
+                    if why == "entries":
+                        # Woken: read, then keep reading (blocking) for a quiet second before
+                        # parking again, so this instance competes for the next entries with
+                        # instances that never parked (one that puts back what it cannot run).
+                        quiet_since = time.monotonic()
+                        if not entries:
+                            entries = await self._read(free, 0)
                 else:
                     # An idle read waits no longer than the next reclaim pass is due.
                     wait = min(max(next_reclaim - now, 0.01), _READ_WAIT)

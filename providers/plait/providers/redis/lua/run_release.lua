@@ -58,6 +58,10 @@ end
 if grace then
   if announced(job, now) then
     redis.call('HDEL', c.r, job .. '|nc')
+    -- Meant for another instance, which may be parked (intake.py): the push that queues the job
+    -- again must wake the parked ones, as push() does once an instance set 'idle'. Else this
+    -- instance, awake and reading, takes every copy again and the one that can run it sleeps.
+    redis.call('HSET', STATS, 'idle', '1')
   elseif not recorded() then
     return {'noop'}
   else
