@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,31 @@ def _wait(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting: {what}")
         time.sleep(0.05)
+
+
+@contextmanager
+def standalone_redis(folder: Path, *options: str) -> Iterator[int]:
+    """A ``redis-server`` of the test's own, storing in ``folder`` with no persistence unless
+    ``options`` (more ``--name value`` settings, which win over the defaults) say otherwise;
+    yields its port once it answers and shuts it down afterwards. Skips where no
+    ``redis-server`` is installed."""
+    binary = redis_server()
+    [port] = _free_ports(1)
+    subprocess.run(
+        [
+            *(binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
+            *("--save", "", "--appendonly", "no", *options),
+            *("--daemonize", "yes", "--logfile", str(folder / f"redis-{port}.log")),
+        ],
+        check=True,
+    )
+    try:
+        _wait(lambda: _ping(port), f"the test's redis-server on port {port} answers")
+        yield port
+    finally:
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, check=False
+        )
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from apps.definitions import chain, crunch, hold, stuck
-from conftest import REDIS_URL, Spawn, eventually, ready, redis_server
+from conftest import REDIS_URL, Spawn, _free_ports, _ping, _wait, eventually, ready, redis_server
 
 from plait.providers.redis import RedisWorkflowProvider
 from plait.workflows import (
@@ -213,17 +211,11 @@ async def test_a_deadline_holds_after_the_caller_exits(
     assert ran[f"{run_id}:unbook".encode()] == b"1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class OwnRedis:
     """A Redis server of this test's own, with an append-only file, that can be restarted."""
 
     def __init__(self, folder: str) -> None:
-        self.port = _free_port()
+        [self.port] = _free_ports(1)
         self.folder = folder
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
@@ -237,29 +229,13 @@ class OwnRedis:
             ],
             check=True,
         )
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "own Redis did not start"
-            time.sleep(0.05)
+        _wait(lambda: _ping(self.port), "own Redis starts")
 
     def stop(self) -> None:
         subprocess.run(
             ["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True, check=False
         )
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
-            ).returncode
-            == 0
-        ):
-            assert time.monotonic() < deadline, "own Redis did not stop"
-            time.sleep(0.05)
+        _wait(lambda: not _ping(self.port), "own Redis stops")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ and a wake-up lost on the way is made good by the intake's sweep within ``SWEEP`
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 import redis as sync_redis
-from conftest import REDIS_SERVER, _free_ports, _wait
+from conftest import standalone_redis
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
@@ -51,29 +50,8 @@ def many_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
     if backend == "cluster":
         yield str(request.getfixturevalue("cluster_url"))
         return
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_ports(1)[0]
-    server = subprocess.Popen(
-        [
-            *(REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        _wait(lambda: _pong(port), "the test's redis answers")
+    with standalone_redis(tmp_path) as port:
         yield f"redis://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def _pong(port: int) -> bool:
-    try:
-        return bool(sync_redis.Redis(port=port).ping())
-    except sync_redis.RedisError:
-        return False
 
 
 def _connections(url: str) -> int | None:

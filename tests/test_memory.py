@@ -12,8 +12,6 @@ the reconciler ``2 x retention + 1 h`` after the run started).
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -23,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from conftest import eventually
+from conftest import eventually, standalone_redis
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
@@ -68,35 +66,11 @@ async def ship(ctx: StepContext[Order]) -> str:
     return f"parcel-{ctx.input.order_id}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh redis-server with no persistence, killed afterwards."""
-    port = _free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
+    """A fresh redis-server with no persistence, shut down afterwards."""
+    with standalone_redis(tmp_path) as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture

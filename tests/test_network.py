@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 from apps.definitions import Job, chain
-from conftest import Spawn, eventually, ready
+from conftest import Spawn, eventually, ready, standalone_redis
 from faults import Proxy
 
 from plait.events import Event, EventProviderUnavailableError
@@ -51,35 +50,11 @@ def backend() -> str:
     return "redis"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def redis_port(tmp_path: Path) -> Iterator[int]:
-    """A fresh redis-server with no persistence, killed afterwards."""
-    port = _free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
+    """A fresh redis-server with no persistence, shut down afterwards."""
+    with standalone_redis(tmp_path) as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ probes answer within a bound and name the registered workflows.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import OpenProvider, _free_ports, _ping, _wait, eventually
+from conftest import OpenProvider, eventually, standalone_redis
 from pydantic import BaseModel
 
 from plait.events import Event, EventContext
@@ -189,31 +188,18 @@ async def test_rebuild_enrolls_what_was_written_before_the_registry(
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server of this module's own holding :data:`UNRELATED` keys of other apps."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server not installed")
-    [port] = _free_ports(1)
     folder: Path = tmp_path_factory.mktemp("crowded")
-    subprocess.run(
-        [
-            *(server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
-            *("--save", "", "--appendonly", "no", "--enable-debug-command", "local"),
-            *("--daemonize", "yes", "--logfile", str(folder / "log")),
-        ],
-        check=True,
-    )
-    cli = ["redis-cli", "-p", str(port)]
-    try:
-        _wait(lambda: _ping(port), "the crowded server answers")
+    with standalone_redis(folder, "--enable-debug-command", "local") as port:
         populated = subprocess.run(
-            [*cli, "debug", "populate", str(UNRELATED), "other-app:session"],
+            [
+                *("redis-cli", "-p", str(port)),
+                *("debug", "populate", str(UNRELATED), "other-app:session"),
+            ],
             capture_output=True,
             check=True,
         )
         assert populated.stdout.strip() == b"OK", populated
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        subprocess.run([*cli, "shutdown", "nosave"], capture_output=True, check=False)
 
 
 async def plait(url: str, prefix: str, *args: str) -> tuple[int, Any, float]:
