@@ -23,6 +23,7 @@ from plait.events import (
     InvalidEventError,
 )
 
+from .._core.codecs import Payloads
 from .._core.connection import Connection, connect, wrap
 from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
@@ -93,6 +94,7 @@ class RedisEventProvider:
         self.options = replace(chosen, provider_id=chosen.provider_id or default_provider_id())
         """The provider's options (``provider_id`` resolved)."""
         opts = self.options
+        self._payloads = Payloads(opts.codec)
         self._connection = _connection or wrap(redis)
         self._telemetry = Telemetry(opts.tracer_provider, opts.meter_provider)
         self._scripts = EventScripts(self._connection)
@@ -108,6 +110,7 @@ class RedisEventProvider:
             connect_timeout=opts.connect_timeout,
             published=self._published,
             max_payload=opts.max_payload_bytes,
+            payloads=self._payloads,
         )
         self._supervisor = Supervisor(
             self._connection,
@@ -179,6 +182,7 @@ class RedisEventProvider:
             concurrency=self.concurrency,
             retention=self.options.retention.total_seconds(),
             shutdown_timeout=self.options.shutdown_timeout.total_seconds(),
+            payloads=self._payloads,
         )
         return EventWorker(
             self._connection, self._scripts, self._telemetry, options=options, emit=self.emit
@@ -426,6 +430,7 @@ class RedisEventProvider:
             catchup_window=catchup_window,
             meta=meta,
             limit=self.options.max_payload_bytes,
+            payloads=self._payloads,
         )
         info = await self.schedules.put(schedule_id, spec)
         self._scheduler.wake()
