@@ -379,6 +379,13 @@ async def test_the_size_guard_counts_the_plaintext_json(open_provider: OpenProvi
 # -- the codecs themselves ---------------------------------------------------------------------
 
 
+def test_a_codec_without_encode_and_decode_is_refused() -> None:
+    with pytest.raises(TypeError, match="encode"):
+        RedisWorkflowProvider.from_url("memory://", codec=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="encode"):
+        RedisEventProvider.from_url("memory://", group="g", codec=b"key")  # type: ignore[arg-type]
+
+
 def test_the_shipped_codecs_are_payload_codecs() -> None:
     codecs: list[PayloadCodec] = [ZlibCodec(), fernet(Fernet.generate_key())]
     codecs.append(CodecChain(*codecs))
