@@ -77,8 +77,9 @@ class RedisEventProvider:
         group: the default group of handlers registered with :meth:`on`.
         **options: the other fields of :class:`EventProviderOptions` (``prefix``,
             ``provider_id``, ``retention``, ``retry``, ``stall_timeout``, ``concurrency``,
-            ``shutdown_timeout``, ``connect_timeout``, ``tracer_provider``,
-            ``meter_provider``); the provider keeps them as :attr:`options`.
+            ``shutdown_timeout``, ``connect_timeout``, ``max_payload_bytes``,
+            ``tracer_provider``, ``meter_provider``, ``codec``: a payload codec for event data
+            and replies); the provider keeps them as :attr:`options`.
     """
 
     def __init__(

@@ -101,9 +101,10 @@ class RedisWorkflowProvider:
         **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
-            ``reconcile_interval``, ``missing_handler_grace``, ``tracer_provider``,
-            ``meter_provider``, ``events``: an event provider for ``ctx.emit``); the provider
-            keeps them as :attr:`options`.
+            ``reconcile_interval``, ``missing_handler_grace``, ``max_payload_bytes``,
+            ``tracer_provider``, ``meter_provider``, ``events``: an event provider for
+            ``ctx.emit``, ``codec``: a payload codec for inputs, results, progress and
+            signals); the provider keeps them as :attr:`options`.
     """
 
     def __init__(
