@@ -422,3 +422,5 @@ def test_fernet_encrypts_with_the_first_key_and_decrypts_with_any() -> None:
         fernet(new).decode(token)
     with pytest.raises(ValueError):
         FernetCodec([])
+    with pytest.raises(TypeError, match="list of keys"):
+        FernetCodec(old)

@@ -54,12 +54,15 @@ class FernetCodec:
 
     Raises:
         ValueError: no key, or a key that is not a Fernet key.
+        TypeError: ``keys`` is one key, not a list of them.
         ImportError: the ``cryptography`` package is not installed.
     """
 
     def __init__(self, keys: Iterable[bytes | str]) -> None:
         from cryptography.fernet import Fernet, InvalidToken, MultiFernet  # noqa: PLC0415 (an extra)
 
+        if isinstance(keys, bytes | str):
+            raise TypeError("FernetCodec takes a list of keys: FernetCodec([key])")
         fernets = [Fernet(key) for key in keys]
         if not fernets:
             raise ValueError("FernetCodec needs at least one key")
