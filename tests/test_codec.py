@@ -423,4 +423,4 @@ def test_fernet_encrypts_with_the_first_key_and_decrypts_with_any() -> None:
     with pytest.raises(ValueError):
         FernetCodec([])
     with pytest.raises(TypeError, match="list of keys"):
-        FernetCodec(old)
+        FernetCodec(old)  # type: ignore[arg-type]
