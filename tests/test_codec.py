@@ -24,6 +24,7 @@ from plait.providers.redis import (
     RedisWorkflowProvider,
     ZlibCodec,
 )
+from plait.providers.redis._core.codecs import PLAIN, Payloads, UndecodableError
 from plait.providers.redis._core.connection import connect
 from plait.providers.redis._core.keys import EventKeys
 from plait.workflows import (
@@ -424,3 +425,16 @@ def test_fernet_encrypts_with_the_first_key_and_decrypts_with_any() -> None:
         FernetCodec([])
     with pytest.raises(TypeError, match="list of keys"):
         FernetCodec(old)  # type: ignore[arg-type]
+
+
+def test_binary_codec_output_is_stored_as_base64_text_and_damage_is_a_typed_error() -> None:
+    payloads = Payloads(ZlibCodec(threshold=0))
+    stored = payloads.seal('{"a":"' + "z" * 500 + '"}')
+
+    assert stored.startswith("~b") and stored.isascii() and len(stored) < 100
+    assert payloads.open(stored) == '{"a":"' + "z" * 500 + '"}'
+    assert payloads.open('{"a":1}') == '{"a":1}'  # written before the codec
+    with pytest.raises(UndecodableError, match="damaged"):
+        payloads.open(stored[:-3] + "!!!")
+    with pytest.raises(UndecodableError, match="has none"):
+        PLAIN.open(stored)
