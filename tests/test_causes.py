@@ -33,6 +33,7 @@ PINNED = {
     "plait.CorruptRun": "CorruptRunError",
     "plait.InvalidResult": "InvalidResultError",
     "plait.InvalidStoredInput": "InvalidStoredInputError",
+    "plait.PayloadDecode": "PayloadDecodeError",
     "plait.ResultNotSerializable": "ResultNotSerializableError",
     "plait.RunStopped": "RunStoppedError",
     "plait.StepTimeout": "StepTimeoutError",

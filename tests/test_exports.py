@@ -21,6 +21,7 @@ def test_workflows_exports_the_contract_names() -> None:
         "InvalidRunStateError",
         "InvalidStoredInputError",
         "NonRetryableError",
+        "PayloadDecodeError",
         "ProviderClosedError",
         "ProviderUnavailableError",
         "RedisCommandError",
@@ -67,6 +68,7 @@ def test_events_exports_the_contract_names() -> None:
         "EventHandler",
         "EventHandlerError",
         "EventIncompatibleSchemaError",
+        "EventPayloadDecodeError",
         "EventProviderClosedError",
         "EventProviderUnavailableError",
         "EventSubscriber",
@@ -77,10 +79,13 @@ def test_events_exports_the_contract_names() -> None:
 
 def test_redis_provider_exports_the_contract_names() -> None:
     assert plait.providers.redis.__all__ == [
+        "CodecChain",
         "EventProviderOptions",
+        "FernetCodec",
         "GroupHealth",
         "Health",
         "InstanceHealth",
+        "PayloadCodec",
         "QueueHealth",
         "Readiness",
         "ReconcileStats",
@@ -89,6 +94,7 @@ def test_redis_provider_exports_the_contract_names() -> None:
         "ScheduleInfo",
         "Schedules",
         "WorkflowProviderOptions",
+        "ZlibCodec",
         "health_app",
         "http_status",
         "lifespan",

@@ -9,6 +9,8 @@ Every error a caller of the event API can see derives from :class:`EventError`::
     ├── EventProviderUnavailableError     Redis unreachable (also a ProviderUnavailableError)
     ├── EventProviderClosedError          provider stopped (also a ProviderClosedError)
     ├── EventCommandError                 Redis refused a command (also a RedisCommandError)
+    ├── EventPayloadDecodeError           a reply the payload codec could not decode (also a
+    │                                     PayloadDecodeError)
     └── EventIncompatibleSchemaError      data of another key schema version (also an
                                           IncompatibleSchemaError)
 
@@ -26,6 +28,7 @@ from typing import Any
 
 from plait.workflows._errors import (
     IncompatibleSchemaError,
+    PayloadDecodeError,
     ProviderClosedError,
     ProviderUnavailableError,
     RedisCommandError,
@@ -37,6 +40,7 @@ __all__ = [
     "EventError",
     "EventHandlerError",
     "EventIncompatibleSchemaError",
+    "EventPayloadDecodeError",
     "EventProviderClosedError",
     "EventProviderUnavailableError",
     "EventTimeoutError",
@@ -62,6 +66,11 @@ class EventCommandError(EventError, RedisCommandError):
 
 class EventIncompatibleSchemaError(EventError, IncompatibleSchemaError):
     """The event provider's ``start()`` found data of another key schema version."""
+
+
+class EventPayloadDecodeError(EventError, PayloadDecodeError):
+    """The reply to a request could not be decoded by the provider's payload codec (a wrong
+    or missing key, damaged data)."""
 
 
 class InvalidEventError(EventError):

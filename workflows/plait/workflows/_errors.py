@@ -63,6 +63,7 @@ __all__ = [
     "InvalidRunStateError",
     "InvalidStoredInputError",
     "NonRetryableError",
+    "PayloadDecodeError",
     "ProviderClosedError",
     "ProviderUnavailableError",
     "RedisCommandError",
@@ -236,6 +237,18 @@ class CorruptRunError(NonRetryableError):
     """
 
     wire_name: ClassVar[str] = "plait.CorruptRun"
+
+
+class PayloadDecodeError(WorkflowError):
+    """A stored payload (an input, a result, progress, a signal, event data or a reply) that
+    the provider's payload codec could not decode: a wrong or missing key, or damaged data.
+
+    Raised to a caller reading it (``result()``); an attempt whose input or results do not
+    decode fails with ``cause_type="plait.PayloadDecode"`` and is retried like any failure
+    (another instance, or this one with its keys fixed, may decode it).
+    """
+
+    wire_name: ClassVar[str] = "plait.PayloadDecode"
 
 
 class UnknownJobError(NonRetryableError):
@@ -425,6 +438,7 @@ PLAIT_CAUSES: dict[str, type[WorkflowError]] = {
         CorruptRunError,
         InvalidResultError,
         InvalidStoredInputError,
+        PayloadDecodeError,
         ResultNotSerializableError,
         RunStoppedError,
         StepTimeoutError,

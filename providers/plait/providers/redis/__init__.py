@@ -19,6 +19,7 @@ codec) and never import each other; both stand on ``_core``::
       watchdog.py     deadlines on every reply, the stall / round-trip check
       wire.py         bytes to text, default provider ids
       payload.py      what can be stored: JSON depth, valid Unicode, meta
+      codecs.py       payload codecs (encryption, compression) and their framing as text
       keys.py         the whole key schema, one hash tag per workflow / event
       lua.py          loading lua/*.lua with their shared library
       calls.py        calling a user handler (async, or sync in a worker thread)
@@ -82,6 +83,7 @@ codec) and never import each other; both stand on ``_core``::
 import logging
 from importlib import metadata
 
+from ._core.codecs import CodecChain, FernetCodec, PayloadCodec, ZlibCodec
 from ._core.schedules import ScheduleInfo, Schedules
 from ._events.options import EventProviderOptions
 from ._events.provider import RedisEventProvider
@@ -99,10 +101,13 @@ __version__ = metadata.version("plait")
 """The installed version of plait (from the package metadata)."""
 
 __all__ = [
+    "CodecChain",
     "EventProviderOptions",
+    "FernetCodec",
     "GroupHealth",
     "Health",
     "InstanceHealth",
+    "PayloadCodec",
     "QueueHealth",
     "Readiness",
     "ReconcileStats",
@@ -111,6 +116,7 @@ __all__ = [
     "ScheduleInfo",
     "Schedules",
     "WorkflowProviderOptions",
+    "ZlibCodec",
     "health_app",
     "http_status",
     "lifespan",

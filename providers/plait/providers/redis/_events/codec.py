@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from plait.events import Event
 from plait.workflows import InvalidResultError
 
+from .._core.codecs import PLAIN, Payloads, UndecodableError
 from .._core.wire import text
 
 REQUIRED_FIELDS = ("id", "data", "meta")
@@ -108,8 +109,10 @@ def encode_json(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
 
 
-def decode_entry(event: Event[Any, Any], fields: Mapping[str, str]) -> Decoded:
-    """Decode and validate a stream entry of ``event``.
+def decode_entry(
+    event: Event[Any, Any], fields: Mapping[str, str], payloads: Payloads = PLAIN
+) -> Decoded:
+    """Decode and validate a stream entry of ``event`` (its data through ``payloads``).
 
     Raises:
         MalformedEntryError: a field is missing or does not decode, or the data does not validate.
@@ -120,8 +123,10 @@ def decode_entry(event: Event[Any, Any], fields: Mapping[str, str]) -> Decoded:
     if missing:
         raise MalformedEntryError(f"entry lacks field(s) {', '.join(missing)}")
     try:
-        raw_data = json.loads(fields["data"])
+        raw_data = json.loads(payloads.open(fields["data"], "the data"))
         meta = json.loads(fields["meta"])
+    except UndecodableError as error:
+        raise MalformedEntryError(str(error)) from error
     except ValueError as error:
         raise MalformedEntryError(f"undecodable payload: {error}") from error
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
@@ -153,11 +158,43 @@ def check_result(event: Event[Any, Any], value: Any) -> Any:
     return checked
 
 
-def reply_message(request_id: str, group: str, *, result: Any = None) -> str:
-    """The pub/sub message answering a request with a result."""
-    return encode_json({"request": request_id, "group": group, "ok": True, "result": result})
+def reply_message(
+    request_id: str, group: str, *, result: Any = None, payloads: Payloads = PLAIN
+) -> str:
+    """The pub/sub message answering a request with a result (with a codec: the result in
+    ``sealed``, see :func:`opened_reply`)."""
+    if payloads.codec is None:
+        return encode_json({"request": request_id, "group": group, "ok": True, "result": result})
+    return _sealed(request_id, group, True, encode_json({"result": result}), payloads)
 
 
-def failure_message(request_id: str, group: str, *, error: dict[str, Any]) -> str:
+def failure_message(
+    request_id: str, group: str, *, error: dict[str, Any], payloads: Payloads = PLAIN
+) -> str:
     """The pub/sub message answering a request with a handler failure."""
-    return json.dumps({"request": request_id, "group": group, "ok": False, "error": error})
+    if payloads.codec is None:
+        return json.dumps({"request": request_id, "group": group, "ok": False, "error": error})
+    return _sealed(request_id, group, False, json.dumps({"error": error}), payloads)
+
+
+def _sealed(request_id: str, group: str, ok: bool, body: str, payloads: Payloads) -> str:
+    message = {"request": request_id, "group": group, "ok": ok, "sealed": payloads.seal(body)}
+    return json.dumps(message)
+
+
+def opened_reply(message: dict[str, Any], payloads: Payloads) -> dict[str, Any]:
+    """A reply message with its ``sealed`` part (the result or error) decoded into it.
+
+    Raises:
+        UndecodableError: the payload codec could not decode it.
+    """
+    sealed = message.get("sealed")
+    if sealed is None:
+        return message
+    try:
+        body = json.loads(payloads.open(str(sealed), "the reply"))
+    except ValueError as error:  # UndecodableError too
+        raise UndecodableError(str(error)) from None
+    if not isinstance(body, dict):
+        raise UndecodableError(f"the reply decodes to {type(body).__name__}, not an object")
+    return {**message, **body}

@@ -19,6 +19,7 @@ from plait.events import Event, EventContext, EventHandler, EventHandlerError
 from plait.workflows import InvalidResultError, RetryPolicy
 
 from .._core.calls import invoke
+from .._core.codecs import PLAIN, Payloads
 from .._core.keys import EventKeys
 from .._core.retry import call_forever
 from .._core.telemetry import Telemetry, record_failure
@@ -64,7 +65,9 @@ class DeliveryRunner:
         retry: RetryPolicy,
         emit: Callable[..., Awaitable[str]],
         retried: Callable[[], None],
+        payloads: Payloads = PLAIN,
     ) -> None:
+        self._payloads = payloads
         self._scripts = scripts
         self._consumer = consumer
         self._retry = retry
@@ -77,7 +80,7 @@ class DeliveryRunner:
         """Handle ``delivery`` of ``sub`` and record the outcome."""
         keys, group, consumer = sub.keys, sub.group, self._consumer
         try:
-            decoded = decode_entry(sub.event, delivery.fields)
+            decoded = decode_entry(sub.event, delivery.fields, self._payloads)
         except MalformedEntryError as error:
             logger.warning("dead-lettering entry %s of %s: %s", delivery.entry, keys.stream, error)
             reason = f"malformed entry: {error}"
@@ -117,7 +120,9 @@ class DeliveryRunner:
             return
         reply_to = decoded.reply_to
         if reply_to is not None and (value is not None or sub.event.result is None):
-            message = reply_message(reply_to.request_id, group, result=value)
+            message = reply_message(
+                reply_to.request_id, group, result=value, payloads=self._payloads
+            )
             await self._write(
                 lambda: self._scripts.answer(keys, group, delivery, reply_to, message), "ack"
             )
@@ -165,7 +170,9 @@ class DeliveryRunner:
         self._count(sub, "dead_lettered")
         reply_to = decoded.reply_to
         if reply_to is not None:
-            message = failure_message(reply_to.request_id, group, error=wire)
+            message = failure_message(
+                reply_to.request_id, group, error=wire, payloads=self._payloads
+            )
             await self._write(lambda: self._scripts.reply(keys, reply_to, message), "reply")
 
     async def _write(self, operation: Callable[[], Awaitable[T]], what: str) -> T | None:

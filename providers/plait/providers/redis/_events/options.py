@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from plait.workflows import RetryPolicy
 
+from .._core.codecs import PayloadCodec
 from .._core.payload import DEFAULT_MAX_PAYLOAD
 
 
@@ -41,12 +42,18 @@ class EventProviderOptions:
     connect_timeout: timedelta = timedelta(seconds=5)
     """How long calls wait for an unreachable Redis before ``EventProviderUnavailableError``."""
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
-    """The largest event data stored, in bytes of JSON (default 2 MiB): larger data is
+    """The largest event data stored, in bytes of its JSON before any ``codec`` (default
+    2 MiB): larger data is
     refused with ``InvalidEventError`` before anything is written."""
     tracer_provider: Any = None
     """An OpenTelemetry tracer provider (default: the global one)."""
     meter_provider: Any = None
     """An OpenTelemetry meter provider (default: the global one)."""
+    codec: PayloadCodec | None = None
+    """Encodes every payload before it reaches Redis and decodes it when read: encryption
+    (``FernetCodec``), compression (``ZlibCodec``) or both (``CodecChain``); handlers and
+    callers see the same values. Every instance of a prefix needs a codec that decodes what
+    the others write (see docs/encryption.md). None: payloads are stored as JSON."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -71,3 +78,4 @@ class EventProviderKeywords(TypedDict, total=False):
     max_payload_bytes: int
     tracer_provider: Any
     meter_provider: Any
+    codec: PayloadCodec | None

@@ -23,6 +23,7 @@ from plait.events import (
     InvalidEventError,
 )
 
+from .._core.codecs import Payloads
 from .._core.connection import Connection, connect, wrap
 from .._core.errors import EVENT_KINDS, translated
 from .._core.keys import EventKeys
@@ -76,8 +77,9 @@ class RedisEventProvider:
         group: the default group of handlers registered with :meth:`on`.
         **options: the other fields of :class:`EventProviderOptions` (``prefix``,
             ``provider_id``, ``retention``, ``retry``, ``stall_timeout``, ``concurrency``,
-            ``shutdown_timeout``, ``connect_timeout``, ``tracer_provider``,
-            ``meter_provider``); the provider keeps them as :attr:`options`.
+            ``shutdown_timeout``, ``connect_timeout``, ``max_payload_bytes``,
+            ``tracer_provider``, ``meter_provider``, ``codec``: a payload codec for event data
+            and replies); the provider keeps them as :attr:`options`.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class RedisEventProvider:
         self.options = replace(chosen, provider_id=chosen.provider_id or default_provider_id())
         """The provider's options (``provider_id`` resolved)."""
         opts = self.options
+        self._payloads = Payloads(opts.codec)
         self._connection = _connection or wrap(redis)
         self._telemetry = Telemetry(opts.tracer_provider, opts.meter_provider)
         self._scripts = EventScripts(self._connection)
@@ -108,6 +111,7 @@ class RedisEventProvider:
             connect_timeout=opts.connect_timeout,
             published=self._published,
             max_payload=opts.max_payload_bytes,
+            payloads=self._payloads,
         )
         self._supervisor = Supervisor(
             self._connection,
@@ -179,6 +183,7 @@ class RedisEventProvider:
             concurrency=self.concurrency,
             retention=self.options.retention.total_seconds(),
             shutdown_timeout=self.options.shutdown_timeout.total_seconds(),
+            payloads=self._payloads,
         )
         return EventWorker(
             self._connection, self._scripts, self._telemetry, options=options, emit=self.emit
@@ -426,6 +431,7 @@ class RedisEventProvider:
             catchup_window=catchup_window,
             meta=meta,
             limit=self.options.max_payload_bytes,
+            payloads=self._payloads,
         )
         info = await self.schedules.put(schedule_id, spec)
         self._scheduler.wake()

@@ -19,17 +19,24 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from plait.events import Event, EventHandlerError, EventTimeoutError, InvalidEventError
+from plait.events import (
+    Event,
+    EventHandlerError,
+    EventPayloadDecodeError,
+    EventTimeoutError,
+    InvalidEventError,
+)
 from plait.workflows import InvalidResultError
 
 from .._core import payload
+from .._core.codecs import PLAIN, Payloads, UndecodableError
 from .._core.errors import CONNECTION_ERRORS, EVENT_KINDS, translated
 from .._core.keys import EventKeys
 from .._core.notify import Notifications
 from .._core.retry import call_until
 from .._core.telemetry import Telemetry
 from .._core.tracing import outgoing_meta
-from .codec import ReplyTo, encode_json, new_event_id
+from .codec import ReplyTo, encode_json, new_event_id, opened_reply
 from .scripts import EventScripts
 
 REPLY_POLL = 1.0
@@ -101,8 +108,10 @@ class Publisher:
         connect_timeout: timedelta,
         published: Callable[[EventKeys, bool], None],
         max_payload: int,
+        payloads: Payloads = PLAIN,
     ) -> None:
         self._max_payload = max_payload
+        self._payloads = payloads
         self._scripts = scripts
         self._notifications = notifications
         self._telemetry = telemetry
@@ -123,7 +132,7 @@ class Publisher:
         meta: Mapping[str, str] | None,
     ) -> Any:
         """Emit ``event`` with a reply address and return the first group's validated reply."""
-        data = stored_data(event, model, self._max_payload)
+        data = self._payloads.seal(stored_data(event, model, self._max_payload))
         user_meta = checked_meta(event, meta)
         keys = EventKeys(self._prefix, event.name)
         channel = keys.reply_channel(self._provider_id)
@@ -145,6 +154,10 @@ class Publisher:
             raise EventTimeoutError(event.name, event_id, timedelta(seconds=timeout)) from None
         finally:
             self._waiting.pop(event_id, None)
+        try:
+            message = opened_reply(message, self._payloads)
+        except UndecodableError as error:
+            raise EventPayloadDecodeError(f"request {event.name} {event_id}: {error}") from None
         group = str(message.get("group", ""))
         if not message.get("ok"):
             raise EventHandlerError.from_wire(event.name, group, message.get("error") or {})
@@ -197,7 +210,7 @@ class Publisher:
         wait_ms = delay_ms(event, delay)
         if idempotency_key is not None:
             check_key(event, idempotency_key)
-        data = stored_data(event, model, self._max_payload)
+        data = self._payloads.seal(stored_data(event, model, self._max_payload))
         user_meta = checked_meta(event, meta)
         return await self._write(event, data, idempotency_key, wait_ms=wait_ms, meta=user_meta)
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from plait.events import Event
 
+from .._core.codecs import PLAIN, Payloads
 from .._core.keys import EventKeys, ScheduleKeys
 from .._core.schedules import StoredSchedule, schedule_meta, tick_key
 from .._core.tracing import outgoing_meta
@@ -80,9 +81,10 @@ def event_spec(
     catchup_window: timedelta,
     meta: Mapping[str, str] | None,
     limit: int,
+    payloads: Payloads = PLAIN,
 ) -> StoredSchedule:
     """The stored spec of a schedule of ``event`` (checked: bad data raises; the data is at most
-    ``limit`` bytes).
+    ``limit`` bytes of JSON, stored through ``payloads``).
 
     Raises:
         InvalidEventError: ``event`` is not an Event, ``data`` does not validate, or ``meta``
@@ -91,7 +93,7 @@ def event_spec(
     model = validated(event, data)
     return StoredSchedule(
         target=event.name,
-        data=stored_data(event, model, limit),
+        data=payloads.seal(stored_data(event, model, limit)),
         cron=cron,
         timezone=timezone,
         every_ms=None if every is None else every // timedelta(milliseconds=1),

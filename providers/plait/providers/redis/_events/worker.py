@@ -22,6 +22,7 @@ from redis import exceptions as redis_errors
 from plait.events import Event, EventHandler
 from plait.workflows import RetryPolicy
 
+from .._core.codecs import PLAIN, Payloads
 from .._core.connection import Connection
 from .._core.errors import BACKGROUND_ERRORS, CONNECTION_ERRORS
 from .._core.keys import EventKeys
@@ -51,6 +52,8 @@ class WorkerOptions:
     concurrency: int
     retention: float
     shutdown_timeout: float
+    payloads: Payloads = PLAIN
+    """The provider's payload codec."""
 
 
 class EventWorker:
@@ -75,6 +78,7 @@ class EventWorker:
             retry=options.retry,
             emit=emit,
             retried=self.wake_timer,
+            payloads=options.payloads,
         )
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.streams: dict[str, EventKeys] = {}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from plait.workflows import (
     InvalidResultError,
     InvalidStoredInputError,
+    PayloadDecodeError,
     ResultNotSerializableError,
     RetryPolicy,
     Sleep,
@@ -29,6 +30,7 @@ from plait.workflows import (
 )
 
 from .._core.calls import Straggler, invoke
+from .._core.codecs import PLAIN, Payloads, UndecodableError
 from .._core.payload import DEFAULT_MAX_PAYLOAD, UnstorableError, check_size
 from .codec import decode_result, encode_result, policy_of
 from .jobs import COMPLETE, ERROR, ROLLBACK, error_step_name, is_step, rollback_of, step_of
@@ -45,8 +47,10 @@ class Handlers:
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         events: Any = None,
+        payloads: Payloads = PLAIN,
     ) -> None:
         self.consumer = consumer
+        self._payloads = payloads
         self._max_payload = max_payload
         self._emit = events.emit if events is not None else None
         self.definition = consumer.definition
@@ -146,13 +150,22 @@ class Handlers:
         meta: Mapping[str, str],
     ) -> WorkflowContext[Any]:
         """The context handed to the job's handler (``meta``: the run's meta, decoded)."""
+        payloads = self._payloads
         try:
-            data = self.definition.input.model_validate_json(started.input)
+            stored_input = payloads.open(started.input, "the run's input")
+            texts = {
+                name: payloads.open(text, f"the result of {name!r}")
+                for name, text in started.results.items()
+            }
+            progress = payloads.open(started.progress, "the progress") if started.progress else ""
+        except UndecodableError as error:
+            raise PayloadDecodeError(str(error)) from None
+        try:
+            data = self.definition.input.model_validate_json(stored_input)
         except ValidationError as error:
             raise InvalidStoredInputError(f"stored input does not validate: {error}") from error
         results = {
-            name: decode_result(text, self._outputs.get(name))
-            for name, text in started.results.items()
+            name: decode_result(text, self._outputs.get(name)) for name, text in texts.items()
         }
         common: dict[str, Any] = {
             "run_id": job.run_id,
@@ -173,7 +186,7 @@ class Handlers:
         return StepContext(
             step=error_step_name(job.name),
             fencing_token=int(job.token),
-            progress=json.loads(started.progress) if started.progress else None,
+            progress=json.loads(progress) if progress else None,
             save=save,
             **common,
         )
@@ -217,7 +230,8 @@ class Handlers:
         return "null"  # on_error and rollbacks return nothing
 
     def stored(self, text: str, what: str) -> str:
-        """``text`` (a result or progress as JSON), refused when over ``max_payload_bytes``.
+        """``text`` (a result or progress as JSON) as stored (through the payload codec),
+        refused when over ``max_payload_bytes`` (of JSON, before the codec).
 
         Raises:
             ResultNotSerializableError: ``text`` is too large to store.
@@ -227,7 +241,7 @@ class Handlers:
             check_size(size, what, self._max_payload)
         except UnstorableError as error:
             raise ResultNotSerializableError(str(error)) from None
-        return text
+        return self._payloads.seal(text)
 
     def _step_result(self, job: str, value: Any) -> str:
         try:

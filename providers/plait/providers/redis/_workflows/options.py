@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from plait.workflows import RetryPolicy
 
+from .._core.codecs import PayloadCodec
 from .._core.payload import DEFAULT_MAX_PAYLOAD
 
 
@@ -48,7 +49,8 @@ class WorkflowProviderOptions:
     without the handler puts the job back (no attempt spent) and health reports "waiting for a
     consumer that can run" it: a rolling deploy that adds a step never fails a run."""
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
-    """The largest payload stored, in bytes of JSON (default 2 MiB): a larger input is refused
+    """The largest payload stored, in bytes of its JSON before any ``codec`` (default 2 MiB):
+    a larger input is refused
     with ``InvalidInputError`` before anything is written; a larger step or on_complete result
     or progress fails the attempt as ``plait.ResultNotSerializable``."""
     tracer_provider: Any = None
@@ -58,6 +60,11 @@ class WorkflowProviderOptions:
     events: Any = None
     """An event provider (``RedisEventProvider``) that steps and hooks emit through with
     ``await ctx.emit(event, data)`` (None: ``ctx.emit`` raises ``RuntimeError``)."""
+    codec: PayloadCodec | None = None
+    """Encodes every payload before it reaches Redis and decodes it when read: encryption
+    (``FernetCodec``), compression (``ZlibCodec``) or both (``CodecChain``); handlers and
+    callers see the same values. Every instance of a prefix needs a codec that decodes what
+    the others write (see docs/encryption.md). None: payloads are stored as JSON."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -86,3 +93,4 @@ class WorkflowProviderKeywords(TypedDict, total=False):
     tracer_provider: Any
     meter_provider: Any
     events: Any
+    codec: PayloadCodec | None

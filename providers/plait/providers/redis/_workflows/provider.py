@@ -28,6 +28,7 @@ from plait.workflows import (
     WorkflowHandle,
 )
 
+from .._core.codecs import Payloads
 from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
 from .._core.keys import workflow_of
@@ -100,9 +101,10 @@ class RedisWorkflowProvider:
         **options: the fields of :class:`WorkflowProviderOptions` (``prefix``,
             ``provider_id``, ``default_timeout``, ``stall_timeout``, ``concurrency``,
             ``retention``, ``retry``, ``shutdown_timeout``, ``connect_timeout``,
-            ``reconcile_interval``, ``missing_handler_grace``, ``tracer_provider``,
-            ``meter_provider``, ``events``: an event provider for ``ctx.emit``); the provider
-            keeps them as :attr:`options`.
+            ``reconcile_interval``, ``missing_handler_grace``, ``max_payload_bytes``,
+            ``tracer_provider``, ``meter_provider``, ``events``: an event provider for
+            ``ctx.emit``, ``codec``: a payload codec for inputs, results, progress and
+            signals); the provider keeps them as :attr:`options`.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class RedisWorkflowProvider:
         self.options = replace(chosen, provider_id=chosen.provider_id or default_provider_id())
         """The provider's options (``provider_id`` resolved)."""
         opts = self.options
+        self._payloads = Payloads(opts.codec)
         self._connection = _connection or wrap(redis)
         self._scripts = RunScripts(self._connection)
         self._telemetry = Telemetry(opts.tracer_provider, opts.meter_provider)
@@ -127,6 +130,7 @@ class RedisWorkflowProvider:
             self._notifications,
             prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
+            payloads=self._payloads,
         )
         self._runs.close()
         self._timers = Timers(self._scripts, opts.prefix, self._notifications)
@@ -153,6 +157,7 @@ class RedisWorkflowProvider:
             prefix=opts.prefix,
             connect_timeout=opts.connect_timeout.total_seconds(),
             max_payload=opts.max_payload_bytes,
+            payloads=self._payloads,
         )
         self._supervisor = Supervisor(
             self._connection,
@@ -351,6 +356,7 @@ class RedisWorkflowProvider:
             self.options.retry,
             max_payload=self.options.max_payload_bytes,
             events=self.options.events,
+            payloads=self._payloads,
         )
         worker = Worker(
             self._connection,
@@ -459,7 +465,7 @@ class RedisWorkflowProvider:
         ):
             common: dict[str, Any] = {
                 "input_hash": input_hash(canonical),
-                "input_json": canonical,
+                "input_json": self._payloads.seal(canonical),
                 "meta_json": canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
                 "plan_json": plan_of(definition),
                 "timeout_ms": int(deadline * 1000) if deadline else 0,
@@ -581,6 +587,7 @@ class RedisWorkflowProvider:
             timeout=timeout,
             meta=meta,
             limit=self.options.max_payload_bytes,
+            payloads=self._payloads,
         )
         self._definitions.setdefault(definition.name, definition)
         info = await self.schedules.put(schedule_id, spec)

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from plait.workflows import (
+    PayloadDecodeError,
     ProviderClosedError,
     RunEvent,
     RunInfo,
@@ -22,6 +23,7 @@ from plait.workflows import (
     WorkflowStatus,
 )
 
+from .._core.codecs import PLAIN, Payloads, UndecodableError
 from .._core.connection import Connection
 from .._core.errors import CONNECTION_ERRORS, WORKFLOW_KINDS, translated
 from .._core.keys import WorkflowKeys
@@ -46,7 +48,9 @@ class Runs:
         *,
         prefix: str,
         connect_timeout: float,
+        payloads: Payloads = PLAIN,
     ) -> None:
+        self._payloads = payloads
         self._client: Any = connection.client
         self._scripts = scripts
         self._notifications = notifications
@@ -114,7 +118,7 @@ class Runs:
                     if record is not None:
                         status = WorkflowStatus(record["status"])
                         if status is WorkflowStatus.COMPLETED:
-                            return decode_result(record.get("result", "null"), output)
+                            return decode_result(self._result_of(run_id, record), output)
                         if status.is_final:
                             raise outcome_error(run_id, record)
                     with anyio.move_on_after(RECHECK):
@@ -122,6 +126,17 @@ class Runs:
                     self._check_open()
                 finally:
                     self._forget(run_id, woken)
+
+    def _result_of(self, run_id: str, record: Mapping[str, str]) -> str:
+        """The run's result as JSON (decoded by the payload codec).
+
+        Raises:
+            PayloadDecodeError: the codec could not decode it.
+        """
+        try:
+            return self._payloads.open(record.get("result", "null"), f"the result of {run_id}")
+        except UndecodableError as error:
+            raise PayloadDecodeError(str(error)) from None
 
     async def cancel_run(self, workflow: str, run_id: str) -> bool:
         """Cancel the run; False when it had already ended."""
@@ -171,7 +186,7 @@ class Runs:
                 continue
             for entry, fields in reply[0][1]:
                 last = entry
-                event = _run_event(entry, fields)
+                event = _run_event(entry, fields, self._payloads)
                 yield event
                 if event.kind == "finished":
                     return
@@ -217,7 +232,9 @@ def _event_id(text: str) -> bytes:
     return text.encode()
 
 
-def _run_event(entry: bytes, fields: Mapping[bytes, bytes]) -> RunEvent:
+def _run_event(entry: bytes, fields: Mapping[bytes, bytes], payloads: Payloads = PLAIN) -> RunEvent:
+    """A run event from its stream entry (progress decoded by ``payloads``; progress it cannot
+    decode is given as ``undecodable``, the reason, so a watch goes on)."""
     kind = fields.get(b"k", b"").decode()
     job = fields.get(b"j", b"").decode()
     attempt = fields.get(b"a", b"").decode()
@@ -226,7 +243,10 @@ def _run_event(entry: bytes, fields: Mapping[bytes, bytes]) -> RunEvent:
     if kind in ("step.failed", "step.retrying") and raw:
         data["error"] = json.loads(raw)
     elif kind == "step.progress" and raw:
-        data["progress"] = json.loads(raw)
+        try:
+            data["progress"] = json.loads(payloads.open(raw, "the progress"))
+        except UndecodableError as error:
+            data["undecodable"] = str(error)
     elif kind == "finished":
         data["status"] = raw
     elif kind == "compensating":

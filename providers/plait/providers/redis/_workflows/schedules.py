@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from plait.workflows import InvalidDefinitionError, InvalidInputError, Workflow, WorkflowStatus
 
+from .._core.codecs import PLAIN, Payloads
 from .._core.keys import ScheduleKeys, WorkflowKeys
 from .._core.payload import UnstorableError, check_meta, stored_json
 from .._core.schedules import StoredSchedule, check_schedule, schedule_meta, tick_key
@@ -100,9 +101,10 @@ def workflow_spec(
     timeout: timedelta | None,
     meta: Mapping[str, str] | None,
     limit: int,
+    payloads: Payloads = PLAIN,
 ) -> StoredSchedule:
     """The stored spec of a schedule of ``definition`` (checked: a bad argument raises; the
-    input is at most ``limit`` bytes).
+    input is at most ``limit`` bytes of JSON, stored through ``payloads``).
 
     Raises:
         InvalidInputError: ``data`` does not validate, or ``meta`` is not string pairs.
@@ -136,7 +138,7 @@ def workflow_spec(
         raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
     return StoredSchedule(
         target=name,
-        data=canonical,
+        data=payloads.seal(canonical),
         cron=cron,
         timezone=timezone,
         every_ms=None if every is None else every // timedelta(milliseconds=1),

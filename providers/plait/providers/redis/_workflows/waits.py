@@ -31,6 +31,7 @@ from plait.workflows import (
 )
 from plait.workflows._definition import STEP_NAME
 
+from .._core.codecs import PLAIN, Payloads
 from .._core.connection import Connection
 from .._core.errors import WORKFLOW_KINDS
 from .._core.keys import WorkflowKeys, workflow_of
@@ -126,8 +127,10 @@ class Signals:
         prefix: str,
         connect_timeout: float,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        payloads: Payloads = PLAIN,
     ) -> None:
         self._max_payload = max_payload
+        self._payloads = payloads
         self._client: Any = connection.client
         self._scripts = scripts
         self._definitions = definitions
@@ -150,7 +153,7 @@ class Signals:
         else:
             workflow = workflow_of(target)
             definition = self._definitions.get(workflow)
-        payload = _payload(workflow, definition, name, data, self._max_payload)
+        payload = self._payloads.seal(_payload(workflow, definition, name, data, self._max_payload))
         sid = signal_id if signal_id is not None else uuid.uuid4().hex
         try:
             check_key(sid)
