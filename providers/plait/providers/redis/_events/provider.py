@@ -253,7 +253,8 @@ class RedisEventProvider:
                 try:
                     if not waiting.cancelled_caught:
                         task_status.started()
-                        await stopping.wait()
+                        with self._connection.on_clock(self._worker.due, self._scheduler.fire_due):
+                            await stopping.wait()
                 finally:
                     self._publisher.fail_waiting(
                         EventProviderClosedError("the event provider was stopped")

@@ -248,7 +248,7 @@ class EventWorker:
             self._timer_wake = anyio.Event()
             wait = POLL
             try:
-                wait = await self._due()
+                wait = await self.due()
                 if time.monotonic() >= trim_at:
                     trim_at = time.monotonic() + trim_every
                     for keys in list(self.streams.values()):
@@ -259,8 +259,9 @@ class EventWorker:
                 with anyio.move_on_after(wait):
                     await self._timer_wake.wait()
 
-    async def _due(self) -> float:
-        """Promote due delayed events and claim due retries; returns seconds to the next."""
+    async def due(self) -> float:
+        """Promote due delayed events and claim due retries; returns seconds to the next (the
+        timer's pass, also run at once when a test moves the ``memory://`` clock)."""
         wait = POLL
         for keys in list(self.streams.values()):
             wait = min(wait, await self._promote(keys))

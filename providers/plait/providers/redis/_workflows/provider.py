@@ -297,7 +297,8 @@ class RedisWorkflowProvider:
             self._runs.open()
             task_status.started()
             try:
-                await stopping.wait()
+                with self._connection.on_clock(self._timers.catch_up, self._scheduler.fire_due):
+                    await stopping.wait()
             finally:
                 self._runs.close()
             with anyio.CancelScope(shield=True):
