@@ -123,12 +123,12 @@ def _clocked_database() -> type[Any]:
     """fakeredis's database whose time (key expiry) is its server's :class:`Clock`."""
     base: Any = importlib.import_module("fakeredis._core._database").Database
 
-    class ClockedDatabase(base):  # type: ignore[misc,valid-type]
+    class ClockedDatabase(base):  # type: ignore[misc]
         clock: Clock
 
         @property
         def time(self) -> float:
-            return self._real_time + self.clock.ahead  # type: ignore[no-any-return]
+            return self._real_time + self.clock.ahead
 
         @time.setter
         def time(self, value: float) -> None:  # fakeredis sets it before each command
