@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 from uuid import uuid4
 
+import anyio
+
 from plait.providers.redis._core import memory
+
+IDLE_TIMEOUT = 10.0
+"""Real seconds :meth:`VirtualClock.idle` (and so :meth:`~VirtualClock.advance`) waits for the
+work going on to finish."""
+_POLL = 0.005
+"""Seconds between two looks at whether the providers are idle."""
 
 
 class VirtualClock:
@@ -72,36 +81,61 @@ class VirtualClock:
         return timedelta(seconds=self._clock().ahead)
 
     async def advance(self, by: timedelta) -> None:
-        """Move the server's clock ``by`` forward and apply what came due.
+        """Let the work going on finish, move the server's clock ``by`` forward, apply what came
+        due, and let the work that follows finish.
 
-        Returns once every provider started on the server has looked at what is due at the new
-        time and applied it: due retries and delayed starts are queued for a worker, sleeps and
-        waits that timed out have moved on, runs past their deadline are ``TIMED_OUT``, delayed
-        events and due handler retries are delivered, due schedule ticks have fired. Running
-        what was queued (the steps, the handlers) happens after, as usual: wait for it with
-        ``handle.result()`` or a poll.
+        So when it returns, everything due by the new time has happened: due retries and
+        delayed starts have run, sleeps and waits that timed out have moved on (and their runs
+        compensated), runs past their deadline are ``TIMED_OUT``, delayed events and due handler
+        retries are delivered, due schedule ticks have fired, each as far as it goes without
+        more time passing (see :meth:`idle`).
 
-        Time jumps at once: what came due fires at the new time, and what it schedules in
+        Time jumps at once: what came due fires at the new time, and what that schedules in
         turn (the next retry's backoff, the next tick) counts from there, as after a process
-        that was paused that long; advance again to reach it. A schedule's ticks missed by the
-        jump follow its ``catchup=`` policy.
+        paused that long; advance again to reach it. A schedule's ticks missed by the jump
+        follow its ``catchup=`` policy.
 
         Args:
             by: how far (not negative).
+
+        Raises:
+            TimeoutError: the work did not finish within ``IDLE_TIMEOUT`` real seconds (a step
+                that waits for the test itself, say: move the clock after releasing it).
         """
         if by < timedelta(0):
             raise ValueError("a virtual clock only moves forward")
+        await self.idle()
         self._clock().move(by.total_seconds())
-        await self.settle()
+        await self._watchers().clock_moved()
+        await self.idle()
 
-    async def settle(self) -> None:
-        """Have every provider on the server look at what is due now and apply it (what
-        :meth:`advance` does after moving the clock), without moving it."""
-        if self._wakeups is None:
-            raise RuntimeError("use the VirtualClock as `async with VirtualClock() as clock`")
-        await self._wakeups.clock_moved()
+    async def idle(self, *, timeout: float = IDLE_TIMEOUT) -> None:
+        """Wait until no provider on the server has work going: no step, hook, rollback or
+        handler running, no job or event queued that a started provider would take.
+
+        What waits for time (a backoff, a sleep, a delayed start, a wait for a signal) does not
+        count: it waits for :meth:`advance`.
+
+        Args:
+            timeout: real seconds to wait at most.
+
+        Raises:
+            TimeoutError: still busy after ``timeout`` seconds.
+        """
+        watchers = self._watchers()
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < 2:  # twice in a row: a job queued as the last step ended is seen
+            quiet = 0 if await watchers.busy() else quiet + 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the providers on {self.url} still had work after {timeout} s")
+            await anyio.sleep(_POLL)
 
     def _clock(self) -> memory.Clock:
+        self._watchers()
+        return memory.clock(self._name)
+
+    def _watchers(self) -> memory.WakeUps:
         if self._wakeups is None:
             raise RuntimeError("use the VirtualClock as `async with VirtualClock() as clock`")
-        return memory.clock(self._name)
+        return self._wakeups

@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 
 from . import memory
 from .direct import ScriptCalls, packing_with_hiredis
-from .memory import Look, WakeUps
+from .memory import Busy, Look, WakeUps
 from .watchdog import watched
 
 #: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers
@@ -88,13 +88,13 @@ class Connection:
             self.wakeups.kick(key)
 
     @contextmanager
-    def on_clock(self, *looks: Look) -> Iterator[None]:
-        """Run ``looks`` whenever a test moves the embedded server's clock, while the context
-        lasts (``memory://`` only: elsewhere nothing)."""
+    def on_clock(self, look: Look, busy: Busy) -> Iterator[None]:
+        """While the context lasts, run ``look`` whenever a test moves the embedded server's
+        clock and let it ask ``busy`` (``memory://`` only: elsewhere nothing)."""
         if self.wakeups is None:
             yield
             return
-        with self.wakeups.on_clock(*looks):
+        with self.wakeups.on_clock(look, busy):
             yield
 
     async def run(self, script: AsyncScript, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:

@@ -19,7 +19,8 @@ Each server has a :class:`Clock`: its ``TIME`` (what the Lua scripts read) and i
 run :attr:`Clock.ahead` seconds ahead of the real clock, 0 unless a test moves it
 (``plait.testing.VirtualClock``). Stream idle times (leases, reclaim) stay on the real clock, as
 lease renewal does. A moved clock runs the looks registered with :meth:`WakeUps.on_clock` (the
-providers' timers and schedulers), so what came due is applied at once.
+providers' timers and schedulers), so what came due is applied at once; their busy probes tell
+a test when the work that followed is done.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Look = Callable[[], Awaitable[object]]
-"""An engine's "look at what is due now" pass (a timer tick, a scheduler pass)."""
+"""An engine's "look at what is due now" pass (timer ticks, a scheduler pass)."""
+Busy = Callable[[], Awaitable[bool]]
+"""Whether an engine has work queued or running (a job not taken yet, a step running)."""
 
 
 class _Settable(Protocol):
@@ -48,7 +51,7 @@ class WakeUps:
 
     def __init__(self) -> None:
         self._events: dict[str, set[_Settable]] = {}
-        self._looks: list[Look] = []
+        self._watchers: list[tuple[Look, Busy]] = []
 
     def kick(self, key: str) -> None:
         """Wake every reader waiting on ``key``."""
@@ -76,19 +79,27 @@ class WakeUps:
                     del self._events[key]
 
     @contextmanager
-    def on_clock(self, *looks: Look) -> Iterator[None]:
-        """Run ``looks`` whenever the server's clock is moved, for as long as the context lasts."""
-        self._looks.extend(looks)
+    def on_clock(self, look: Look, busy: Busy) -> Iterator[None]:
+        """While the context lasts: run ``look`` whenever the server's clock is moved, and ask
+        ``busy`` whether the engine still has work going (:meth:`busy`)."""
+        watcher = (look, busy)
+        self._watchers.append(watcher)
         try:
             yield
         finally:
-            for look in looks:
-                self._looks.remove(look)
+            self._watchers.remove(watcher)
 
     async def clock_moved(self) -> None:
         """Run every registered look (one after the other), returning when all are done."""
-        for look in list(self._looks):
+        for look, _ in list(self._watchers):
             await look()
+
+    async def busy(self) -> bool:
+        """Whether an engine on this server still has work queued or running."""
+        for _, busy in list(self._watchers):
+            if await busy():
+                return True
+        return False
 
 
 class Clock:
