@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import fakeredis
 import pytest
 from conftest import eventually
 from pydantic import BaseModel
@@ -248,6 +249,12 @@ async def test_key_expiry_follows_the_clock_and_no_other_server_moves() -> None:
         assert other.ahead == timedelta(0)
         assert abs((other.now() - datetime.now(tz=UTC)).total_seconds()) < 1
         assert (moved.now() - datetime.now(tz=UTC)) > HOUR - timedelta(seconds=1)
+        seconds, _ = await client.time()
+        assert seconds - time.time() > 3599  # what the Lua scripts read
+        plain: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())  # not plait's
+        seconds, _ = await plain.time()
+        assert abs(seconds - time.time()) < 2
+        await plain.aclose()
         await workflows._connection.aclose()
 
 
