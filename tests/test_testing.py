@@ -348,3 +348,12 @@ async def test_idle_gives_up_on_work_that_never_ends(
     release.set()
     await plait_clock.idle()
     assert await handle.status() == WorkflowStatus.COMPLETED
+
+
+def test_loading_the_plugin_imports_no_engine() -> None:
+    """Every pytest run where plait is installed loads the plugin: it must cost nothing."""
+    code = "import sys, plait.testing._plugin; print('plait.providers.redis' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

@@ -21,7 +21,24 @@ They are anyio fixtures: mark the tests with ``pytest.mark.anyio`` (asyncio back
 
 from __future__ import annotations
 
-from ._clock import VirtualClock
-from ._policies import without_backoff
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._clock import VirtualClock
+    from ._policies import without_backoff
 
 __all__ = ["VirtualClock", "without_backoff"]
+
+_HOMES = {"VirtualClock": "._clock", "without_backoff": "._policies"}
+"""Where each name lives: imported on first use, so the pytest plugin (a submodule, loaded by
+every pytest run where plait is installed) does not import the engine until a fixture runs."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
