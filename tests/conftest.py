@@ -27,6 +27,7 @@ import redis as sync_redis
 import redis.asyncio as redis_asyncio
 
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
+from plait.testing import VirtualClock
 from plait.workflows import RetryPolicy, WorkflowConsumer
 
 REDIS_URL = os.environ.get("PLAIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -176,6 +177,28 @@ def url(backend: str, request: pytest.FixtureRequest) -> str:
     if backend == "cluster":
         return str(request.getfixturevalue("cluster_url"))
     return REDIS_URL
+
+
+class RealClock:
+    """The clock of a real Redis: time passes by waiting it out."""
+
+    async def advance(self, by: timedelta) -> None:
+        """Wait ``by``."""
+        await asyncio.sleep(by.total_seconds())
+
+
+Clock = VirtualClock | RealClock
+
+
+@pytest.fixture
+async def clock(backend: str, url: str) -> AsyncIterator[Clock]:
+    """How a contract test lets time pass: ``await clock.advance(by)`` moves the virtual clock
+    of the test's ``memory://`` server (at once, plait.testing), and waits ``by`` on Redis."""
+    if backend != "memory":
+        yield RealClock()
+        return
+    async with VirtualClock(url) as virtual:
+        yield virtual
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import plait.events
 import plait.providers.redis
+import plait.testing
 import plait.workflows
 
 
@@ -105,3 +106,7 @@ def test_every_exported_name_exists() -> None:
     for package in (plait.workflows, plait.events, plait.providers.redis):
         for name in getattr(package, "__all__", []):
             assert hasattr(package, name), f"{package.__name__}.{name}"
+
+
+def test_testing_exports_the_test_kit() -> None:
+    assert plait.testing.__all__ == ["VirtualClock", "without_backoff"]

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from conftest import OpenProvider, eventually
+from conftest import Clock, OpenProvider, eventually
 from pydantic import BaseModel
 
 from plait.events import Event, EventContext
@@ -131,7 +131,7 @@ def test_ticks_missed_while_every_instance_was_down_follow_the_catch_up_policy(
 
 
 async def test_a_one_second_schedule_fires_each_tick_once_across_two_instances(
-    open_provider: OpenProvider, prefix: str
+    open_provider: OpenProvider, prefix: str, clock: Clock
 ) -> None:
     seen: list[dict[str, str]] = []
     first = await open_provider(recording(seen))
@@ -144,7 +144,11 @@ async def test_a_one_second_schedule_fires_each_tick_once_across_two_instances(
     async def four_ticks() -> bool:
         return len({run["scheduled_at"] for run in seen}) >= 4
 
-    await eventually(four_ticks, timeout=20, what="four ticks fired")
+    for _ in range(20):  # a tick a second (at once on memory://)
+        if await four_ticks():
+            break
+        await clock.advance(timedelta(seconds=1))
+    await eventually(four_ticks, timeout=10, what="four ticks fired")
     await first.schedules.pause("every-second")
     ticks = sorted({datetime.fromisoformat(run["scheduled_at"]) for run in seen})
     runs_per_tick = {
@@ -161,7 +165,7 @@ async def test_a_one_second_schedule_fires_each_tick_once_across_two_instances(
 
 
 async def test_a_paused_schedule_fires_nothing_until_resumed(
-    open_provider: OpenProvider, prefix: str
+    open_provider: OpenProvider, prefix: str, clock: Clock
 ) -> None:
     seen: list[dict[str, str]] = []
     workflows = await open_provider(recording(seen))
@@ -169,7 +173,7 @@ async def test_a_paused_schedule_fires_nothing_until_resumed(
     await workflows.schedules.pause("paused")
     seen.clear()
 
-    await anyio.sleep(2.5)  # ticks pass: none may fire
+    await clock.advance(timedelta(seconds=2.5))  # ticks pass: none may fire
     paused = await workflows.schedules.get("paused")
     assert (seen, paused is not None and paused.paused, paused and paused.next_fire_times) == (
         [],
@@ -178,6 +182,7 @@ async def test_a_paused_schedule_fires_nothing_until_resumed(
     )
 
     assert await workflows.schedules.resume("paused")
+    await clock.advance(timedelta(seconds=1))
 
     async def fired() -> bool:
         return bool(seen)
@@ -330,7 +335,7 @@ reminder = Event("sched.reminder", data=Report)
 
 
 async def test_an_event_schedule_emits_each_tick_once_across_two_instances(
-    url: str, prefix: str
+    url: str, prefix: str, clock: Clock
 ) -> None:
     seen: list[dict[str, str]] = []
     options: dict[str, Any] = {"prefix": prefix, "shutdown_timeout": timedelta(seconds=1)}
@@ -351,7 +356,11 @@ async def test_an_event_schedule_emits_each_tick_once_across_two_instances(
         async def three_ticks() -> bool:
             return len(seen) >= 3
 
-        await eventually(three_ticks, timeout=20, what="three ticks emitted")
+        for _ in range(20):  # a tick a second (at once on memory://)
+            if await three_ticks():
+                break
+            await clock.advance(timedelta(seconds=1))
+        await eventually(three_ticks, timeout=10, what="three ticks emitted")
         assert await two.schedules.pause("remind")
         listed = await two.schedules.list()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import OpenProvider, eventually
+from conftest import Clock, OpenProvider, eventually
 from pydantic import BaseModel
 
 from plait.providers.redis import RedisWorkflowProvider
@@ -168,11 +168,12 @@ async def test_a_signal_with_bad_data_raises_invalid_input_and_writes_nothing(
 
 
 async def test_a_wait_timeout_fails_the_run_and_compensates_in_reverse_order(
-    open_provider: OpenProvider,
+    open_provider: OpenProvider, clock: Clock
 ) -> None:
     flow, consumer, ran = order_flow("pay-late", timeout=timedelta(milliseconds=300))
     workflows = await open_provider(consumer)
     handle = await workflows.execute(flow, Order(order_id="o-5"))
+    await clock.advance(timedelta(milliseconds=300))
     with pytest.raises(WaitTimeoutError) as caught:
         await handle.result(timeout=10)
     assert caught.value.wait == "payment"
@@ -183,11 +184,12 @@ async def test_a_wait_timeout_fails_the_run_and_compensates_in_reverse_order(
 
 
 async def test_a_late_signal_after_the_timeout_is_refused_and_changes_nothing(
-    open_provider: OpenProvider,
+    open_provider: OpenProvider, clock: Clock
 ) -> None:
     flow, consumer, ran = order_flow("pay-refused", timeout=timedelta(milliseconds=200))
     workflows = await open_provider(consumer)
     handle = await workflows.execute(flow, Order(order_id="o-6"))
+    await clock.advance(timedelta(milliseconds=200))
     with pytest.raises(WaitTimeoutError):
         await handle.result(timeout=10)
     key = workflows._runs.keys(flow.name).run(handle.run_id)
@@ -201,23 +203,27 @@ async def test_a_late_signal_after_the_timeout_is_refused_and_changes_nothing(
 
 
 async def test_on_timeout_continue_gives_the_wait_a_none_result(
-    open_provider: OpenProvider,
+    open_provider: OpenProvider, clock: Clock
 ) -> None:
     flow, consumer, ran = order_flow(
         "pay-optional", timeout=timedelta(milliseconds=200), on_timeout="continue"
     )
     workflows = await open_provider(consumer)
     handle = await workflows.execute(flow, Order(order_id="o-7"))
+    await clock.advance(timedelta(milliseconds=200))
     assert await handle.result(timeout=10) is None
     assert ran == ["reserve", "notify", "ship"]
 
 
-async def test_the_run_deadline_still_bounds_a_wait(open_provider: OpenProvider) -> None:
+async def test_the_run_deadline_still_bounds_a_wait(
+    open_provider: OpenProvider, clock: Clock
+) -> None:
     flow, consumer, ran = order_flow("pay-deadline", timeout=None)
     workflows = await open_provider(consumer)
     handle = await workflows.execute(
         flow, Order(order_id="o-8"), timeout=timedelta(milliseconds=500)
     )
+    await clock.advance(timedelta(milliseconds=500))
     with pytest.raises(Exception) as caught:
         await handle.result(timeout=10)
     assert "timed out" in str(caught.value)
@@ -243,11 +249,12 @@ async def test_a_signal_by_idempotency_key_from_an_emitter_only_instance(
 
 
 async def test_retry_of_a_run_failed_by_a_wait_timeout_waits_again(
-    open_provider: OpenProvider,
+    open_provider: OpenProvider, clock: Clock
 ) -> None:
     flow, consumer, _ = order_flow("pay-retry", timeout=timedelta(milliseconds=300))
     workflows = await open_provider(consumer)
     handle = await workflows.execute(flow, Order(order_id="o-10"))
+    await clock.advance(timedelta(milliseconds=300))
     with pytest.raises(WaitTimeoutError):
         await handle.result(timeout=10)
     again = await workflows.retry(handle.run_id)
@@ -324,7 +331,7 @@ async def test_a_sleep_until_a_time_taken_from_the_input(open_provider: OpenProv
 
 
 async def test_a_delayed_start_is_created_now_and_deduplicated_before_it_starts(
-    open_provider: OpenProvider,
+    open_provider: OpenProvider, clock: Clock
 ) -> None:
     flow, consumer, ran = order_flow("later", timeout=None, on_timeout="fail")
     workflows = await open_provider(consumer)
@@ -338,6 +345,7 @@ async def test_a_delayed_start_is_created_now_and_deduplicated_before_it_starts(
     assert not again.created and again.run_id == handle.run_id
     assert await handle.status() is WorkflowStatus.PENDING
     assert ran == []
+    await clock.advance(timedelta(milliseconds=600))
     await parked(handle)
     assert ran == ["reserve", "notify"]
     started = (await handle.describe()).steps["reserve"].started_at
@@ -346,11 +354,12 @@ async def test_a_delayed_start_is_created_now_and_deduplicated_before_it_starts(
     )
 
 
-async def test_a_delayed_start_at_a_time(open_provider: OpenProvider) -> None:
+async def test_a_delayed_start_at_a_time(open_provider: OpenProvider, clock: Clock) -> None:
     flow, consumer = sleepy("at-time", duration=timedelta(0))
     workflows = await open_provider(consumer)
     at = datetime.now(tz=UTC) + timedelta(milliseconds=400)
     handle = await workflows.execute(flow, Order(order_id="a-1"), start_at=at)
+    await clock.advance(timedelta(milliseconds=400))
     await handle.result(timeout=10)
     started = (await handle.describe()).steps["first"].started_at
     assert started is not None and started >= at - timedelta(milliseconds=20)

@@ -12,7 +12,7 @@ codec) and never import each other; both stand on ``_core``::
 
     _core/          what both engines stand on
       connection.py   Connection, connect(url), wrap(client)
-      memory.py       the memory:// registry of embedded servers, in-process wake-ups
+      memory.py       the memory:// embedded servers: registry, clocks, in-process wake-ups
       direct.py       transition scripts sent straight on connections of their own
       errors.py       redis-py errors translated at one boundary (translated, ErrorKinds)
       retry.py        call_until (callers: until connect_timeout), call_forever (workers)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import codecs
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +23,7 @@ from redis.commands.core import AsyncScript
 
 from . import memory
 from .direct import ScriptCalls, packing_with_hiredis
-from .memory import WakeUps
+from .memory import Busy, Look, WakeUps
 from .watchdog import watched
 
 #: Connections per provider: blocking reads of each stream, pub/sub, transitions, callers
@@ -85,6 +86,16 @@ class Connection:
         """Tell local readers of ``key`` that something was enqueued (``memory://`` only)."""
         if self.wakeups is not None:
             self.wakeups.kick(key)
+
+    @contextmanager
+    def on_clock(self, look: Look, busy: Busy) -> Iterator[None]:
+        """While the context lasts, run ``look`` whenever a test moves the embedded server's
+        clock and let it ask ``busy`` (``memory://`` only: elsewhere nothing)."""
+        if self.wakeups is None:
+            yield
+            return
+        with self.wakeups.on_clock(look, busy):
+            yield
 
     async def run(self, script: AsyncScript, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Call a registered script (directly when this connection can, else via redis-py)."""

@@ -243,6 +243,11 @@ class RedisEventProvider:
         """
         await self._supervisor.serve(self._work, task_status=task_status)
 
+    async def _clock_moved(self) -> None:
+        """A test moved the ``memory://`` clock: apply what came due now (plait.testing)."""
+        await self._worker.due()
+        await self._scheduler.fire_due()
+
     async def _work(
         self, stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -258,7 +263,8 @@ class RedisEventProvider:
                 try:
                     if not waiting.cancelled_caught:
                         task_status.started()
-                        await stopping.wait()
+                        with self._connection.on_clock(self._clock_moved, self._worker.busy):
+                            await stopping.wait()
                 finally:
                     self._publisher.fail_waiting(
                         EventProviderClosedError("the event provider was stopped")

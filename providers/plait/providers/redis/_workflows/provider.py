@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -13,6 +14,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from pydantic import BaseModel, ValidationError
+from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
 from plait.workflows import (
@@ -31,7 +33,7 @@ from plait.workflows import (
 from .._core.codecs import Payloads
 from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
-from .._core.keys import workflow_of
+from .._core.keys import WorkflowKeys, workflow_of
 from .._core.notify import Notifications
 from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
@@ -302,13 +304,34 @@ class RedisWorkflowProvider:
             self._runs.open()
             task_status.started()
             try:
-                await stopping.wait()
+                with self._connection.on_clock(self._clock_moved, self._busy):
+                    await stopping.wait()
             finally:
                 self._runs.close()
             with anyio.CancelScope(shield=True):
                 await self._drain()
             tg.cancel_scope.cancel()
         self._tg = None
+
+    async def _clock_moved(self) -> None:
+        """A test moved the ``memory://`` clock: apply what came due now (plait.testing)."""
+        await self._timers.catch_up()
+        await self._scheduler.fire_due()
+
+    async def _busy(self) -> bool:
+        """Whether a step runs here or a job of this instance's workflows waits to be taken
+        (plait.testing: a virtual clock moves only once the work before is done)."""
+        if any(worker.running for worker in self._workers.values()):
+            return True
+        client = self._connection.client
+        for name in self._workers:
+            with contextlib.suppress(redis_errors.ResponseError):  # no stream yet
+                for group in await client.xinfo_groups(
+                    WorkflowKeys(self.options.prefix, name).jobs
+                ):
+                    if group["pending"] or group["lag"]:
+                        return True
+        return False
 
     async def _drain(self) -> None:
         timeout = self.options.shutdown_timeout.total_seconds()
