@@ -3,6 +3,7 @@ idempotency key, filters by status, time and indexed meta, paging, bulk retry an
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from plait.workflows import (
     StepContext,
     Workflow,
     WorkflowConsumer,
+    WorkflowHandle,
     WorkflowStatus,
     WorkflowStepError,
 )
@@ -34,7 +36,9 @@ ship = Workflow("search-ship", input=Order, indexed_meta=("customer", "region"))
 plain = Workflow("search-plain", input=Order).step("pack")
 
 
-def ship_consumer(broken: set[int], *, hold: anyio.Event | None = None) -> WorkflowConsumer[Order, Any]:
+def ship_consumer(
+    broken: set[int], *, hold: anyio.Event | None = None
+) -> WorkflowConsumer[Order, Any]:
     consumer: WorkflowConsumer[Order, Any] = WorkflowConsumer(ship)
 
     @consumer.step("pack")
@@ -50,10 +54,8 @@ def ship_consumer(broken: set[int], *, hold: anyio.Event | None = None) -> Workf
 
 async def settled(workflows: RedisWorkflowProvider, runs: list[Any]) -> None:
     for handle in runs:
-        try:
+        with contextlib.suppress(WorkflowStepError):
             await handle.result(timeout=20)
-        except WorkflowStepError:
-            pass
 
 
 async def every_page(workflows: RedisWorkflowProvider, **filters: Any) -> list[list[str]]:
@@ -73,7 +75,9 @@ async def test_a_run_is_found_by_its_idempotency_key(open_provider: OpenProvider
     handle = await workflows.execute(ship, Order(n=1), idempotency_key="order-1")
 
     found = await workflows.find_run(ship, idempotency_key="order-1")
-    by_name = await workflows.find_run("search-ship", idempotency_key="order-1")
+    by_name: WorkflowHandle[Any] | None = await workflows.find_run(
+        "search-ship", idempotency_key="order-1"
+    )
     missing = await workflows.find_run(ship, idempotency_key="order-2")
     listed = await workflows.list_runs(ship, idempotency_key="order-1")
 
@@ -215,6 +219,7 @@ async def test_running_runs_are_cancelled_in_bulk(open_provider: OpenProvider) -
     assert [info.run_id for info in cancelled.runs] == [runs[2].run_id, runs[0].run_id]
     await runs[1].result(timeout=20)
     for handle in (runs[0], runs[2]):
+
         async def ended(handle: Any = handle) -> bool:
             return bool((await handle.status()) is WorkflowStatus.CANCELLED)
 
@@ -232,7 +237,7 @@ async def test_bad_filters_raise_a_typed_error(open_provider: OpenProvider) -> N
     with pytest.raises(InvalidFilterError, match="since is after until"):
         await workflows.list_runs(ship, since=now, until=now - timedelta(seconds=1))
     with pytest.raises(InvalidFilterError, match="aware"):
-        await workflows.list_runs(ship, since=datetime(2026, 1, 1))  # noqa: DTZ001
+        await workflows.list_runs(ship, since=datetime(2026, 1, 1))
     with pytest.raises(InvalidFilterError, match="cursor"):
         await workflows.list_runs(ship, status=WorkflowStatus.FAILED, cursor="r:1:1")
     with pytest.raises(InvalidFilterError, match="limit"):
