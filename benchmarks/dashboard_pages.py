@@ -44,7 +44,9 @@ class Order(BaseModel):
     order_id: str
 
 
-orders = Workflow("bench-orders", input=Order).step("reserve").step("charge")
+orders = (
+    Workflow("bench-orders", input=Order, indexed_meta=("shard",)).step("reserve").step("charge")
+)
 saga = Workflow("bench-saga", input=Order).step("reserve").step("charge")
 
 
