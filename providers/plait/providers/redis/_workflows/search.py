@@ -272,7 +272,11 @@ async def page(
         infos = await records(client, keys, [owner] if owner else [])
         return RunPage(runs=tuple(info for info in infos if _holds(info, query)), cursor=None)
     found = await find(client, keys, query, limit=limit, cursor=cursor)
-    return RunPage(runs=tuple(await records(client, keys, found.ids)), cursor=found.cursor)
+    infos = await records(client, keys, found.ids)
+    # the record has the last word: an instance of an older plait (during a rolling deploy)
+    # changes a run's status without moving its index entry
+    wanted = [info for info in infos if query.status is None or info.status is query.status]
+    return RunPage(runs=tuple(wanted), cursor=found.cursor)
 
 
 async def records(client: Any, keys: WorkflowKeys, ids: list[str]) -> list[RunInfo]:
