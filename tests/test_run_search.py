@@ -20,7 +20,6 @@ from plait.workflows import (
     StepContext,
     Workflow,
     WorkflowConsumer,
-    WorkflowHandle,
     WorkflowStatus,
     WorkflowStepError,
 )
@@ -75,9 +74,7 @@ async def test_a_run_is_found_by_its_idempotency_key(open_provider: OpenProvider
     handle = await workflows.execute(ship, Order(n=1), idempotency_key="order-1")
 
     found = await workflows.find_run(ship, idempotency_key="order-1")
-    by_name: WorkflowHandle[Any] | None = await workflows.find_run(
-        "search-ship", idempotency_key="order-1"
-    )
+    by_name = await workflows.find_run("search-ship", idempotency_key="order-1")
     missing = await workflows.find_run(ship, idempotency_key="order-2")
     listed = await workflows.list_runs(ship, idempotency_key="order-1")
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack, overload
 
 import anyio
 import redis.asyncio as aioredis
@@ -690,9 +690,19 @@ class RedisWorkflowProvider:
 
     # -- finding and acting on runs ---------------------------------------------------------
 
+    @overload
     async def find_run(
-        self, workflow: Workflow[Any, OutputT] | str, *, idempotency_key: str
-    ) -> WorkflowHandle[OutputT] | None:
+        self, workflow: Workflow[Any, OutputT], *, idempotency_key: str
+    ) -> WorkflowHandle[OutputT] | None: ...
+
+    @overload
+    async def find_run(
+        self, workflow: str, *, idempotency_key: str
+    ) -> WorkflowHandle[Any] | None: ...
+
+    async def find_run(
+        self, workflow: Workflow[Any, Any] | str, *, idempotency_key: str
+    ) -> WorkflowHandle[Any] | None:
         """The run of ``workflow`` owning ``idempotency_key``, or None when no run owns it (the
         key expires ``retention`` after its run ended).
 
