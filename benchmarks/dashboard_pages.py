@@ -44,7 +44,9 @@ class Order(BaseModel):
     order_id: str
 
 
-orders = Workflow("bench-orders", input=Order).step("reserve").step("charge")
+orders = (
+    Workflow("bench-orders", input=Order, indexed_meta=("shard",)).step("reserve").step("charge")
+)
 saga = Workflow("bench-saga", input=Order).step("reserve").step("charge")
 
 
@@ -114,9 +116,13 @@ def pages(saga_run: str, total: int, middle: datetime) -> list[tuple[str, str]]:
         ("runs, first page", runs),
         ("runs, page at 50,000", f"{runs}?offset={total // 2}"),
         ("runs, last page", f"{runs}?offset={max(total - 50, 0)}"),
-        ("runs, status COMPENSATING (active index)", f"{runs}?status=COMPENSATING"),
-        ("runs, status COMPLETED (none: 500 examined)", f"{runs}?status=COMPLETED"),
-        ("runs, meta shard=3", f"{runs}?meta=shard%3D3"),
+        ("runs, status PENDING (status index)", f"{runs}?status=PENDING"),
+        ("runs, status COMPENSATING (status index)", f"{runs}?status=COMPENSATING"),
+        ("runs, status COMPLETED (none)", f"{runs}?status=COMPLETED"),
+        ("runs, meta shard=3 (meta index)", f"{runs}?meta=shard%3D3"),
+        ("runs, meta shard=3 + COMPENSATING", f"{runs}?meta=shard%3D3&status=COMPENSATING"),
+        ("runs, meta shard=3 + COMPLETED (none)", f"{runs}?meta=shard%3D3&status=COMPLETED"),
+        ("runs, status PENDING before the middle run", f"{runs}?status=PENDING&until={stamp}"),
         ("runs, idempotency key", f"{runs}?key=order-{total // 3}"),
         ("runs, created before the middle run", f"{runs}?until={stamp}"),
         ("run (compensated saga)", f"/runs/{urllib.parse.quote(saga_run)}"),
@@ -125,6 +131,13 @@ def pages(saga_run: str, total: int, middle: datetime) -> list[tuple[str, str]]:
         ("health", "/health"),
         ("health.json", "/health.json"),
     ]
+
+
+def next_page(base: str, path: str) -> str:
+    """The path of the page after ``path`` (its "next page" link)."""
+    page = request(base + path)
+    marker = page.text.partition('<a id="next" href="')[2].partition('"')[0]
+    return marker.replace("&amp;", "&")
 
 
 def middle_run(client: sync_redis.Redis, total: int) -> datetime:
@@ -177,7 +190,10 @@ def main() -> None:
         options = DashboardOptions(prefix=PREFIX, catalog_interval=60)
         with serve(args.url, options, startup=120) as base:
             wait_for_health(base)
-            for name, path in pages(saga_run, args.runs, middle_run(client, args.runs)):
+            listed = pages(saga_run, args.runs, middle_run(client, args.runs))
+            following = next_page(base, "/workflows/bench-orders?status=PENDING")
+            listed.insert(6, ("runs, status PENDING, second page (cursor)", following))
+            for name, path in listed:
                 times = measure(base, path, args.repeats)
                 print(f"{name:48} {statistics.median(times):10.1f} {max(times):8.1f}")
     finally:

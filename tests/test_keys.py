@@ -141,7 +141,10 @@ def test_the_key_builders_build_every_documented_key_and_channel() -> None:
         for name, member in inspect.getmembers(type(names)):
             if name.startswith("_") or name in ("base", "prefix", "workflow", "event", "kind"):
                 continue
-            key = getattr(names, name) if isinstance(member, property) else member(names, "x")
+            if isinstance(member, property):
+                key = getattr(names, name)
+            else:  # as many "x" as the builder takes names
+                key = member(names, *["x"] * (len(inspect.signature(member).parameters) - 1))
             built[key] = name
 
     patterns = {key: pattern_of(key, "p") for key in built}
@@ -179,7 +182,7 @@ saga = (
     .step("reserve")
     .step(Step("charge", rate_limit=(10, timedelta(seconds=5)), retry=SLOW_RETRY))
 )
-late = Workflow("keys-late", input=Item).step("wait")
+late = Workflow("keys-late", input=Item, indexed_meta=("customer",)).step("wait")
 
 
 def saga_consumer(log: list[str]) -> WorkflowConsumer[Item, None]:
@@ -229,7 +232,9 @@ async def test_every_key_a_workflow_writes_is_documented(
             saga, Item(n=1), idempotency_key="order-1", timeout=timedelta(seconds=30)
         )
         second = await workflows.execute(saga, Item(n=2))
-        timed_out = await workflows.execute(late, Item(n=3), timeout=timedelta(milliseconds=300))
+        timed_out = await workflows.execute(
+            late, Item(n=3), timeout=timedelta(milliseconds=300), meta={"customer": "c-3"}
+        )
         # two runs of one concurrency key: the second waits for the first's slot
         keyed = [
             await workflows.execute(

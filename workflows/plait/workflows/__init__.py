@@ -17,6 +17,7 @@ from ._errors import (
     IdempotencyConflictError,
     IncompatibleSchemaError,
     InvalidDefinitionError,
+    InvalidFilterError,
     InvalidInputError,
     InvalidResultError,
     InvalidRunStateError,
@@ -40,7 +41,15 @@ from ._errors import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
-from ._handle import RunEvent, RunInfo, StepInfo, WaitInfo, WorkflowHandle, WorkflowStatus
+from ._handle import (
+    RunEvent,
+    RunInfo,
+    RunPage,
+    StepInfo,
+    WaitInfo,
+    WorkflowHandle,
+    WorkflowStatus,
+)
 from ._protocols import RunBackend, WorkflowExecutor, WorkflowLifecycle
 
 __version__ = metadata.version("plait")
@@ -54,6 +63,7 @@ __all__ = [
     "IdempotencyConflictError",
     "IncompatibleSchemaError",
     "InvalidDefinitionError",
+    "InvalidFilterError",
     "InvalidInputError",
     "InvalidResultError",
     "InvalidRunStateError",
@@ -69,6 +79,7 @@ __all__ = [
     "RunEvent",
     "RunInfo",
     "RunNotFoundError",
+    "RunPage",
     "RunStoppedError",
     "SignalRefusedError",
     "Sleep",

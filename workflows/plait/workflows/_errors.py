@@ -9,6 +9,7 @@ Every error a caller can see derives from :class:`WorkflowError`::
     ├── ConcurrencyKeyBusyError       reject_new: the concurrency key's runs are all taken
     ├── RunNotFoundError              no run with this id
     ├── InvalidRunStateError          retry() of a run that is not FAILED or TIMED_OUT
+    ├── InvalidFilterError            list_runs() and the bulk actions: a filter they cannot serve
     ├── ProviderUnavailableError      Redis unreachable for connect_timeout
     │   └── plait.events.EventProviderUnavailableError   (also an EventError)
     ├── ProviderClosedError           the provider is stopped or not started
@@ -150,6 +151,12 @@ class InvalidRunStateError(WorkflowError):
         super().__init__(f"run {run_id} is {status}: operation not allowed")
         self.run_id = run_id
         self.status = status
+
+
+class InvalidFilterError(WorkflowError):
+    """A filter of ``list_runs()``, ``retry_runs()`` or ``cancel_runs()`` cannot be served (a
+    meta field the workflow does not index, ``since`` after ``until``, a cursor of another
+    listing...); nothing was read or written."""
 
 
 class ProviderUnavailableError(WorkflowError):

@@ -138,6 +138,18 @@ class RunInfo(_JSONable):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunPage(_JSONable):
+    """One page of runs found through the provider's indexes (``list_runs()``), newest first,
+    or the runs a bulk action (``retry_runs()``, ``cancel_runs()``) acted on."""
+
+    runs: tuple[RunInfo, ...]
+    """The runs of the page (fewer than asked when the page's work bound was reached, or when
+    runs expired after their retention: go on while :attr:`cursor` is not None)."""
+    cursor: str | None
+    """Pass it back as ``cursor=`` (with the same filters) for the next page; None at the end."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunEvent(_JSONable):
     """Something that happened to a run, as streamed by :meth:`WorkflowHandle.watch`.
 

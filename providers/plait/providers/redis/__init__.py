@@ -35,6 +35,7 @@ codec) and never import each other; both stand on ``_core``::
                       health
       options.py      WorkflowProviderOptions
       runs.py         the caller side: status, result, cancel, describe, watch
+      search.py       finding runs through the status, meta and runs indexes, paged by cursor
       worker.py       intake: read, reclaim, start in batches, hold and release entries
       intake.py       idle workflows: parked on wake-ups, one sweep for all
       attempt.py      running one attempt and recording its outcome
@@ -75,6 +76,7 @@ codec) and never import each other; both stand on ``_core``::
       worker.py       plait worker: load, check flags, banner, run until a signal
       dashboard.py    plait dashboard: check the extra and flags, serve with uvicorn
       commands.py     runs, events, dead-letters, reconcile, health, registry
+      runs.py         runs list and the bulk runs retry|cancel: filters served by the indexes
       schedules.py    schedules list, show, pause, resume, delete
       output.py       tables, times, JSON
     lua/            one script per transition, run_lib.lua / event_lib.lua shared by them

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from plait.workflows import (
+    InvalidFilterError,
     InvalidInputError,
     RunInfo,
     RunNotFoundError,
@@ -34,6 +35,7 @@ from .._workflows.codec import decode_record, run_info
 from .._workflows.reconciler import Reconciler
 from .._workflows.scripts import RunScripts
 from .._workflows.waits import Signals
+from . import runs
 from .output import ago, clock, emit, moment, span, table
 from .schedules import (
     ScheduleNotFoundError,
@@ -75,64 +77,11 @@ async def run(connection: Connection, args: argparse.Namespace) -> int:
 
 
 async def runs_list(connection: Connection, args: argparse.Namespace) -> int:
-    """``runs list``: the newest runs of every workflow (or one), optionally of one status."""
-    client = connection.client
-    names = [args.workflow] if args.workflow else await workflow_names(client, args.prefix)
-    found: list[dict[str, Any]] = []
-    for name in names:
-        found += await _recent(client, WorkflowKeys(args.prefix, name), args.status, args.limit)
-    found.sort(key=lambda row: row["created"], reverse=True)
-    found = found[: args.limit]
-    rows = [
-        [
-            row["run_id"],
-            row["workflow"],
-            row["status"],
-            row["version"] or "-",
-            moment(row["created"]),
-            span(row["created"], row["finished"]),
-        ]
-        for row in found
-    ]
-    emit(args, [_run_row_json(row) for row in found], lambda: _listing(rows))
-    return 0
-
-
-def _listing(rows: list[list[str]]) -> list[str]:
-    if not rows:
-        return ["no runs"]
-    return table(["RUN", "WORKFLOW", "STATUS", "VERSION", "CREATED", "TOOK"], rows)
-
-
-async def _recent(
-    client: Any, keys: WorkflowKeys, status: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` newest runs of one workflow still stored (in ``status`` if given)."""
-    found: list[dict[str, Any]] = []
-    start = 0
-    while len(found) < limit:
-        ids = await client.zrevrange(keys.runs, start, start + PAGE - 1)
-        if not ids:
-            break
-        start += PAGE
-        async with client.pipeline(transaction=False) as pipe:
-            for run_id in ids:
-                pipe.hmget(keys.run(run_id.decode()), "status", "created", "finished", "ver")
-            records = await pipe.execute()
-        for run_id, (stored, created, finished, version) in zip(ids, records, strict=True):
-            if stored is None or (status and stored.decode() != status):
-                continue  # expired after its retention, or another status
-            found.append(
-                {
-                    "run_id": run_id.decode(),
-                    "workflow": keys.workflow,
-                    "status": stored.decode(),
-                    "version": version.decode() if version else "",
-                    "created": _time(created),
-                    "finished": _time(finished),
-                }
-            )
-    return found[:limit]
+    """``runs list``: the newest runs of every workflow (or one) matching the filters."""
+    try:
+        return await runs.runs_list(connection, args)
+    except InvalidFilterError as error:
+        raise UsageError(str(error)) from None
 
 
 def _time(raw: bytes | None) -> datetime | None:
@@ -145,18 +94,37 @@ def _run_row_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _info(connection: Connection, args: argparse.Namespace) -> RunInfo:
+    return (await _record(connection, args))[0]
+
+
+async def _record(connection: Connection, args: argparse.Namespace) -> tuple[RunInfo, Any, Any]:
+    """The run's snapshot, its input and its result (None until it completed)."""
     run_id: str = args.run_id
     workflow = workflow_of(run_id)
     raw = await connection.client.hgetall(WorkflowKeys(args.prefix, workflow).run(run_id))
     if not workflow or not raw:
         raise CommandError(f"run {run_id} not found")
-    return run_info(run_id, workflow, decode_record(raw))
+    record = decode_record(raw)
+    return (
+        run_info(run_id, workflow, record),
+        _maybe_json(record.get("input")),
+        _maybe_json(record.get("result")),
+    )
 
 
 async def runs_show(connection: Connection, args: argparse.Namespace) -> int:
-    """``runs show``: the run's steps, attempts, timings, errors, rollbacks and meta."""
-    info = await _info(connection, args)
-    emit(args, run_json(info), lambda: _describe(info))
+    """``runs show``: the run's input, steps, attempts, timings, errors, rollbacks, meta and
+    result."""
+    info, data, result = await _record(connection, args)
+
+    def lines() -> list[str]:
+        shown = _describe(info)
+        shown.insert(1, f"input     {json.dumps(data)}")
+        if result is not None:
+            shown.insert(2, f"result    {json.dumps(result)}")
+        return shown
+
+    emit(args, {**run_json(info), "input": data, "result": result}, lines)
     return 0
 
 
@@ -259,7 +227,13 @@ def run_json(info: RunInfo) -> dict[str, Any]:
 
 
 async def runs_retry(connection: Connection, args: argparse.Namespace) -> int:
-    """``runs retry``: resume a FAILED or TIMED_OUT run as a new attempt of the same run."""
+    """``runs retry``: resume a FAILED or TIMED_OUT run as a new attempt of the same run (or,
+    without RUN_ID, every run of ``--workflow`` the filters find)."""
+    if args.run_id is None:
+        try:
+            return await runs.runs_bulk(connection, args, "retry")
+        except InvalidFilterError as error:
+            raise UsageError(str(error)) from None
     run_id: str = args.run_id
     keys = WorkflowKeys(args.prefix, workflow_of(run_id))
     scripts = RunScripts(connection)
@@ -291,7 +265,13 @@ async def runs_signal(connection: Connection, args: argparse.Namespace) -> int:
 
 
 async def runs_cancel(connection: Connection, args: argparse.Namespace) -> int:
-    """``runs cancel``: cancel a live run (completed steps are rolled back)."""
+    """``runs cancel``: cancel a live run (completed steps are rolled back); without RUN_ID,
+    every run of ``--workflow`` the filters find."""
+    if args.run_id is None:
+        try:
+            return await runs.runs_bulk(connection, args, "cancel")
+        except InvalidFilterError as error:
+            raise UsageError(str(error)) from None
     run_id: str = args.run_id
     keys = WorkflowKeys(args.prefix, workflow_of(run_id))
     scripts = RunScripts(connection)

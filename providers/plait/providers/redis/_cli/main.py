@@ -39,6 +39,7 @@ from plait.workflows import ProviderUnavailableError, RedisCommandError, Workflo
 from .._core.connection import connect, masked
 from .._core.errors import CONNECTION_ERRORS, REFUSED_CREDENTIALS
 from . import commands
+from . import runs as runs_cli
 from .commands import CommandError, UsageError
 from .dashboard import serve_dashboard
 from .worker import (
@@ -123,12 +124,21 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--workflow", help="only this workflow's runs")
     listing.add_argument("--status", type=_status, help="only runs in this status")
     listing.add_argument("--limit", type=_positive, default=20, help="at most N (default 20)")
-    for name, text in (
-        ("show", "a run's step timeline, attempts, errors, rollbacks and meta"),
-        ("retry", "resume a FAILED or TIMED_OUT run"),
-        ("cancel", "cancel a live run (its completed steps are rolled back)"),
+    listing.add_argument("--idempotency-key", help="only the run owning this key")
+    runs_cli.add_filters(listing)
+    showing = command(runs_do, "show", "a run's input, step timeline, errors, meta, result")
+    showing.add_argument("run_id", metavar="RUN_ID")
+    for name, text, status in (
+        ("retry", "resume a FAILED or TIMED_OUT run, or every run the filters find", "FAILED"),
+        ("cancel", "cancel a live run, or every run the filters find", "RUNNING"),
     ):
-        command(runs_do, name, text).add_argument("run_id", metavar="RUN_ID")
+        acting = command(runs_do, name, text)
+        acting.add_argument("run_id", metavar="RUN_ID", nargs="?", help="one run (or filters)")
+        acting.add_argument("--workflow", help="act on this workflow's runs the filters find")
+        acting.add_argument("--status", type=_status, help=f"their status (default {status})")
+        runs_cli.add_filters(acting)
+        acting.add_argument("--limit", type=_positive, default=1000, help="at most N runs")
+        acting.add_argument("--dry-run", action="store_true", help="list them, act on none")
     signalling = command(runs_do, "signal", "send a signal to a run's wait of that name")
     signalling.add_argument("run_id", metavar="RUN_ID")
     signalling.add_argument("name", metavar="NAME", help="the wait's name")

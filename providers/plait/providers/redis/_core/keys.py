@@ -32,6 +32,14 @@ one attempt of a job::
                                                ``wake`` instead of reading the stream)
                                                ``wait:<job>`` -> last ms a job was put back
                                                because no live instance announced it
+    <prefix>:{<wf>}:status            zset     "STATUS|created ms (13 digits)|run id" -> 0: every
+                                               run under its current status, by creation time
+                                               (ZRANGEBYLEX; moved by every status change,
+                                               trimmed with ``runs``)
+    <prefix>:{<wf>}:meta:<field>:<value>  zset run id -> created ms: the runs whose meta has
+                                               that value of a field the workflow indexes
+                                               (``Workflow(indexed_meta=)``; trimmed at
+                                               execute, and expires, with ``runs``' horizon)
     <prefix>:{<wf>}:idem:<key>        string   "run|input hash" of the run owning the
                                                idempotency key (expires: retention after it ends)
     <prefix>:{<wf>}:key:<key>:running zset  run id -> ms: runs holding a slot of concurrency key
@@ -57,7 +65,7 @@ one attempt of a job::
 A finished run's record, results, events and idempotency key expire ``retention`` after it
 ended. Lua scripts declare in KEYS every key they touch that the caller can name, so Redis
 Cluster checks them before running a script (``lua/run_lib.lua`` says how the few they cannot
-name are reached): the workflow's keys from ``jobs`` to ``stats`` (in the table's order, without
+name are reached): the workflow's keys from ``jobs`` to ``status`` (in the table's order, without
 ``dead``), then the record, results and events of each run named. ``base``
 (``<prefix>:{<wf>}:``) is ARGV[1]; ``<prefix>:{<wf>}:settled`` is never written (a script asks
 whether it exists to learn whether the slot is moving).
@@ -220,6 +228,15 @@ class WorkflowKeys:
         """Pub/sub channel told when an entry is added to :attr:`jobs` while an instance waits
         for one without reading (the ``idle`` field of :attr:`stats`)."""
         return self.base + "wake"
+
+    @property
+    def status(self) -> str:
+        """Zset (by lex) of every run under its current status, by creation time."""
+        return self.base + "status"
+
+    def meta_index(self, name: str, value: str) -> str:
+        """Zset of the runs whose meta field ``name`` (one the workflow indexes) is ``value``."""
+        return f"{self.base}meta:{name}:{value}"
 
     def idempotency(self, key: str) -> str:
         """The run owning idempotency ``key`` (and its input hash)."""
@@ -394,6 +411,8 @@ SCHEMA: tuple[KeyPattern, ...] = (
     KeyPattern("<prefix>:{<wf>}:runs", "zset"),
     KeyPattern("<prefix>:{<wf>}:consumers", "hash"),
     KeyPattern("<prefix>:{<wf>}:stats", "hash"),
+    KeyPattern("<prefix>:{<wf>}:status", "zset"),
+    KeyPattern("<prefix>:{<wf>}:meta:<field>:<value>", "zset"),
     KeyPattern("<prefix>:{<wf>}:idem:<key>", "string"),
     KeyPattern("<prefix>:{<wf>}:key:<key>:running", "zset"),
     KeyPattern("<prefix>:{<wf>}:key:<key>:queue", "zset"),

@@ -266,8 +266,13 @@ async def runs_page(dashboard: Dashboard, request: Request) -> tuple[str, Safe]:
     workflow = request.path_params["workflow"]
     where = _filter(request)
     offset = max(0, int(request.query_params.get("offset") or 0))
-    page = await queries.run_page(dashboard.client, dashboard.keys(workflow), where, offset=offset)
-    query = {key: value for key, value in request.query_params.items() if key != "offset"}
+    cursor = request.query_params.get("cursor") or None
+    page = await queries.run_page(
+        dashboard.client, dashboard.keys(workflow), where, offset=offset, cursor=cursor
+    )
+    query = {
+        key: value for key, value in request.query_params.items() if key not in ("offset", "cursor")
+    }
     request.state.above = pages.runs_form(workflow, where)
     return f"Runs of {workflow}", pages.runs(workflow, page, query)
 

@@ -207,22 +207,37 @@ def runs(workflow: str, page: RunPage, query: Mapping[str, str]) -> Safe:
         for row in page.rows
     ]  # fmt: skip
     more = Safe("")
+    following = {}
     if page.next_offset is not None:
-        link = urlencode({**query, "offset": str(page.next_offset)})
+        following = {"offset": str(page.next_offset)}
+    elif page.next_cursor is not None:
+        following = {"cursor": page.next_cursor}
+    if following:
+        link = urlencode({**query, **following})
         more = html(
             '<p><a id="next" href="/workflows/{}?{}">next page</a></p>',
             quote(workflow, safe=""),
             link,
         )
-    summary = html(
-        '<p class="muted">{} runs in the {} index and time range; '
-        "runs {}-{} examined, {} shown</p>",
-        page.total,
-        page.index,
-        page.offset + 1 if page.examined else page.offset,
-        page.offset + page.examined,
-        len(page.rows),
-    )
+    if page.index == "runs":
+        summary = html(
+            '<p class="muted">{} runs in the {} index and time range; '
+            "runs {}-{} examined, {} shown</p>",
+            page.total,
+            page.index,
+            page.offset + 1 if page.examined else page.offset,
+            page.offset + page.examined,
+            len(page.rows),
+        )
+    else:
+        summary = html(
+            '<p class="muted">{} runs in the {} index and time range; '
+            "{} examined on this page, {} shown</p>",
+            page.total,
+            page.index,
+            page.examined,
+            len(page.rows),
+        )
     return html(
         "{}{}{}",
         summary,

@@ -1,11 +1,11 @@
 """What the dashboard reads from Redis, a page at a time, through the indexes plait keeps.
 
-Runs are found through a workflow's ``runs`` zset (every run, by creation time) or its ``active``
-zset (runs not finished yet), by rank: a page is one ``ZREVRANGE`` of its ids and one pipeline
-of ``HMGET`` on their records, never the whole index. A time filter becomes a rank range
-(``ZCOUNT`` on the creation time), an idempotency key is one ``GET`` of
-``<prefix>:{<wf>}:idem:<key>``. Status and meta have no index of their own: a filtered page
-examines at most :data:`SCAN_BUDGET` runs of the index and says where to go on.
+Runs are found through a workflow's ``runs`` zset (every run, by creation time), by rank: a page
+is one ``ZREVRANGE`` of its ids and one pipeline of ``HMGET`` on their records, never the whole
+index. A time filter becomes a rank range (``ZCOUNT`` on the creation time), an idempotency key
+is one ``GET`` of ``<prefix>:{<wf>}:idem:<key>``. A status or meta filter pages through the
+status index or the meta field's index (``_workflows/search.py``: a field the workflow indexes,
+``Workflow(indexed_meta=)``) from a cursor, checking the other filters with ``ZMSCORE``.
 """
 
 from __future__ import annotations
@@ -16,20 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from plait.workflows import RunEvent, WorkflowStatus
+from plait.workflows import InvalidFilterError, RunEvent, WorkflowStatus
 
 from .._core.keys import EventKeys, WorkflowKeys
 from .._core.wire import text
+from .._workflows import search
 from .._workflows.runs import _run_event
 
 PAGE_SIZE = 50
 """Runs on one page."""
-SCAN_BUDGET = 500
-"""Runs a filtered page examines at most before it answers (and offers to go on)."""
-CHUNK = 250
-"""Run ids read (and records fetched in one pipeline) at a time."""
-LIVE = frozenset({WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING})
-"""Statuses of runs in the ``active`` index."""
 EVENT_LOG = 500
 """A run's newest events shown on its page."""
 
@@ -86,9 +81,12 @@ class RunPage:
     examined: int
     """Runs of the index this page looked at (more than ``rows`` when filtered)."""
     total: int
-    """Runs of the index in the time range (before status and meta filters)."""
+    """Runs of the index in the time range (before the other filters)."""
     index: str = field(default="runs")
-    """``runs`` or ``active``: the index paged through."""
+    """``runs``, ``status`` or ``meta:<field>``: the index paged through."""
+    next_cursor: str | None = None
+    """Where the next page of a status or meta filter starts (its pages go by cursor, not
+    offset), or None at the end."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,44 +139,82 @@ async def summaries(client: Any, prefix: str, names: list[str]) -> list[Workflow
 
 
 async def run_page(
-    client: Any, keys: WorkflowKeys, where: RunFilter, *, offset: int = 0, limit: int = PAGE_SIZE
+    client: Any,
+    keys: WorkflowKeys,
+    where: RunFilter,
+    *,
+    offset: int = 0,
+    limit: int = PAGE_SIZE,
+    cursor: str | None = None,
 ) -> RunPage:
-    """A page of ``keys.workflow``'s runs matching ``where``, newest first, from rank
-    ``offset`` of the index in the time range."""
+    """A page of ``keys.workflow``'s runs matching ``where``, newest first: from rank ``offset``
+    of the ``runs`` index in the time range, or, with a status or meta filter, from ``cursor``
+    of the index that serves it.
+
+    Raises:
+        ValueError: a filter or cursor that cannot be served.
+    """
     if where.idempotency_key:
         return await _by_idempotency_key(client, keys, where)
-    live = where.status in LIVE
-    index = keys.active if live else keys.runs
+    if where.status is not None or where.meta is not None:
+        return await _indexed_page(client, keys, where, limit=limit, cursor=cursor)
     top = "+inf" if where.until is None else _ms(where.until)
     bottom = "-inf" if where.since is None else _ms(where.since)
     async with client.pipeline(transaction=False) as pipe:
-        pipe.zcount(index, f"({top}", "+inf")  # runs created after the range: ranks to skip
-        pipe.zcount(index, bottom, top)
+        pipe.zcount(keys.runs, f"({top}", "+inf")  # runs created after the range: ranks to skip
+        pipe.zcount(keys.runs, bottom, top)
         newer, total = (int(count) for count in await pipe.execute())
-    filtered = where.status is not None or where.meta is not None
-    budget = SCAN_BUDGET if filtered else limit
-    rows: list[RunRow] = []
-    examined = 0
-    while len(rows) < limit and examined < budget and offset + examined < total:
-        count = min(CHUNK, budget - examined, total - offset - examined)
-        start = newer + offset + examined
-        ids = [text(raw) for raw in await client.zrevrange(index, start, start + count - 1)]
-        if not ids:
-            break
-        for row in await _records(client, keys, ids):
-            examined += 1
-            if row is not None and _matches(row, where):
-                rows.append(row)
-                if len(rows) == limit:
-                    break
-    end = offset + examined
+    start = newer + offset
+    count = max(0, min(limit, total - offset))
+    ids = [text(raw) for raw in await client.zrevrange(keys.runs, start, start + count - 1)]
+    ids = ids if count else []
+    rows = [row for row in await _records(client, keys, ids) if row is not None]
+    end = offset + len(ids)
     return RunPage(
         rows=rows,
         offset=offset,
         next_offset=end if end < total else None,
-        examined=examined,
+        examined=len(ids),
         total=total,
-        index="active" if live else "runs",
+    )
+
+
+async def _indexed_page(
+    client: Any, keys: WorkflowKeys, where: RunFilter, *, limit: int, cursor: str | None
+) -> RunPage:
+    try:
+        query = search.query_of(
+            status=where.status,
+            since=where.since,
+            until=where.until,
+            meta=dict([where.meta]) if where.meta else None,
+            idempotency_key=None,
+            indexed=None,
+        )
+        found = await search.find(client, keys, query, limit=limit, cursor=cursor)
+    except InvalidFilterError as error:
+        raise ValueError(str(error)) from None
+    rows = [row for row in await _records(client, keys, found.ids) if row is not None]
+    if where.meta is not None:
+        name, value = where.meta
+        index = f"meta:{name}"
+        low = "-inf" if where.since is None else _ms(where.since)
+        high = "+inf" if where.until is None else _ms(where.until)
+        total = int(await client.zcount(keys.meta_index(name, value), low, high))
+    else:
+        status = where.status.value if where.status is not None else ""
+        low = f"[{status}|" if where.since is None else f"[{status}|{_ms(where.since):013d}"
+        high = f"({status}|:" if where.until is None else f"({status}|{_ms(where.until) + 1:013d}"
+        index = "status"
+        total = int(await client.zlexcount(keys.status, low, high))
+    return RunPage(
+        rows=rows,
+        offset=0,
+        next_offset=None,
+        examined=found.examined,
+        total=total,
+        index=index,
+        next_cursor=found.cursor,
     )
 
 

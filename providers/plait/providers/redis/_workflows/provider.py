@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack, overload
 
 import anyio
 import redis.asyncio as aioredis
@@ -21,13 +21,16 @@ from plait.workflows import (
     ConcurrencyKeyBusyError,
     IdempotencyConflictError,
     InvalidDefinitionError,
+    InvalidFilterError,
     InvalidInputError,
     InvalidRunStateError,
     ProviderClosedError,
     RunNotFoundError,
+    RunPage,
     Workflow,
     WorkflowConsumer,
     WorkflowHandle,
+    WorkflowStatus,
 )
 
 from .._core.codecs import Payloads
@@ -53,6 +56,7 @@ from .._core.wire import default_provider_id
 from .._ops.catalog import Enrollment
 from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
+from . import search
 from .capabilities import Pins, announcement, pins_of
 from .codec import canonical_json, input_hash, limits_for, new_run_id, plan_of
 from .flow import debounce_of, per_key_of
@@ -498,6 +502,11 @@ class RedisWorkflowProvider:
             if quiet is None:
                 ikey = idempotency_key or ""
                 signals = signal_names(definition)
+                indexed = [
+                    keys.meta_index(field, user_meta[field])
+                    for field in definition.indexed_meta
+                    if user_meta is not None and field in user_meta
+                ]
 
                 def call() -> Any:
                     return self._scripts.execute(
@@ -509,6 +518,7 @@ class RedisWorkflowProvider:
                         signals=signals,
                         per_key=per_key,
                         pinned=self._pinned(definition).args(),
+                        indexed=indexed,
                         **common,
                     )
             else:
@@ -707,6 +717,190 @@ class RedisWorkflowProvider:
         self._timers.watch(name)
         output = definition.output if definition is not None else None
         return WorkflowHandle(self._runs, run_id, name, created=False, output=output)
+
+    # -- finding and acting on runs ---------------------------------------------------------
+
+    @overload
+    async def find_run(
+        self, workflow: Workflow[Any, OutputT], *, idempotency_key: str
+    ) -> WorkflowHandle[OutputT] | None: ...
+
+    @overload
+    async def find_run(
+        self, workflow: str, *, idempotency_key: str
+    ) -> WorkflowHandle[Any] | None: ...
+
+    async def find_run(
+        self, workflow: Workflow[Any, Any] | str, *, idempotency_key: str
+    ) -> WorkflowHandle[Any] | None:
+        """The run of ``workflow`` owning ``idempotency_key``, or None when no run owns it (the
+        key expires ``retention`` after its run ended).
+
+        Raises:
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        self._check_started()
+        name, definition = self._definition_of(workflow)
+        owner = await call_until(
+            lambda: search.owner_of(
+                self._connection.client, self._runs.keys(name), idempotency_key
+            ),
+            timeout=self.options.connect_timeout.total_seconds(),
+            what=f"find a run of {name}",
+            kinds=WORKFLOW_KINDS,
+        )
+        if owner is None:
+            return None
+        try:
+            return await self.get_handle(owner, definition)
+        except RunNotFoundError:
+            return None
+
+    async def list_runs(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        *,
+        status: WorkflowStatus | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        meta: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of ``workflow``'s runs matching every filter given, newest first, found
+        through the indexes the provider keeps in Redis (never a scan of the runs).
+
+        A page examines a bounded number of index entries; it may hold fewer than ``limit``
+        runs while :attr:`RunPage.cursor` is not None: pass that back (with the same filters)
+        for the next page. Runs stay listed while their record lives (``retention`` after
+        they ended).
+
+        Args:
+            workflow: the workflow (or its name).
+            status: only runs in this status now.
+            since: only runs created at or after this aware time.
+            until: only runs created at or before this aware time.
+            meta: only runs whose meta holds each of these values; every field must be one
+                the workflow indexes (``Workflow(indexed_meta=)``).
+            idempotency_key: only the run owning this key.
+            limit: at most this many runs (1 to 1000).
+            cursor: the previous page's :attr:`RunPage.cursor`.
+
+        Raises:
+            InvalidFilterError: a filter that cannot be served (a meta field the workflow does
+                not index, ``since`` after ``until``, a naive time, a foreign cursor).
+            ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
+        """
+        self._check_started()
+        name, definition = self._definition_of(workflow)
+        query = search.query_of(
+            status=status,
+            since=since,
+            until=until,
+            meta=meta,
+            idempotency_key=idempotency_key,
+            indexed=None if definition is None else definition.indexed_meta,
+        )
+        keys = self._runs.keys(name)
+        return await call_until(
+            lambda: search.page(
+                self._connection.client, keys, query, limit=search.check_limit(limit), cursor=cursor
+            ),
+            timeout=self.options.connect_timeout.total_seconds(),
+            what=f"list the runs of {name}",
+            kinds=WORKFLOW_KINDS,
+        )
+
+    async def retry_runs(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        *,
+        status: WorkflowStatus = WorkflowStatus.FAILED,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        meta: Mapping[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Retry (:meth:`retry`) one page of the runs :meth:`list_runs` lists with the same
+        filters; returns the runs retried (as listed, before the retry) and the cursor of the
+        next page. What it would retry is that listing: call :meth:`list_runs` for a dry run.
+
+        A run that left ``status`` between the listing and its retry is skipped.
+
+        Raises:
+            InvalidFilterError: ``status`` is not FAILED or TIMED_OUT, or as
+                :meth:`list_runs`.
+        """
+        if status not in (WorkflowStatus.FAILED, WorkflowStatus.TIMED_OUT):
+            raise InvalidFilterError(f"only FAILED and TIMED_OUT runs are retried, not {status}")
+        listed = await self.list_runs(
+            workflow,
+            status=status,
+            since=since,
+            until=until,
+            meta=meta,
+            limit=limit,
+            cursor=cursor,
+        )
+        retried = []
+        for info in listed.runs:
+            try:
+                await self.retry(info.run_id)
+            except (InvalidRunStateError, RunNotFoundError):
+                continue
+            retried.append(info)
+        return RunPage(runs=tuple(retried), cursor=listed.cursor)
+
+    async def cancel_runs(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        *,
+        status: WorkflowStatus = WorkflowStatus.RUNNING,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        meta: Mapping[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Cancel (as ``WorkflowHandle.cancel()``) one page of the runs :meth:`list_runs`
+        lists with the same filters; returns the runs cancelled (as listed, before the
+        cancel) and the cursor of the next page. :meth:`list_runs` is its dry run.
+
+        A run that ended between the listing and its cancel is skipped.
+
+        Raises:
+            InvalidFilterError: ``status`` is not PENDING or RUNNING, or as :meth:`list_runs`.
+        """
+        if status not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
+            raise InvalidFilterError(f"only PENDING and RUNNING runs are cancelled, not {status}")
+        listed = await self.list_runs(
+            workflow,
+            status=status,
+            since=since,
+            until=until,
+            meta=meta,
+            limit=limit,
+            cursor=cursor,
+        )
+        cancelled = []
+        for info in listed.runs:
+            try:
+                if await self._runs.cancel_run(info.workflow, info.run_id):
+                    cancelled.append(info)
+            except RunNotFoundError:
+                continue
+        return RunPage(runs=tuple(cancelled), cursor=listed.cursor)
+
+    def _definition_of(
+        self, workflow: Workflow[Any, OutputT] | str
+    ) -> tuple[str, Workflow[Any, OutputT] | None]:
+        if isinstance(workflow, Workflow):
+            return workflow.name, workflow
+        if not isinstance(workflow, str):
+            raise TypeError(f"expected a Workflow or its name, got {type(workflow).__name__}")
+        return workflow, self._definitions.get(workflow)
 
     async def reconcile(self) -> ReconcileStats:
         """Run one reconciler pass now (without the lock) and return what it found."""

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 from redis import exceptions as redis_errors
 
+from plait.workflows import WorkflowStatus
 from plait.workflows._errors import describe_exception
 
 from .._core.connection import Connection
@@ -114,14 +115,19 @@ class Reconciler:
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         names = await workflow_names(self._client, self._prefix)
         for name in names:
-            # The run index keeps ids a little longer than the runs themselves live.
-            key = WorkflowKeys(self._prefix, name).runs
-            try:
-                await self._client.zremrangebyscore(
-                    key, "-inf", now_ms - 2 * self._retention_ms - 3_600_000
-                )
-            except redis_errors.ResponseError as error:  # a key of another type: left alone
-                logger.error("reconciler: %s cannot be trimmed: %s", key, error)
+            # The run indexes keep ids a little longer than the runs themselves live.
+            keys = WorkflowKeys(self._prefix, name)
+            horizon = now_ms - 2 * self._retention_ms - 3_600_000
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(keys.runs, "-inf", horizon)
+                for status in WorkflowStatus:  # the status index: by lex, per status
+                    oldest, newest = f"[{status.value}|", f"({status.value}|{horizon:013d}"
+                    pipe.zremrangebylex(keys.status, oldest, newest)
+                replies = await pipe.execute(raise_on_error=False)
+            for error in replies:
+                if isinstance(error, redis_errors.ResponseError):  # another type: left alone
+                    logger.error("reconciler: %s cannot be trimmed: %s", keys.base, error)
+                    break
         for name in names:
             key = WorkflowKeys(self._prefix, name).active
             try:

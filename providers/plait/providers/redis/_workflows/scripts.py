@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,7 @@ _WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {}
 
 
 def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
-    """KEYS[1..9] of every run script, in the order ``run_lib.lua`` names them (built once per
+    """KEYS[1..10] of every run script, in the order ``run_lib.lua`` names them (built once per
     workflow)."""
     try:
         return _WORKFLOW_KEYS[keys.base]
@@ -126,6 +126,7 @@ def workflow_keys(keys: WorkflowKeys) -> tuple[str, ...]:
             keys.runs,
             keys.consumers,
             keys.stats,
+            keys.status,
         )
         return _WORKFLOW_KEYS.setdefault(keys.base, built)
 
@@ -182,6 +183,7 @@ class RunScripts:
         signals: str = "",
         pinned: tuple[str, str, str] = ("", "", ""),
         per_key: tuple[str, int, str] | None = None,
+        indexed: Sequence[str] = (),
     ) -> tuple[str, str, bool]:
         """Create the run (or find the key's run); returns (outcome, run id, whether the new
         run's deadline is the workflow's earliest: every instance's timer was told).
@@ -191,17 +193,23 @@ class RunScripts:
         ``capabilities.Pins``): the hooks and rollbacks of this instance's consumer, the step
         options, the version. ``per_key`` is (concurrency key, its limit, its strategy); the
         outcome ``busy`` says ``reject_new`` found the key's runs all live (the run id is then
-        the key)."""
+        the key). ``indexed``: the meta index zsets the run goes in (none: nothing more is
+        sent)."""
         args: list[Any] = [keys.base, run_id, idempotency_key, input_hash, input_json]
         args += [meta_json, plan_json]
         declared = _run_keys(keys, run_id)
         if idempotency_key:
             declared.append(keys.idempotency(idempotency_key))
+        declared += indexed
         args += [timeout_ms, retention_ms, limits_json, start_in_ms, start_at_ms, signals]
         args += pinned
         if per_key is not None:
             declared += [keys.key_running(per_key[0]), keys.key_queue(per_key[0])]
             args += list(per_key)
+        elif indexed:
+            args += ["", 0, "queue"]
+        if indexed:
+            args.append(len(indexed))
         reply = await self._connection.run(self._execute, keys=declared, args=args)
         self._connection.kick(keys.jobs)
         return text(reply[0]), text(reply[1]), len(reply) > 2 and int(reply[2]) == 1

@@ -1,6 +1,6 @@
 -- run_cancel.lua: cancel a live run: stop its running steps and compensate completed ones.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] call id (the same on every resend of this call)
 -- returns {1, status} cancelled (FAILED: its record did not parse, see spoil() in run_lib.lua)
 --       | {0, status} already ended or compensating | {-1, ''} unknown

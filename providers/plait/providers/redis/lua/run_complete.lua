@@ -1,8 +1,8 @@
 -- run_complete.lua: record a job's success and advance the run (fenced by the token); then
 -- take up to `take` new entries of the stream for this worker and start them, so a worker
 -- that finishes a step gets its next one (often the step it just enqueued) in the same call.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id
 -- ARGV[6] result JSON  ARGV[7] owner  ARGV[8] entries to take (0: none)
 -- ARGV[9] call id (the same on every resend of this call)  ARGV[10] '1' when the completing

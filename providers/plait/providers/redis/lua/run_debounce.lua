@@ -1,8 +1,8 @@
 -- run_debounce.lua: execute with debounce: a burst of calls with one debounce key makes one run,
 -- which starts once no call came for the quiet period (or max wait after the burst's first
 -- call), with the latest call's input.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] the new run's hash  KEYS[11] its
--- results  KEYS[12] its events  KEYS[13] the debounce key's string (<base>debounce:<key>)
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] the new run's hash  KEYS[12] its
+-- results  KEYS[13] its events  KEYS[14] the debounce key's string (<base>debounce:<key>)
 -- ARGV[1] base  ARGV[2] run id (used when the call starts a burst)  ARGV[3] input hash
 -- ARGV[4] input JSON  ARGV[5] meta JSON  ARGV[6] plan JSON  ARGV[7] run timeout ms (0: none)
 -- ARGV[8] retention ms  ARGV[9] global limits JSON  ARGV[10] quiet period ms
@@ -52,6 +52,7 @@ if redis.call('EXISTS', c.r) == 1 then return {'created', c.run, 0} end
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', '', 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
   'lim', limits)
+restatus(c, nil, 'PENDING', now)
 local earliest = timeout > 0 and set_deadline(c, now + timeout)
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)

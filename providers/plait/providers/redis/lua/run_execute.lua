@@ -1,6 +1,6 @@
 -- run_execute.lua: create a run and its first jobs, or attach to the run owning the key.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events  KEYS[13] the idempotency key's string (only with a key)
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events  KEYS[14] the idempotency key's string (only with a key)
 -- ARGV[1] base (<prefix>:{<wf>}:)  ARGV[2] run id  ARGV[3] idempotency key ('' for none)
 -- ARGV[4] input hash  ARGV[5] input JSON  ARGV[6] meta JSON  ARGV[7] plan JSON
 -- ARGV[8] run timeout ms (0: none)  ARGV[9] retention ms
@@ -13,6 +13,9 @@
 -- ARGV[17] concurrency key ('' for none; never with a delayed start)  ARGV[18] runs of the key
 -- at once  ARGV[19] what a run finding them all running does: queue | cancel_running |
 -- reject_new; with a concurrency key, the last two KEYS are <base>key:<key>:running and :queue
+-- ARGV[20] how many meta index zsets (<base>meta:<field>:<value>, Workflow(indexed_meta=)) the
+-- run goes in ('' or 0: none; ARGV[17..19] are then given, '' when there is no concurrency
+-- key); they are the KEYS after the idempotency key's (or after the run's events without one)
 -- returns {'created', run, 1 when its deadline is the workflow's earliest (timers were told)
 --          else 0} | {'exists', run} | {'conflict', run owning the key}
 --        | {'busy', key} (reject_new: the key's runs are all taken; nothing written)
@@ -35,6 +38,9 @@ local version = ARGV[16] or ''
 -- (per-key concurrency: a slot still held by a run that ended is freed first, the one write
 -- made before a reject_new answer)
 local pkey, plimit, pmode = ARGV[17] or '', tonumber(ARGV[18] or '0'), ARGV[19] or 'queue'
+if pkey == '' then plimit = 0 end
+local indexed = tonumber(ARGV[20] or '0') or 0
+local first_index = RUN + 3 + (ikey ~= '' and 1 or 0)
 
 local c = ctx(base, run_id, RUN)
 c.plan = cjson.decode(plan)
@@ -77,6 +83,15 @@ redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan
 if sigs ~= '' then redis.call('HSET', c.r, 'sigs', sigs) end
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)
+restatus(c, nil, 'PENDING', now)
+if indexed > 0 then  -- kept as long as the runs index keeps the run (the reconciler's horizon)
+  local horizon = 2 * tonumber(retention) + 3600000
+  for i = first_index, first_index + indexed - 1 do
+    redis.call('ZADD', KEYS[i], now, c.run)
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - horizon)
+    redis.call('PEXPIRE', KEYS[i], horizon)
+  end
+end
 event(c, 'run.started', '', '', '')
 local due = start_at > 0 and start_at or (start_in > 0 and now + start_in) or 0
 if due > now then  -- a delayed start: parked until then, its deadline counted from then

@@ -1,6 +1,6 @@
 -- run_fail.lua: record a failed attempt; retry it later or fail the job (fenced by the token).
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id ('' for none)
 -- ARGV[6] error JSON  ARGV[7] retry delay ms (-1: no further attempt)
 -- ARGV[8] call id (the same on every resend of this call)

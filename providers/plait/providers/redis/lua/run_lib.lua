@@ -24,7 +24,7 @@
 -- instances, rl = {step = {starts, period ms}}}; a job put aside by a limit is 'waiting'.
 --
 -- Keys (the key schema: _core/keys.py). Every script declares in KEYS the keys it touches, so
--- Redis Cluster checks them before the script runs: KEYS[1..9] are the workflow's own keys,
+-- Redis Cluster checks them before the script runs: KEYS[1..10] are the workflow's own keys,
 -- in the order below, then come the keys of each run the caller names (run hash, results,
 -- events; a start adds the step's rate-limit zset), from KEYS[RUN] on; ctx(base, run, at)
 -- takes a run's keys from KEYS[at]. While a slot migrates, Redis answers TRYAGAIN (or ASK,
@@ -49,10 +49,10 @@
 local GROUP = 'plait'
 local FINAL = {failed = 'FAILED', timeout = 'TIMED_OUT', cancel = 'CANCELLED'}
 
--- The workflow's keys (WorkflowKeys): KEYS[1..9] of every run script, in this order.
-local JOBS, DELAYED, WAITING, RUNNING, DEADLINES, ACTIVE, RUNS, CONSUMERS, STATS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local RUN = 10  -- the keys of the first run a script names start here
+-- The workflow's keys (WorkflowKeys): KEYS[1..10] of every run script, in this order.
+local JOBS, DELAYED, WAITING, RUNNING, DEADLINES, ACTIVE, RUNS, CONSUMERS, STATS, STATUS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local RUN = 11  -- the keys of the first run a script names start here
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -87,6 +87,16 @@ end
 -- What a transition that needs an undeclared key another node holds now returns, having
 -- written nothing (redis.error_reply(MOVING)): clients try again, as for Redis's own TRYAGAIN.
 local MOVING = 'TRYAGAIN a key of the run is on another node while its slot moves'
+
+-- The status index (STATUS) holds one member per run, 'STATUS|created ms (13 digits)|run id',
+-- score 0: a status's runs sort by creation time (ZRANGEBYLEX). Every change of a run's status
+-- moves its member (`from` nil: a new run); `created` is the record's field.
+local function restatus(c, from, to, created)
+  created = tostring(created or '')
+  local at = string.rep('0', 13 - #created) .. created .. '|' .. c.run
+  if from then redis.call('ZREM', STATUS, from .. '|' .. at) end
+  redis.call('ZADD', STATUS, 0, to .. '|' .. at)
+end
 
 local function event(c, kind, job, attempt, data)
   redis.call('XADD', c.ev, '*', 'k', kind, 'j', job or '', 'a', attempt or '', 'd', data or '')
@@ -254,7 +264,9 @@ local key_release  -- (per-key concurrency, defined below advance())
 
 -- The run's idempotency key (c.idem) was found by sound() or spoil(), and checked with here().
 local function finalize(c, status, now)
+  local was = redis.call('HMGET', c.r, 'status', 'created')
   redis.call('HSET', c.r, 'status', status, 'finished', now)
+  restatus(c, was[1] or nil, status, was[2])
   redis.call('ZREM', DEADLINES, c.run)
   redis.call('ZREM', ACTIVE, c.run)
   event(c, 'finished', '', '', status)
@@ -389,6 +401,7 @@ local function compensate(c, reason, err, now)
   local status = redis.call('HGET', c.r, 'status')
   if status ~= 'PENDING' and status ~= 'RUNNING' then return false end
   redis.call('HSET', c.r, 'status', 'COMPENSATING', 'reason', reason)
+  restatus(c, status, 'COMPENSATING', redis.call('HGET', c.r, 'created'))
   if err and err ~= '' then redis.call('HSET', c.r, 'err', err) end
   local live = {}
   for _, step in ipairs(c.plan[tonumber(redis.call('HGET', c.r, 'gi') or '0')] or {}) do
@@ -564,7 +577,10 @@ local function start(c, job, tok, entry, owner, call)
     end
     redis.call('HSET', c.r, job .. '|st', 'running', job .. '|ow', owner, job .. '|ci', call,
       job .. '|t0', now)
-    if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
+    if status == 'PENDING' then
+      redis.call('HSET', c.r, 'status', 'RUNNING')
+      restatus(c, 'PENDING', 'RUNNING', redis.call('HGET', c.r, 'created'))
+    end
     event(c, 'step.started', job, at, '')
     return started(c, job, at, now, {v[4], v[5], v[3], v[6], v[7], v[8]})
   end

@@ -1,6 +1,6 @@
 -- run_progress.lua: save a step's progress checkpoint (fenced by the token).
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] progress JSON
 -- ARGV[6] call id (the same on every resend of this call)
 -- returns 1 saved | 0 refused (the attempt was superseded)

@@ -2,8 +2,8 @@
 -- from the stream, a retry missing from the delayed set, a finished group or compensation
 -- step that did not advance, a deadline no timer will see), or forget a finished one.
 -- A run whose record does not parse is failed (see spoil() in run_lib.lua).
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id
 -- returns {'ok', ''} | {'repaired', what was repaired} | {'gone', why it left the active set}
 local base = ARGV[1]

@@ -4,8 +4,8 @@
 -- reclaiming it as lost after the stall timeout. A graceful stop releases what it took but did
 -- not start and the attempts it interrupted; a step of a compensating run that was interrupted
 -- counts as cancelled (its run goes on compensating), never as failed.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id  ARGV[6] owner
 -- ARGV[7] delay ms (0: queued again at once)  ARGV[8] '1': an attempt this owner marked
 --   running may be released; '0': only a job still queued (an entry read and never started)

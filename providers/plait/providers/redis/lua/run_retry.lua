@@ -1,8 +1,8 @@
 -- run_retry.lua: resume a FAILED or TIMED_OUT run as a new attempt of the same run.
 -- Completed steps whose rollback never ran keep their results and are not run again; every
 -- other step runs again, from the earliest group holding one. Hooks and rollbacks start over.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] call id (the same on every resend of this call)
 -- returns {'resumed', status} | {'invalid', status} (also when its record does not parse)
 --       | {'unknown', ''}
@@ -56,6 +56,7 @@ redis.call('HDEL', c.r, 'err', 'reason', 'finished', 'result')
 redis.call('HSET', c.r, 'status', 'RUNNING', 'rcall', call, 'jobs', table.concat(jobs, ','),
   'order', table.concat(order, ','), 'comp', '', 'rbact', '', 'infl', 0,
   'gi', (first or (#c.plan + 1)) - 1)
+restatus(c, status, 'RUNNING', redis.call('HGET', c.r, 'created'))
 for _, key in ipairs({c.r, c.res, c.ev}) do redis.call('PERSIST', key) end
 if c.idem then redis.call('PERSIST', c.idem) end
 redis.call('ZADD', ACTIVE, now, c.run)

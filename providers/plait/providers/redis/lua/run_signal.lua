@@ -1,8 +1,8 @@
 -- run_signal.lua: deliver signal `name` to a run: to its parked wait (which completes with the
 -- payload as its result, and the run goes on), or kept until the wait is reached. Nothing is
 -- written when the signal is refused.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] the signal's (and its wait's) name
 -- ARGV[4] signal id (the same on every resend: it is the call id too)  ARGV[5] payload JSON
 -- returns {'delivered', status} | {'kept', status} (the wait is not reached yet)

@@ -1,6 +1,6 @@
 -- run_start.lua: a worker took a job's stream entry: mark the attempt running.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events  KEYS[13] the job's rate-limit zset
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events  KEYS[14] the job's rate-limit zset
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id  ARGV[6] owner
 -- ARGV[7] call id (the same on every resend of this call)
 -- returns {'run', attempt, input, meta, deadline ms or '', progress or '', last error or '',

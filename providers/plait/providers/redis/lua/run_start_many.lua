@@ -1,6 +1,6 @@
 -- run_start_many.lua: mark the attempts of a batch of stream entries running, in one call
 -- (the entries one read returned). Each reply is what run_start.lua returns for that entry.
--- KEYS[1..9] the workflow's keys (run_lib.lua), then 4 per entry: run hash, its results, its
+-- KEYS[1..10] the workflow's keys (run_lib.lua), then 4 per entry: run hash, its results, its
 -- events, the job's rate-limit zset
 -- ARGV[1] base  ARGV[2] owner  ARGV[3] call id (the same on every resend of this call)
 -- ARGV[4..] 4 per entry: run id, job, token, entry id

@@ -1,7 +1,7 @@
 -- run_tick.lua: promote due retries (and jobs a limit put aside) to the job stream, and time
 -- out runs past their deadline. The runs of the members it reads are not declared, so it
 -- does nothing while the workflow's slot moves (it is called again soon).
--- KEYS[1..9] the workflow's keys (run_lib.lua): delayed holds "run|job|token" -> due ms
+-- KEYS[1..10] the workflow's keys (run_lib.lua): delayed holds "run|job|token" -> due ms
 -- ARGV[1] base  ARGV[2] most items of each kind handled by this call
 -- returns {retries promoted, runs timed out, next due ms (-1: none), server now ms}
 local base = ARGV[1]

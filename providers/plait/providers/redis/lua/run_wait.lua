@@ -2,8 +2,8 @@
 -- acknowledged and its running slot freed, so the run holds nothing while it waits; the
 -- timeout (or wake-up time) goes to the delayed set, where the tick finds it (see the waits
 -- section of run_lib.lua). A wait whose signal came first takes it at once.
--- KEYS[1..9] the workflow's keys (run_lib.lua)  KEYS[10] run hash  KEYS[11] its results
--- KEYS[12] its events
+-- KEYS[1..10] the workflow's keys (run_lib.lua)  KEYS[11] run hash  KEYS[12] its results
+-- KEYS[13] its events
 -- ARGV[1] base  ARGV[2] run id  ARGV[3] job  ARGV[4] token  ARGV[5] entry id
 -- ARGV[6] kind ('signal' | 'sleep')  ARGV[7] due in ms from now (-1: none)
 -- ARGV[8] due at, Redis ms (0: none; wins over ARGV[7])  ARGV[9] '1': a timeout continues
