@@ -149,3 +149,58 @@ async def test_a_cancel_while_the_start_call_is_in_flight_never_runs_the_step(
 
     await _cancelled_soon(handle)
     assert log == []
+
+
+class Order(BaseModel):
+    customer: str
+    n: int
+
+
+async def test_cancel_running_stops_a_step_whose_cancel_came_before_its_registration(
+    open_provider: OpenProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replace = Workflow(
+        "cancel-delivery-pk",
+        input=Order,
+        concurrency_key=lambda order: order.customer,
+        per_key_strategy="cancel_running",
+    ).step("wait")
+    consumer: WorkflowConsumer[Order, Any] = WorkflowConsumer(replace)
+    ran: list[int] = []
+
+    @consumer.step("wait")
+    async def wait(ctx: StepContext[Order]) -> int:
+        ran.append(ctx.input.n)
+        if ctx.input.n == 1:
+            await anyio.sleep_forever()
+        return ctx.input.n
+
+    started, heard, go_on = anyio.Event(), anyio.Event(), anyio.Event()
+    process, cancel_run = Attempts.process, Attempts.cancel_run
+
+    async def paused_process(self: Attempts, entry: str, job: Entry, reply: StartReply) -> Any:
+        if not started.is_set():  # the first run's step: started in Redis, not registered
+            started.set()
+            await go_on.wait()
+        return await process(self, entry, job, reply)
+
+    def hearing_cancel_run(self: Attempts, run_id: str) -> None:
+        cancel_run(self, run_id)
+        heard.set()
+
+    monkeypatch.setattr(Attempts, "process", paused_process)
+    monkeypatch.setattr(Attempts, "cancel_run", hearing_cancel_run)
+    await open_provider(consumer)
+    caller = await open_provider()
+    first = await caller.execute(replace, Order(customer="c", n=1))
+    with anyio.fail_after(10):
+        await started.wait()
+
+    second = await caller.execute(replace, Order(customer="c", n=2))  # cancels the first
+    with anyio.fail_after(10):
+        await heard.wait()
+    go_on.set()
+
+    await _cancelled_soon(first)
+    assert await second.result(timeout=10) is None
+    assert ran == [2]
