@@ -4,6 +4,7 @@ while the pub/sub connection reconnected."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from plait.workflows import (
     WorkflowConsumer,
     WorkflowHandle,
     WorkflowStatus,
+    WorkflowTimeoutError,
 )
 
 pytestmark = pytest.mark.anyio
@@ -123,6 +125,82 @@ async def test_a_cancel_lost_while_pub_sub_reconnects_stops_the_step(
 
     await _cancelled_soon(handle)
     assert log == ["wait", "wait stopped"]
+
+
+async def test_a_cancel_lost_while_the_start_reply_was_in_flight_stops_the_step(
+    open_provider: OpenProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, go_on, caught_up = anyio.Event(), anyio.Event(), anyio.Event()
+    deaf = True
+    lost: list[str] = []
+    process, resubscribed = Attempts.process, Attempts.resubscribed
+    cancel_run = Worker.cancel_run
+
+    async def paused_process(self: Attempts, entry: str, job: Entry, reply: StartReply) -> Any:
+        started.set()
+        await go_on.wait()
+        return await process(self, entry, job, reply)
+
+    async def noted_resubscribed(self: Attempts) -> None:
+        await resubscribed(self)
+        if not deaf:
+            caught_up.set()
+
+    def deaf_cancel_run(self: Worker, run_id: str) -> None:
+        if deaf:
+            lost.append(run_id)
+            return
+        cancel_run(self, run_id)
+
+    monkeypatch.setattr(Attempts, "process", paused_process)
+    monkeypatch.setattr(Attempts, "resubscribed", noted_resubscribed)
+    monkeypatch.setattr(Worker, "cancel_run", deaf_cancel_run)
+    log: list[str] = []
+    worker = await open_provider(hanging_consumer(log))
+    caller = await open_provider()
+    handle = await caller.execute(flow, Job())
+    with anyio.fail_after(10):
+        await started.wait()
+    assert await handle.cancel() is True
+
+    async def dropped() -> bool:
+        return lost == [handle.run_id]
+
+    await eventually(dropped, what="the cancel message arrived and was dropped")
+    deaf = False
+    pubsub: Any = worker._notifications._pubsub
+    await pubsub.connection.disconnect()
+    with anyio.fail_after(10):
+        await caught_up.wait()  # the catch-up ran before the attempt was registered
+    go_on.set()
+
+    await _cancelled_soon(handle)
+    assert log == []
+
+
+async def test_a_run_retried_after_its_cancel_message_runs_its_steps(
+    open_provider: OpenProvider,
+) -> None:
+    resumable = Workflow("cancel-delivery-retry", input=Job).step("first")
+    consumer: WorkflowConsumer[Job, Any] = WorkflowConsumer(resumable)
+    calls: list[int] = []
+
+    @consumer.step("first")
+    async def first(ctx: StepContext[Job]) -> int:
+        calls.append(ctx.attempt)
+        if len(calls) == 1:
+            await anyio.sleep_forever()  # until the deadline stops it
+        return len(calls)
+
+    workflows = await open_provider(consumer)
+    handle = await workflows.execute(resumable, Job(), timeout=timedelta(milliseconds=300))
+    with pytest.raises(WorkflowTimeoutError):
+        await handle.result(timeout=10)
+
+    # the run's id was just heard on the cancel channel: its new attempt is not cancelled
+    retried = await workflows.retry(handle.run_id)
+    assert await retried.result(timeout=10) is None
+    assert len(calls) == 2
 
 
 async def test_a_cancel_while_the_start_call_is_in_flight_never_runs_the_step(
