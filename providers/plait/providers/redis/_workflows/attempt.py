@@ -6,6 +6,17 @@ stopped, is then waited for when its run stopped); then one transition records t
 completion (which may take the workflow's next entries for this worker in the same Lua call),
 a retry, a failure for good, or a dead letter. A transition that cannot reach Redis is retried
 until it is recorded, never dropped.
+
+A cancel reaches a running attempt as a message on the workflow's ``cancel`` channel. Two
+messages could miss it, and are caught up with: one that arrives between the start reply and the
+attempt's registration (it may even come before the reply: pub/sub is another connection), and
+one lost while the pub/sub connection reconnected. So the run ids of the cancel messages heard
+are remembered for :data:`REMEMBERED` s, and the attempt of a run among them reads its job's
+state once before its handler runs; after each (re)subscription of the channel, the attempts
+registered then read theirs in one pipeline, and those registering during the next
+:data:`REMEMBERED` s read theirs like the ones above. An attempt whose job is no longer running
+with its token (``cancelling``, ``cancelled``, superseded) is stopped like one a message reached.
+Neither read is made on the usual path: only for runs just cancelled, and after a reconnect.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from plait.workflows import (
     AttemptSupersededError,
@@ -32,10 +44,12 @@ from plait.workflows._errors import describe_exception
 
 from .._core.calls import Straggler
 from .._core.connection import Connection
+from .._core.errors import BACKGROUND_ERRORS
 from .._core.keys import WorkflowKeys
 from .._core.retry import call_forever
 from .._core.telemetry import Telemetry, record_failure
 from .._core.tracing import current_meta, traceparent_of
+from .._core.wire import lenient_text
 from .codec import decode_record, encode_result, outcome_error
 from .handlers import Handlers, wire_error
 from .jobs import ERROR, compensates, display_name
@@ -45,6 +59,13 @@ from .waits import parking
 logger = logging.getLogger("plait.worker")
 
 FINAL_STATUS = {"failed": "FAILED", "timeout": "TIMED_OUT", "cancel": "CANCELLED"}
+
+REMEMBERED = 30.0
+"""Seconds the run id of a cancel message is remembered, and attempts registering after the
+``cancel`` channel was subscribed again read their job's state (a start reply slower than
+this, through an outage, is not covered)."""
+_REMEMBERED_MOST = 10_000
+"""Most run ids of cancel messages remembered at once (the oldest are forgotten first)."""
 
 T = TypeVar("T")
 
@@ -72,7 +93,15 @@ class Attempts:
         self._on_retry = on_retry
         self.taking = True
         """Whether a completion takes the workflow's next entry (False once the worker drains)."""
-        self._scopes: dict[str, dict[str, tuple[str, anyio.CancelScope]]] = {}
+        self._scopes: dict[str, dict[str, tuple[Job, anyio.CancelScope]]] = {}
+        self._heard: dict[str, float] = {}
+        """Run ids of the cancel messages heard in the last :data:`REMEMBERED` s (when, on the
+        monotonic clock), oldest first."""
+        self._doubt_until = 0.0
+        """Until when (monotonic) registering attempts check their job's state: a cancel
+        message may have been lost while the ``cancel`` channel was not subscribed."""
+        self.begun = False
+        """Whether the worker started a job yet (the first subscription needs no doubt)."""
         self._run_stopped: set[str] = set()
         """Entries whose attempt ``cancel_run`` cancelled (not their timeout or deadline)."""
         self.interrupting = False
@@ -87,11 +116,76 @@ class Attempts:
                 scope.cancel()
 
     def cancel_run(self, run_id: str) -> None:
-        """Cancel the running attempts of ``run_id`` (not its compensation)."""
-        for entry, (name, scope) in list(self._scopes.get(run_id, {}).items()):
-            if not compensates(name):
-                self._run_stopped.add(entry)
-                scope.cancel()
+        """Cancel the running attempts of ``run_id`` (not its compensation), and remember the
+        run for the attempts of it not registered yet (see the module's docstring)."""
+        now = time.monotonic()
+        heard = self._heard
+        heard.pop(run_id, None)
+        heard[run_id] = now
+        while True:  # forget the oldest (first in the dict) past their time or the bound
+            oldest = next(iter(heard))
+            if now - heard[oldest] < REMEMBERED and len(heard) <= _REMEMBERED_MOST:
+                break
+            del heard[oldest]
+        for entry, (job, scope) in list(self._scopes.get(run_id, {}).items()):
+            if not compensates(job.name):
+                self._stop(entry, scope)
+
+    def _stop(self, entry: str, scope: anyio.CancelScope) -> None:
+        self._run_stopped.add(entry)
+        scope.cancel()
+
+    async def resubscribed(self) -> None:
+        """The ``cancel`` channel was subscribed (again): messages may have been lost since
+        the attempts running here started. Each reads its job's state (one pipeline); so do
+        those registering during the next :data:`REMEMBERED` s."""
+        if self.begun:
+            self._doubt_until = time.monotonic() + REMEMBERED
+        running = [
+            (job, scope)
+            for attempts in list(self._scopes.values())
+            for job, scope in attempts.values()
+            if not compensates(job.name)
+        ]
+        if not running:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for job, _ in running:
+            pipe.hmget(self._keys.run(job.run_id), f"{job.name}|st", f"{job.name}|tk")
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BACKGROUND_ERRORS as error:
+            logger.warning(
+                "%s: checking running steps for cancels failed (%s)", self._keys.jobs, error
+            )
+            return
+        for (job, scope), reply in zip(running, replies, strict=True):
+            if not isinstance(reply, Exception) and not _live(job, reply):
+                self._stop(job.entry, scope)
+
+    def _doubtful(self, run_id: str) -> bool:
+        """Whether a cancel of ``run_id`` may have been missed (see the module's docstring)."""
+        if not self._heard and not self._doubt_until:
+            return False
+        now = time.monotonic()
+        heard = self._heard.get(run_id)
+        return (heard is not None and now - heard < REMEMBERED) or now < self._doubt_until
+
+    async def _check(self, job: Job, scope: anyio.CancelScope) -> None:
+        """Stop the attempt (inside ``scope``) when its job is no longer running with its
+        token: the run was cancelled, and the message came before the attempt registered."""
+        try:
+            reply = await self._client.hmget(
+                self._keys.run(job.run_id), f"{job.name}|st", f"{job.name}|tk"
+            )
+        except BACKGROUND_ERRORS as error:  # the step runs: its completion is token-checked
+            logger.warning(
+                "run %s: checking %s for a cancel failed (%s)", job.run_id, job.name, error
+            )
+            return
+        if not _live(job, reply):
+            self._stop(job.entry, scope)
+            await anyio.lowlevel.checkpoint()  # raises the cancellation here
 
     async def process(self, entry: str, job: Job, started: StartReply) -> list[Taken]:
         """Run one started job; returns the entries its completion took for this worker.
@@ -199,7 +293,8 @@ class Attempts:
         # One scope bounds the attempt (step timeout, run deadline) and lets cancel_run stop it.
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
         thread = Straggler()
-        self._scopes.setdefault(job.run_id, {})[job.entry] = (job.name, scope)
+        self._scopes.setdefault(job.run_id, {})[job.entry] = (job, scope)
+        doubtful = not compensates(job.name) and self._doubtful(job.run_id)
         result: str | None = None
         error: BaseException | None = None
         try:
@@ -216,6 +311,8 @@ class Attempts:
                 with scope:
                     try:
                         if error is None:
+                            if doubtful:
+                                await self._check(job, scope)
                             result = await self._call(job, started, base, thread)
                     except Exception as raised:
                         error = raised
@@ -420,6 +517,15 @@ class Attempts:
             self._telemetry.fencing_rejections.add(1, {"plait.workflow": self._keys.workflow})
         else:
             self._count_end(outcome[1])
+
+
+def _live(job: Job, reply: Any) -> bool:
+    """Whether ``reply`` (the job's ``|st`` and ``|tk`` fields) shows ``job``'s attempt still
+    running with its token (a run that is gone: not known, it runs on)."""
+    state, token = (lenient_text(value) if value is not None else None for value in reply)
+    if state is None:
+        return True
+    return state == "running" and token == job.token
 
 
 def _run_meta(raw: str) -> dict[str, str]:

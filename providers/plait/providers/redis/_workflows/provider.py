@@ -363,8 +363,12 @@ class RedisWorkflowProvider:
         async with anyio.create_task_group() as tg:
             # Not waited for: the confirmation wakes the worker if it parked before it came.
             tg.start_soon(self._intake.listen, worker.keys)
+            # Subscribed before the first start, so no cancel of an attempt goes unheard;
+            # resubscribed() catches up after a reconnect (and when the confirmation is late).
+            await self._notifications.listen(
+                worker.keys.cancel_channel, worker.cancel_run, subscribed=worker.resubscribed
+            )
             await tg.start(worker.serve)
-            await self._notifications.listen(worker.keys.cancel_channel, worker.cancel_run)
             task_status.started()
 
     def register(self, consumer: WorkflowConsumer[Any, Any]) -> None:

@@ -187,6 +187,14 @@ class Worker:
         """Cancel this instance's running attempts of ``run_id`` (not its compensation)."""
         self._attempts.cancel_run(run_id)
 
+    def resubscribed(self) -> None:
+        """The ``cancel`` channel was subscribed (again): catch up with the cancels that may
+        have been missed meanwhile (see ``attempt``)."""
+        if self._tg is None:  # not serving yet: nothing started, nothing to catch up with
+            return
+        with suppress(RuntimeError):  # the worker stopped already
+            self._tg.start_soon(self._attempts.resubscribed)
+
     # -- intake ------------------------------------------------------------------------------
 
     async def _keep_taking(self) -> None:
@@ -340,6 +348,7 @@ class Worker:
                 batch.append(job)
         if not batch:
             return
+        self._attempts.begun = True
         # Made again, with the same call id, until Redis answers (however slowly): the script
         # may have marked the attempts running already, and gives the same reply to a resend.
         # Only the stop, once shutdown_timeout has passed, abandons it.
