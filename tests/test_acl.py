@@ -1,0 +1,331 @@
+"""plait as a Redis ACL user with only what ``docs/deploying.md`` grants it.
+
+The ``ACL SETUSER`` line is read from that page, so the documented ACL is the tested one. The
+Redis is the test's own (its default user has a password); everything runs as the ACL user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis as sync_redis
+from conftest import FAST_RETRY, eventually, redis_server
+from pydantic import BaseModel
+from test_events_processes import free_port
+
+from plait.events import Event, EventCommandError, EventContext
+from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
+from plait.providers.redis._core import server as server_checks
+from plait.workflows import (
+    ProviderUnavailableError,
+    RedisCommandError,
+    RetryPolicy,
+    StepContext,
+    Workflow,
+    WorkflowConsumer,
+    WorkflowContext,
+    WorkflowStatus,
+    WorkflowStepError,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "deploying.md"
+ADMIN_PASSWORD = "admin-pw"
+PASSWORD = "plait-pw"
+PREFIX = "plait"
+"""The documented line's prefix (the default), used as is: the Redis is this test's own."""
+CLI = [sys.executable, "-m", "plait.providers.redis"]
+
+
+def documented_acl() -> list[str]:
+    """The ``ACL SETUSER`` line of the docs' "Redis ACL" section, split into arguments."""
+    section = DOCS.read_text().split("## Redis ACL", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("ACL SETUSER ")]
+    assert len(lines) == 1, "the Redis ACL section shows one ACL SETUSER line"
+    return shlex.split(lines[0].replace(">CHANGE-ME", f">{PASSWORD}"))
+
+
+@dataclass(frozen=True)
+class AclRedis:
+    """A Redis of the test's own: the default user has a password, ``plait`` the docs' ACL."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The ACL user's URL."""
+        return f"redis://plait:{PASSWORD}@127.0.0.1:{self.port}/0"
+
+    def admin(self) -> sync_redis.Redis:
+        """A client of the default user."""
+        return sync_redis.Redis(port=self.port, password=ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def backend() -> str:
+    """The Redis here is the test's own: nothing to clean on the shared one."""
+    return "own"
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
+    port = free_port()
+    process = subprocess.Popen(
+        [redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", ADMIN_PASSWORD],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        server = AclRedis(port)
+        admin = server.admin()
+        _until_answering(admin)
+        admin.execute_command(*documented_acl())
+        admin.close()
+        yield server
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _until_answering(client: sync_redis.Redis) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return
+        except sync_redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def each_server_unchecked() -> None:
+    server_checks._CHECKED.clear()
+
+
+# -- the workflows and events of the scenario ------------------------------------------------
+
+
+class Order(BaseModel):
+    order_id: str
+
+
+class Approval(BaseModel):
+    by: str
+
+
+class Ping(BaseModel):
+    n: int
+
+
+class Pong(BaseModel):
+    n: int
+
+
+trip = (
+    Workflow("acl-trip", input=Order)
+    .step("reserve")
+    .step("charge", retry=RetryPolicy(max_attempts=1))
+)
+approval = Workflow("acl-approval", input=Order).wait("approve", data=Approval).step("ship")
+tick = Workflow("acl-tick", input=Order).step("tock")
+pinged = Event("acl.ping", data=Ping, result=Pong)
+noted = Event("acl.noted", data=Ping)
+
+
+def consumers(log: list[str]) -> list[WorkflowConsumer[Order, Any]]:
+    saga: WorkflowConsumer[Order, Any] = WorkflowConsumer(trip)
+
+    @saga.step("reserve")
+    async def reserve(ctx: StepContext[Order]) -> str:
+        return f"R-{ctx.input.order_id}"
+
+    @saga.step("charge")
+    async def charge(ctx: StepContext[Order]) -> None:
+        raise RuntimeError("card declined")
+
+    @saga.rollback("reserve")
+    async def release(ctx: StepContext[Order]) -> None:
+        log.append(f"released {ctx.results['reserve']}")
+
+    waiting: WorkflowConsumer[Order, Any] = WorkflowConsumer(approval)
+
+    @waiting.step("ship")
+    async def ship(ctx: StepContext[Order]) -> str:
+        return f"shipped, approved by {ctx.results['approve'].by}"
+
+    @waiting.on_complete
+    async def shipped(ctx: WorkflowContext[Order]) -> str:
+        return str(ctx.results["ship"])
+
+    ticking: WorkflowConsumer[Order, Any] = WorkflowConsumer(tick)
+
+    @ticking.step("tock")
+    async def tock(ctx: StepContext[Order]) -> None:
+        log.append(f"tick {ctx.input.order_id}")
+
+    return [saga, waiting, ticking]
+
+
+async def plait(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = await anyio.run_process([*CLI, "--url", url, "--prefix", PREFIX, *args], check=False)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
+
+
+# -- the scenario ----------------------------------------------------------------------------
+
+
+async def test_the_documented_acl_runs_workflows_events_schedules_and_the_cli(
+    acl_redis: AclRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="plait.redis")
+    log: list[str] = []
+    workflows = RedisWorkflowProvider.from_url(acl_redis.url, retry=FAST_RETRY)
+    for consumer in consumers(log):
+        workflows.register(consumer)
+    events = RedisEventProvider.from_url(acl_redis.url, group="acl", retry=FAST_RETRY)
+    noticed: list[int] = []
+
+    @events.on(pinged)
+    async def answer(ctx: EventContext[Ping]) -> Pong:
+        return Pong(n=ctx.data.n + 1)
+
+    @events.on(noted)
+    async def note(ctx: EventContext[Ping]) -> None:
+        noticed.append(ctx.data.n)
+
+    async with workflows, events:
+        failed = await workflows.execute(trip, Order(order_id="1"))
+        with pytest.raises(WorkflowStepError, match="card declined"):
+            await failed.result(timeout=timedelta(seconds=20))
+        assert (await failed.status()) is WorkflowStatus.FAILED
+        assert log == ["released R-1"]
+
+        waits = await workflows.execute(approval, Order(order_id="2"))
+        await eventually(
+            lambda: _state_is(waits, "approve", "waiting"), timeout=20, what="the run parks"
+        )
+        assert await workflows.signal(waits.run_id, "approve", Approval(by="ann"))
+        assert await waits.result(timeout=timedelta(seconds=20)) == "shipped, approved by ann"
+
+        await workflows.schedule("acl-every-second", tick, {"order_id": "3"}, every=timedelta(seconds=1))
+        await eventually(lambda: _holds("tick 3" in log), timeout=20, what="a schedule tick")
+        await workflows.schedules.delete("acl-every-second")
+
+        await events.ready()
+        await events.emit(noted, Ping(n=7))
+        reply = await events.request(pinged, Ping(n=1), timeout=timedelta(seconds=10))
+        assert reply == Pong(n=2)
+        await eventually(lambda: _holds(noticed == [7]), timeout=20, what="the event handled")
+
+        report = await workflows.health()
+        assert report.ok, report.problems
+        assert (await events.health()).ok
+        health = await plait(acl_redis.url, "health", "--json")
+        ready = await plait(acl_redis.url, "health", "--ready")
+        listed = await plait(acl_redis.url, "runs", "list", "--json")
+        registry = await plait(acl_redis.url, "registry", "list", "--json")
+
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert json.loads(health.stdout)["ok"] is True
+    assert ready.returncode == 0, ready.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert {run["run_id"] for run in json.loads(listed.stdout)} >= {failed.run_id, waits.run_id}
+    assert json.loads(registry.stdout) == {
+        "workflows": sorted([trip.name, approval.name, tick.name]),
+        "events": sorted([pinged.name, noted.name]),
+    }
+    checks = [r.getMessage() for r in caplog.records if "cannot check" in r.getMessage()]
+    assert len(checks) == 1, "the refused CONFIG GET is said once, at INFO"
+    assert "make sure maxmemory-policy is noeviction" in checks[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _state_is(handle: Any, wait: str, state: str) -> bool:
+    found = (await handle.describe()).waits.get(wait)
+    return found is not None and found.state == state
+
+
+async def _holds(value: bool) -> bool:
+    return value
+
+
+# -- what the user cannot do -----------------------------------------------------------------
+
+
+def test_the_user_cannot_reach_keys_or_channels_outside_its_prefix(acl_redis: AclRedis) -> None:
+    admin = acl_redis.admin()
+    admin.set("other:secret", "x")
+    user = sync_redis.Redis.from_url(acl_redis.url)
+    try:
+        user.set(f"{PREFIX}:mine", "ok")
+        for denied in (
+            lambda: user.get("other:secret"),
+            lambda: user.set("other:x", "y"),
+            lambda: user.publish("other:channel", "hi"),
+            lambda: user.eval("return redis.call('GET', KEYS[1])", 1, "other:secret"),
+            lambda: user.eval("return redis.call('GET', 'other:secret')", 0),
+            lambda: user.flushall(),
+            lambda: user.keys("*"),
+            lambda: user.config_get("maxmemory-policy"),
+        ):
+            with pytest.raises(sync_redis.ResponseError, match="permission|can't access"):
+                denied()
+        assert admin.get("other:secret") == b"x"
+    finally:
+        user.close()
+        admin.close()
+
+
+async def test_a_refused_command_is_a_typed_plait_error(acl_redis: AclRedis) -> None:
+    outside = RedisWorkflowProvider.from_url(acl_redis.url, prefix="other")
+    with pytest.raises(RedisCommandError, match="no permissions") as refused:
+        await outside.start()
+    assert not isinstance(refused.value, sync_redis.RedisError)
+    await outside.stop()
+    outside_events = RedisEventProvider.from_url(acl_redis.url, prefix="other", group="g")
+    with pytest.raises(EventCommandError, match="no permissions"):
+        await outside_events.start()
+    await outside_events.stop()
+
+    async with (
+        RedisWorkflowProvider.from_url(acl_redis.url) as workflows,
+        RedisEventProvider.from_url(acl_redis.url, group="g") as events,
+    ):
+        admin = acl_redis.admin()
+        admin.execute_command("ACL", "SETUSER", "plait", "-evalsha")  # an operator takes it back
+        admin.close()
+        with pytest.raises(RedisCommandError, match="no permissions") as execute_refused:
+            await workflows.execute(tick, Order(order_id="4"))
+        with pytest.raises(EventCommandError, match="no permissions") as emit_refused:
+            await events.emit(noted, Ping(n=1))
+    for error in (execute_refused.value, emit_refused.value):
+        assert not isinstance(error, sync_redis.RedisError)
+        assert isinstance(error.__cause__, sync_redis.exceptions.NoPermissionError)
+
+
+async def test_wrong_credentials_are_refused_without_retrying(acl_redis: AclRedis) -> None:
+    wrong = RedisWorkflowProvider.from_url(
+        acl_redis.url.replace(PASSWORD, "wrong"), connect_timeout=timedelta(seconds=30)
+    )
+    with anyio.fail_after(10):  # not retried until connect_timeout
+        with pytest.raises(ProviderUnavailableError, match="refused the credentials"):
+            await wrong.start()
+    await wrong.stop()
