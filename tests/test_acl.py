@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import subprocess
 import sys
@@ -70,8 +69,8 @@ class AclRedis:
         """The ACL user's URL."""
         return f"redis://plait:{PASSWORD}@127.0.0.1:{self.port}/0"
 
-    def admin(self) -> sync_redis.Redis:
-        """A client of the default user."""
+    def admin(self) -> Any:
+        """A client of the default user (``Any``: ``execute_command`` is untyped)."""
         return sync_redis.Redis(port=self.port, password=ADMIN_PASSWORD)
 
 
@@ -225,7 +224,9 @@ async def test_the_documented_acl_runs_workflows_events_schedules_and_the_cli(
         assert await workflows.signal(waits.run_id, "approve", Approval(by="ann"))
         assert await waits.result(timeout=timedelta(seconds=20)) == "shipped, approved by ann"
 
-        await workflows.schedule("acl-every-second", tick, {"order_id": "3"}, every=timedelta(seconds=1))
+        await workflows.schedule(
+            "acl-every-second", tick, {"order_id": "3"}, every=timedelta(seconds=1)
+        )
         await eventually(lambda: _holds("tick 3" in log), timeout=20, what="a schedule tick")
         await workflows.schedules.delete("acl-every-second")
 
@@ -282,11 +283,11 @@ def test_the_user_cannot_reach_keys_or_channels_outside_its_prefix(acl_redis: Ac
             lambda: user.publish("other:channel", "hi"),
             lambda: user.eval("return redis.call('GET', KEYS[1])", 1, "other:secret"),
             lambda: user.eval("return redis.call('GET', 'other:secret')", 0),
-            lambda: user.flushall(),
+            user.flushall,
             lambda: user.keys("*"),
             lambda: user.config_get("maxmemory-policy"),
         ):
-            with pytest.raises(sync_redis.ResponseError, match="permission|can't access"):
+            with pytest.raises(sync_redis.ResponseError, match=r"permission|can't access"):
                 denied()
         assert admin.get("other:secret") == b"x"
     finally:

@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
@@ -70,7 +69,8 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(tmp_path / "node.crt"), "--tls-key-file", str(tmp_path / "node.key"),
+         "--tls-cert-file", str(tmp_path / "node.crt"),
+         "--tls-key-file", str(tmp_path / "node.key"),
          "--tls-ca-cert-file", str(tmp_path / "ca.crt"), "--tls-auth-clients", "yes",
          "--requirepass", PASSWORD, "--dir", str(tmp_path), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
