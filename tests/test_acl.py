@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,12 +24,15 @@ import anyio
 import pytest
 import redis as sync_redis
 from conftest import FAST_RETRY, eventually, redis_server
+from dashboard_server import request, serve
+from local_cluster import local_cluster
 from pydantic import BaseModel
 from test_events_processes import free_port
 
 from plait.events import Event, EventCommandError, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.providers.redis._core import server as server_checks
+from plait.providers.redis._dashboard.app import DashboardOptions
 from plait.workflows import (
     ProviderUnavailableError,
     RedisCommandError,
@@ -50,12 +55,20 @@ PREFIX = "plait"
 CLI = [sys.executable, "-m", "plait.providers.redis"]
 
 
-def documented_acl() -> list[str]:
-    """The ``ACL SETUSER`` line of the docs' "Redis ACL" section, split into arguments."""
+def documented_acl_lines() -> list[list[str]]:
+    """The ``ACL SETUSER`` lines of the docs' "Redis ACL" section, split into arguments: the
+    user's, then what a Redis Cluster adds."""
     section = DOCS.read_text().split("## Redis ACL", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("ACL SETUSER ")]
-    assert len(lines) == 1, "the Redis ACL section shows one ACL SETUSER line"
-    return shlex.split(lines[0].replace(">CHANGE-ME", f">{PASSWORD}"))
+    lines = [line.strip() for line in section.splitlines()]
+    lines = [line for line in lines if line.startswith("ACL SETUSER ")]
+    return [shlex.split(line.replace(">CHANGE-ME", f">{PASSWORD}")) for line in lines]
+
+
+def documented_acl() -> list[str]:
+    """The user's ``ACL SETUSER`` line (the first of the section)."""
+    lines = documented_acl_lines()
+    assert len(lines) == 2, "the section shows the user's line and the cluster's"
+    return lines[0]
 
 
 @dataclass(frozen=True)
@@ -243,6 +256,18 @@ async def test_the_documented_acl_runs_workflows_events_schedules_and_the_cli(
         ready = await plait(acl_redis.url, "health", "--ready")
         listed = await plait(acl_redis.url, "runs", "list", "--json")
         registry = await plait(acl_redis.url, "registry", "list", "--json")
+        with serve(acl_redis.url, DashboardOptions(prefix=PREFIX)) as base:
+            pages = {
+                path: await anyio.to_thread.run_sync(request, f"{base}{path}")
+                for path in (
+                    "/",
+                    f"/workflows/{trip.name}",
+                    f"/runs/{urllib.parse.quote(failed.run_id)}",
+                    "/events",
+                    "/dead-letters",
+                    "/health",
+                )
+            }
 
     assert health.returncode == 0, health.stdout + health.stderr
     assert json.loads(health.stdout)["ok"] is True
@@ -253,6 +278,9 @@ async def test_the_documented_acl_runs_workflows_events_schedules_and_the_cli(
         "workflows": sorted([trip.name, approval.name, tick.name]),
         "events": sorted([pinged.name, noted.name]),
     }
+    assert {path: page.status for path, page in pages.items()} == dict.fromkeys(pages, 200)
+    assert "rollback:reserve" in pages[f"/runs/{urllib.parse.quote(failed.run_id)}"].text
+    assert failed.run_id in pages[f"/workflows/{trip.name}"].text
     checks = [r.getMessage() for r in caplog.records if "cannot check" in r.getMessage()]
     assert len(checks) == 1, "the refused CONFIG GET is said once, at INFO"
     assert "make sure maxmemory-policy is noeviction" in checks[0]
@@ -330,3 +358,42 @@ async def test_wrong_credentials_are_refused_without_retrying(acl_redis: AclRedi
         with pytest.raises(ProviderUnavailableError, match="refused the credentials"):
             await wrong.start()
     await wrong.stop()
+
+
+async def test_the_documented_acl_with_its_cluster_line_runs_on_a_redis_cluster(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not installed: no local Redis Cluster")
+    redis_server()
+    with local_cluster(tmp_path) as cluster:
+        for port in cluster.ports:
+            node = cluster.node(port)
+            for line in documented_acl_lines():
+                node.execute_command(*line)
+            node.close()
+        url = f"redis+cluster://plait:{PASSWORD}@127.0.0.1:{cluster.ports[0]}"
+        log: list[str] = []
+        workflows = RedisWorkflowProvider.from_url(url, retry=FAST_RETRY)
+        for consumer in consumers(log):
+            workflows.register(consumer)
+        events = RedisEventProvider.from_url(url, group="acl", retry=FAST_RETRY)
+
+        @events.on(pinged)
+        async def answer(ctx: EventContext[Ping]) -> Pong:
+            return Pong(n=ctx.data.n + 1)
+
+        async with workflows, events:
+            failed = await workflows.execute(trip, Order(order_id="1"))
+            with pytest.raises(WorkflowStepError, match="card declined"):
+                await failed.result(timeout=timedelta(seconds=20))
+            await events.ready()
+            reply = await events.request(pinged, Ping(n=1), timeout=timedelta(seconds=10))
+            report = await workflows.health()
+            listed = await plait(url, "runs", "list", "--json")
+
+    assert log == ["released R-1"]
+    assert reply == Pong(n=2)
+    assert report.ok, report.problems
+    assert listed.returncode == 0, listed.stderr
+    assert [run["run_id"] for run in json.loads(listed.stdout)] == [failed.run_id]
