@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import pytest
 import redis as sync_redis
+import redis.asyncio as aioredis
 from conftest import FAST_RETRY, eventually, redis_server
 from dashboard_server import request, serve
 from local_cluster import local_cluster
@@ -32,6 +33,7 @@ from test_events_processes import free_port
 from plait.events import Event, EventCommandError, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
 from plait.providers.redis._core import server as server_checks
+from plait.providers.redis._core.keys import WorkflowKeys
 from plait.providers.redis._dashboard.app import DashboardOptions
 from plait.workflows import (
     ProviderUnavailableError,
@@ -249,6 +251,28 @@ async def test_the_documented_acl_runs_workflows_events_schedules_and_the_cli(
         assert reply == Pong(n=2)
         await eventually(lambda: _holds(noticed == [7]), timeout=20, what="the event handled")
 
+        # a malformed step entry is dead-lettered; the CLI lists it, replays it (MULTI/EXEC:
+        # it is dead-lettered again, being still malformed) and purges it
+        jobs, dead = WorkflowKeys(PREFIX, tick.name).jobs, WorkflowKeys(PREFIX, tick.name).dead
+        user = aioredis.Redis.from_url(acl_redis.url)
+        await user.xadd(jobs, {"garbage": "1"})
+        await eventually(lambda: _is(user.xlen(dead), 1), timeout=20, what="dead-lettered")
+        letters = await plait(acl_redis.url, "dead-letters", "list", "--json")
+        [letter] = json.loads(letters.stdout)
+        replayed = await plait(
+            acl_redis.url, "dead-letters", "replay", "--workflow", tick.name, letter["id"], "--json"
+        )
+        assert json.loads(replayed.stdout)[0]["outcome"] == "requeued", replayed.stderr
+        await eventually(lambda: _is(user.xlen(dead), 1), timeout=20, what="dead again")
+        [again] = json.loads((await plait(acl_redis.url, "dead-letters", "list", "--json")).stdout)
+        assert again["id"] != letter["id"]
+        purged = await plait(
+            acl_redis.url, "dead-letters", "purge", "--workflow", tick.name, again["id"], "--json"
+        )
+        assert json.loads(purged.stdout) == {"purged": 1}, purged.stderr
+        assert await user.xlen(dead) == 0
+        await user.aclose()
+
         report = await workflows.health()
         assert report.ok, report.problems
         assert (await events.health()).ok
@@ -284,7 +308,8 @@ async def test_the_documented_acl_runs_workflows_events_schedules_and_the_cli(
     checks = [r.getMessage() for r in caplog.records if "cannot check" in r.getMessage()]
     assert len(checks) == 1, "the refused CONFIG GET is said once, at INFO"
     assert "make sure maxmemory-policy is noeviction" in checks[0]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [error for error in errors if "dead-lettered" not in error] == []
 
 
 async def _state_is(handle: Any, wait: str, state: str) -> bool:
@@ -294,6 +319,10 @@ async def _state_is(handle: Any, wait: str, state: str) -> bool:
 
 async def _holds(value: bool) -> bool:
     return value
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return bool(await value == expected)
 
 
 # -- what the user cannot do -----------------------------------------------------------------
