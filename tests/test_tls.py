@@ -172,3 +172,15 @@ async def test_a_certificate_signed_by_an_unknown_ca_is_refused(
     with pytest.raises(ProviderUnavailableError, match="certificate verify failed"):
         await provider.start()
     await provider.stop()
+
+
+async def test_ssl_cert_reqs_none_connects_without_verifying_the_server(
+    tls_redis: tuple[int, Path],
+) -> None:
+    port, folder = tls_redis
+    url = tls_url(port, folder).replace(f"ssl_ca_certs={folder / 'ca.crt'}&", "ssl_cert_reqs=none&")
+    async with RedisWorkflowProvider.from_url(url) as workflows:
+        workflows.register(chain_consumer())
+        await workflows.start()
+        handle = await workflows.execute(chain, Item(n=1))
+        assert await handle.result(timeout=timedelta(seconds=20)) == 3
