@@ -12,7 +12,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -24,11 +23,10 @@ import anyio
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
-from conftest import FAST_RETRY, eventually, redis_server
+from conftest import FAST_RETRY, eventually, redis_server, standalone_redis
 from dashboard_server import request, serve
 from local_cluster import local_cluster
 from pydantic import BaseModel
-from test_events_processes import free_port
 
 from plait.events import Event, EventCommandError, EventContext
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
@@ -97,34 +95,18 @@ def backend() -> str:
 
 @pytest.fixture
 def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
-    port = free_port()
-    process = subprocess.Popen(
-        [redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", ADMIN_PASSWORD],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    with standalone_redis(tmp_path) as port:
         server = AclRedis(port)
-        admin = server.admin()
-        _until_answering(admin)
-        admin.execute_command(*documented_acl())
-        admin.close()
-        yield server
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def _until_answering(client: sync_redis.Redis) -> None:
-    deadline = time.monotonic() + 10
-    while True:
+        setup: Any = sync_redis.Redis(port=port)
+        setup.execute_command(*documented_acl())
+        setup.execute_command("ACL", "SETUSER", "default", f">{ADMIN_PASSWORD}")
+        setup.close()
         try:
-            client.ping()
-            return
-        except sync_redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            yield server
+        finally:  # the starter shuts the server down as the default user, without a password
+            admin = server.admin()
+            admin.execute_command("ACL", "SETUSER", "default", "nopass")
+            admin.close()
 
 
 @pytest.fixture(autouse=True)
