@@ -1,8 +1,8 @@
 """Redis memory per finished run and per event, and what is left once ``retention`` has expired.
 
 Runs ``--n`` workflows of each kind (``saga3``: three steps, the last one fails, the first two
-are compensated) through an in-process provider on a dedicated database and
-key prefix, waits until the runs are recorded as COMPLETED, then reports:
+are compensated) through an in-process provider on a dedicated database and key prefix, waits
+until the runs are recorded as ended (COMPLETED; FAILED for ``saga3``), then reports:
 
 - ``MEMORY USAGE`` summed over every key of the prefix (exact, unaffected by other clients of
   a shared Redis), per run and per kind of key (run record, results, events, stream...);
