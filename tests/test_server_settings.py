@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis as sync_redis
-from conftest import REDIS_URL, eventually, redis_server
+from conftest import REDIS_URL, eventually, redis_server, standalone_redis
 from test_events_processes import free_port
 
 from plait.events import EventIncompatibleSchemaError
@@ -122,3 +122,25 @@ async def test_a_provider_refuses_to_start_on_data_of_another_schema_version(
         events = RedisEventProvider.from_url(url, prefix=prefix, group="g")
         with pytest.raises(EventIncompatibleSchemaError):
             await events.start()
+
+
+async def test_a_redis_that_refuses_config_is_said_once_at_info_and_the_provider_starts(
+    tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="plait.redis")
+    with standalone_redis(tmp_path, "--rename-command", "CONFIG", "") as port:  # as managed
+        url = f"redis://127.0.0.1:{port}/0"
+        async with RedisWorkflowProvider.from_url(url, prefix=prefix) as workflows:
+            assert workflows.alive
+        async with RedisEventProvider.from_url(url, prefix=prefix, group="g") as events:
+            assert events.alive
+
+    said = [(record.levelname, record.getMessage()) for record in caplog.records]
+    assert len(said) == 1
+    level, message = said[0]
+    assert level == "INFO"
+    assert (
+        f"cannot check the eviction and persistence settings of Redis at 127.0.0.1:{port}"
+        in message
+    )
+    assert "make sure maxmemory-policy is noeviction and persistence is on" in message

@@ -10,7 +10,8 @@ error: a ``maxmemory-policy`` other than ``noeviction`` lets Redis delete keys u
 pressure (a run hash, a stream of jobs, an idempotency key), and a server with neither RDB
 snapshots (``save``) nor the append-only file loses everything when it restarts. A provider
 reads both when it starts (one ``CONFIG GET``) and logs a warning, once per server and
-process. A server that refuses ``CONFIG`` (managed services often do) is not checked.
+process. A server that refuses ``CONFIG`` (managed services often do, and the minimal ACL of
+``docs/deploying.md``) is not checked: that is logged once, at INFO.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ async def warn_of_data_loss(connection: Connection, *, timeout: float) -> None:
             for name in ("maxmemory-policy", "save", "appendonly"):
                 settings.update(await client.config_get(name))
     except redis_errors.RedisError as error:  # CONFIG renamed, refused by an ACL, ...
-        logger.debug("cannot read the settings of Redis at %s: %s", address, error)
+        logger.info(
+            "cannot check the eviction and persistence settings of Redis at %s (%s): make "
+            "sure maxmemory-policy is noeviction and persistence is on",
+            address,
+            error,
+        )
         return
     for problem in problems(_text(settings)):
         logger.warning("Redis at %s: %s", address, problem)
