@@ -33,6 +33,10 @@ PING_EVERY = 5.0
 """Seconds without a message after which the pub/sub session pings Redis."""
 SILENT_LIMIT = PING_EVERY + READ_DEADLINE
 """Seconds without any message (a pong included) after which the session is taken for dead."""
+FIRST_RECONNECT = 0.05
+"""Seconds before the first reconnect of an outage; each failed try doubles it."""
+LAST_RECONNECT = 2.0
+"""The longest wait between two reconnect tries."""
 
 
 class Notifications:
@@ -49,6 +53,7 @@ class Notifications:
         # (redis-py connects lazily) and the listener would read only the last one.
         self._subscribing = anyio.Lock()
         self._unsent: list[str] = []
+        self._up = False  # the current session subscribed: an outage after it starts anew
 
     async def listen(
         self,
@@ -94,10 +99,16 @@ class Notifications:
             callbacks.remove(callback)
 
     async def run(self) -> None:
-        """Receive messages until cancelled; reconnects with backoff."""
-        delay = 0.05
+        """Receive messages until cancelled; reconnects with backoff.
+
+        The backoff grows while Redis stays away and starts from :data:`FIRST_RECONNECT` again
+        after a session that was up, so every outage of a long life is followed by a quick
+        reconnect (and the catch-up reads of its listeners), not only the first.
+        """
+        delay = FIRST_RECONNECT
         while True:
             await self._ready.wait()
+            self._up = False
             try:
                 await self._session()
                 continue
@@ -106,8 +117,10 @@ class Notifications:
             except Exception:  # an error reply, a message that does not decode: a new session
                 logger.exception("pub/sub session failed; reconnecting")
             self._unconfirm()
+            if self._up:
+                delay = FIRST_RECONNECT
             await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, LAST_RECONNECT)
 
     def _unconfirm(self) -> None:
         """Mark every subscription unconfirmed until the next session confirms it again."""
@@ -121,6 +134,7 @@ class Notifications:
             self._pubsub = pubsub
             async with self._subscribing:
                 await pubsub.subscribe(*self._callbacks)
+            self._up = True
             heard = pinged = time.monotonic()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
