@@ -11,11 +11,11 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import FAST_RETRY, OpenProvider, eventually
+from conftest import FAST_RETRY, OpenProvider, eventually, keys_under, only_provider_keys
 from cryptography.fernet import Fernet
 from pydantic import BaseModel
 
-from plait.events import Event, EventContext, EventPayloadDecodeError
+from plait.events import Event, EventContext, EventPayloadDecodeError, InvalidEventError
 from plait.providers.redis import (
     CodecChain,
     FernetCodec,
@@ -438,3 +438,58 @@ def test_binary_codec_output_is_stored_as_base64_text_and_damage_is_a_typed_erro
         payloads.open(stored[:-3] + "!!!")
     with pytest.raises(UndecodableError, match="has none"):
         PLAIN.open(stored)
+
+
+# -- a codec that fails to encode --------------------------------------------------------------
+
+
+class Unavailable:
+    """A codec whose key service is down: every encode fails."""
+
+    def encode(self, data: bytes) -> bytes:
+        raise RuntimeError("the key service is down")
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+
+async def test_a_codec_that_cannot_encode_an_input_raises_a_typed_error_and_writes_nothing(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    workflows = await open_provider(codec=Unavailable())
+
+    with pytest.raises(InvalidInputError, match=r"could not encode the input.*key service is down"):
+        await workflows.execute(flow, {"note": "x"})
+    with pytest.raises(InvalidInputError, match="key service is down"):
+        await workflows.schedule("s", flow, {"note": "x"}, every=timedelta(hours=1))
+    assert only_provider_keys(await keys_under(workflows, prefix), prefix)
+
+
+async def test_a_codec_that_cannot_encode_event_data_raises_a_typed_error_and_writes_nothing(
+    url: str, prefix: str
+) -> None:
+    async with RedisEventProvider.from_url(
+        url, group="g", prefix=prefix, codec=Unavailable()
+    ) as events:
+        with pytest.raises(InvalidEventError, match="could not encode the data"):
+            await events.emit(noted, {"text": "x"})
+        with pytest.raises(InvalidEventError, match="key service is down"):
+            await events.request(asked, {"text": "x"}, timeout=timedelta(seconds=1))
+        assert only_provider_keys(await keys_under(events, prefix), prefix)
+
+
+async def test_a_step_result_the_codec_cannot_encode_fails_the_step_with_the_reason(
+    url: str, prefix: str
+) -> None:
+    """The input is stored plain (written before the codec broke); the result cannot be."""
+    plain = RedisWorkflowProvider.from_url(url, prefix=prefix)
+    broken = RedisWorkflowProvider.from_url(
+        url, prefix=prefix, codec=Unavailable(), retry=FAST_RETRY
+    )
+    broken.register(consumer({}))
+    async with plain, broken:
+        handle = await plain.execute(flow, {"note": "x"})
+        with pytest.raises(WorkflowStepError) as failed:
+            await handle.result(timeout=15)
+    assert failed.value.step == "charge"
+    assert "could not encode" in str(failed.value)

@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
+from .payload import UnstorableError
+
 
 @runtime_checkable
 class PayloadCodec(Protocol):
@@ -179,11 +181,22 @@ class Payloads:
         """The codec (None: payloads are stored as JSON)."""
         return self._codec
 
-    def seal(self, text: str) -> str:
-        """``text`` (a payload's JSON) as stored: encoded and framed, or as it is."""
+    def seal(self, text: str, what: str = "a payload") -> str:
+        """``text`` (a payload's JSON) as stored: encoded and framed, or as it is.
+
+        Raises:
+            UnstorableError: the codec failed (or returned no bytes); nothing is written.
+        """
         if self._codec is None:
             return text
-        data = self._codec.encode(text.encode())
+        try:
+            data = self._codec.encode(text.encode())
+            if not isinstance(data, bytes):
+                raise TypeError(f"encode() returned {_kind(data)}, not bytes")
+        except Exception as error:
+            raise UnstorableError(
+                f"the payload codec could not encode {what}: {type(error).__name__}: {error}"
+            ) from None
         if data.isascii():
             return "~a" + data.decode("ascii")
         return "~b" + base64.b64encode(data).decode("ascii")

@@ -132,7 +132,7 @@ class Publisher:
         meta: Mapping[str, str] | None,
     ) -> Any:
         """Emit ``event`` with a reply address and return the first group's validated reply."""
-        data = self._payloads.seal(stored_data(event, model, self._max_payload))
+        data = stored_data(event, model, self._max_payload, self._payloads)
         user_meta = checked_meta(event, meta)
         keys = EventKeys(self._prefix, event.name)
         channel = keys.reply_channel(self._provider_id)
@@ -210,7 +210,7 @@ class Publisher:
         wait_ms = delay_ms(event, delay)
         if idempotency_key is not None:
             check_key(event, idempotency_key)
-        data = self._payloads.seal(stored_data(event, model, self._max_payload))
+        data = stored_data(event, model, self._max_payload, self._payloads)
         user_meta = checked_meta(event, meta)
         return await self._write(event, data, idempotency_key, wait_ms=wait_ms, meta=user_meta)
 
@@ -298,11 +298,14 @@ def check_key(event: Event[Any, Any], key: object) -> None:
         raise InvalidEventError(event.name, str(error)) from None
 
 
-def stored_data(event: Event[Any, Any], model: BaseModel, limit: int) -> str:
-    """The event's data as stored JSON, checked to be readable back by its consumers and at
-    most ``limit`` bytes."""
+def stored_data(
+    event: Event[Any, Any], model: BaseModel, limit: int, payloads: Payloads = PLAIN
+) -> str:
+    """The event's data as stored: JSON checked to be readable back by its consumers and at
+    most ``limit`` bytes, then through the payload codec."""
     try:
-        return payload.stored_json(lambda: encode_json(model), "the data", limit=limit)
+        text = payload.stored_json(lambda: encode_json(model), "the data", limit=limit)
+        return payloads.seal(text, "the data")
     except payload.UnstorableError as error:
         raise InvalidEventError(event.name, str(error)) from None
 

@@ -93,7 +93,7 @@ def event_spec(
     model = validated(event, data)
     return StoredSchedule(
         target=event.name,
-        data=payloads.seal(stored_data(event, model, limit)),
+        data=stored_data(event, model, limit, payloads),
         cron=cron,
         timezone=timezone,
         every_ms=None if every is None else every // timedelta(milliseconds=1),

@@ -234,14 +234,15 @@ class Handlers:
         refused when over ``max_payload_bytes`` (of JSON, before the codec).
 
         Raises:
-            ResultNotSerializableError: ``text`` is too large to store.
+            ResultNotSerializableError: ``text`` is too large to store, or the payload codec
+                failed on it.
         """
         size = len(text) if text.isascii() else len(text.encode(errors="surrogatepass"))
         try:
             check_size(size, what, self._max_payload)
+            return self._payloads.seal(text, what)
         except UnstorableError as error:
             raise ResultNotSerializableError(str(error)) from None
-        return self._payloads.seal(text)
 
     def _step_result(self, job: str, value: Any) -> str:
         try:

@@ -478,6 +478,7 @@ class RedisWorkflowProvider:
             limits = limits_for(definition, model)
             per_key = per_key_of(definition, model, concurrency_key)
             quiet = debounce_of(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
+            sealed = self._payloads.seal(canonical, "the input")
         except (ValidationError, UnstorableError) as error:
             raise InvalidInputError(name, str(error)) from None
         if timeout is not None and not _is_positive_duration(timeout):
@@ -496,7 +497,7 @@ class RedisWorkflowProvider:
         ):
             common: dict[str, Any] = {
                 "input_hash": input_hash(canonical),
-                "input_json": self._payloads.seal(canonical),
+                "input_json": sealed,
                 "meta_json": canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
                 "plan_json": plan_of(definition),
                 "timeout_ms": int(deadline * 1000) if deadline else 0,

@@ -132,13 +132,14 @@ def workflow_spec(
         )
         user_meta = {} if meta is None else check_meta(meta)
         limits = limits_for(definition, model)
+        sealed = payloads.seal(canonical, "the input")
     except (ValidationError, UnstorableError) as error:
         raise InvalidInputError(name, str(error)) from None
     if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
         raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
     return StoredSchedule(
         target=name,
-        data=payloads.seal(canonical),
+        data=sealed,
         cron=cron,
         timezone=timezone,
         every_ms=None if every is None else every // timedelta(milliseconds=1),

@@ -153,7 +153,11 @@ class Signals:
         else:
             workflow = workflow_of(target)
             definition = self._definitions.get(workflow)
-        payload = self._payloads.seal(_payload(workflow, definition, name, data, self._max_payload))
+        text = _payload(workflow, definition, name, data, self._max_payload)
+        try:
+            payload = self._payloads.seal(text, "the signal's data")
+        except UnstorableError as error:
+            raise InvalidInputError(workflow, str(error)) from None
         sid = signal_id if signal_id is not None else uuid.uuid4().hex
         try:
             check_key(sid)
