@@ -120,7 +120,9 @@ class Reconciler:
             horizon = now_ms - 2 * self._retention_ms - 3_600_000
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(keys.runs, "-inf", horizon)
-                for status in WorkflowStatus:  # the status index: by lex, per status
+                # The status index, by lex per status: only ended runs leave it (a run still
+                # live, waiting for days, say, stays listed by its status).
+                for status in (status for status in WorkflowStatus if status.is_final):
                     oldest, newest = f"[{status.value}|", f"({status.value}|{horizon:013d}"
                     pipe.zremrangebylex(keys.status, oldest, newest)
                 replies = await pipe.execute(raise_on_error=False)
