@@ -13,6 +13,7 @@ from conftest import OpenProvider, eventually
 from pydantic import BaseModel
 from test_cli import plait, plait_json
 
+from plait.providers.redis import ZlibCodec
 from plait.workflows import (
     StepContext,
     Workflow,
@@ -105,6 +106,19 @@ async def test_runs_show_includes_the_input_and_the_result(open_provider: OpenPr
 
     assert (shown["input"], shown["result"]) == ({"n": 7}, {"picked": 7})
     assert '{"n": 7}' in printed.stdout
+
+
+async def test_runs_show_says_an_encoded_input_is_undecodable_instead_of_printing_it(
+    open_provider: OpenProvider,
+) -> None:
+    provider = await open_provider(sort_consumer(), codec=ZlibCodec(threshold=0))
+    handle = await provider.execute(sort, Item(n=7))
+    await handle.result(timeout=20)
+
+    shown = await plait_json(provider.prefix, "runs", "show", handle.run_id)
+
+    assert "payload codec" in shown["input"]["undecodable"]
+    assert "payload codec" in shown["result"]["undecodable"]
 
 
 async def test_runs_retry_retries_failed_runs_since_a_time(open_provider: OpenProvider) -> None:

@@ -26,6 +26,7 @@ from plait.workflows import (
     WorkflowStepError,
 )
 
+from .._core.codecs import PLAIN, UndecodableError
 from .._core.connection import Connection
 from .._core.keys import EventKeys, WorkflowKeys, workflow_of
 from .._ops.catalog import event_names, forget, rebuild, workflow_names
@@ -107,8 +108,8 @@ async def _record(connection: Connection, args: argparse.Namespace) -> tuple[Run
     record = decode_record(raw)
     return (
         run_info(run_id, workflow, record),
-        _maybe_json(record.get("input")),
-        _maybe_json(record.get("result")),
+        _payload(record.get("input"), "the input"),
+        _payload(record.get("result"), "the result"),
     )
 
 
@@ -335,6 +336,15 @@ def _print_event(args: argparse.Namespace, entry: str, raw: dict[bytes, bytes]) 
         print(json.dumps(data), flush=True)
     else:
         print(f"{moment(at)}  {fields.get('id', '?')}  {fields.get('data', '')}", flush=True)
+
+
+def _payload(text: str | None, what: str) -> Any:
+    """A stored payload as shown: its JSON, or why it cannot be shown (encoded by a payload
+    codec, whose keys the services hold and this command does not)."""
+    try:
+        return _maybe_json(None if text is None else PLAIN.open(text, what))
+    except UndecodableError as error:
+        return {"undecodable": str(error)}
 
 
 def _maybe_json(text: str | None) -> Any:
