@@ -20,12 +20,14 @@ from typing import Any
 
 import anyio
 import pytest
+import redis as sync_redis
 from apps.definitions import Job, chain
 from conftest import Spawn, eventually, ready, standalone_redis
 from faults import Proxy
 
 from plait.events import Event, EventProviderUnavailableError
 from plait.providers.redis import RedisEventProvider, RedisWorkflowProvider
+from plait.providers.redis._core.connection import MAX_SCRIPT_CONNECTIONS
 from plait.workflows import ProviderUnavailableError, Workflow, WorkflowConsumer, WorkflowStatus
 
 pytestmark = [
@@ -100,6 +102,62 @@ async def test_a_black_holed_caller_is_told_within_connect_timeout(
     assert all(wait <= CONNECT + MARGIN for wait in waits.values()), waits
     proxy.heal()
     assert await handle.status() == WorkflowStatus.PENDING  # the connection came back
+
+
+async def test_a_burst_of_executes_shares_a_bounded_set_of_connections(
+    redis_port: int, prefix: str
+) -> None:
+    """1,000 executes at once do not open 1,000 connections (a connect storm that a busy Redis
+    answers too slowly: its accept queue overflows and connects time out); they queue for the
+    provider's script connections instead, and every one of them makes its run."""
+    admin = sync_redis.Redis(port=redis_port)
+    provider = RedisWorkflowProvider.from_url(f"redis://127.0.0.1:{redis_port}", prefix=prefix)
+    await provider.start()
+    try:
+        handles = []
+
+        async def call(n: int) -> None:
+            handles.append(await provider.execute(single, Job(n=n)))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(1_000):
+                tg.start_soon(call, n)
+        opened = int(admin.info("stats")["total_connections_received"])
+    finally:
+        await provider.stop()
+        admin.close()
+
+    assert len({handle.run_id for handle in handles}) == 1_000
+    # at most MAX_SCRIPT_CONNECTIONS at once, some closed and opened again (only
+    # MAX_IDLE_SCRIPT_CONNECTIONS are kept between calls), the pool's few: far from one per call
+    assert opened <= 2 * MAX_SCRIPT_CONNECTIONS, opened
+
+
+async def test_a_black_holed_burst_of_callers_is_told_within_connect_timeout(
+    proxy: Proxy, caller: RedisWorkflowProvider
+) -> None:
+    """Callers queued for a script connection wait no longer than their own connect_timeout."""
+    await caller.execute(single, Job(n=0))
+    proxy.black_hole()
+
+    async def one() -> float:
+        return await _told_within(
+            lambda: caller.execute(single, Job(n=0)), ProviderUnavailableError
+        )
+
+    waits: list[float] = []
+
+    async def timed() -> None:
+        waits.append(await one())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3 * MAX_SCRIPT_CONNECTIONS):  # most of them queue for a connection
+            tg.start_soon(timed)
+
+    # Queued in turns of MAX_SCRIPT_CONNECTIONS, each told after connect_timeout, the last
+    # would wait three times as long; the margin is doubled for 384 callers on 2 loaded cores.
+    assert len(waits) == 3 * MAX_SCRIPT_CONNECTIONS
+    assert max(waits) <= CONNECT + 2 * MARGIN, sorted(waits)[-5:]
 
 
 async def test_a_black_holed_emitter_is_told_within_connect_timeout(

@@ -30,6 +30,11 @@ from .watchdog import watched
 #: (redis-py's pool, and as many again for script calls, see ScriptCalls).
 MAX_CONNECTIONS = 1000
 
+#: Script-call connections open at once: a burst of calls beyond it queues for one (each call
+#: still told within its connect_timeout) rather than opening a connection per call. Redis
+#: runs scripts one at a time, so more connections would add connects, not throughput.
+MAX_SCRIPT_CONNECTIONS = 128
+
 #: Script-call connections kept open between calls; a burst beyond it closes the extra ones.
 MAX_IDLE_SCRIPT_CONNECTIONS = 64
 
@@ -170,7 +175,7 @@ def connect(url: str, *, connect_timeout: float) -> Connection:
     pool.connection_class = watched(pool.connection_class)
     client = aioredis.Redis(connection_pool=pool)
     direct = ScriptCalls(
-        pool, max_connections=MAX_CONNECTIONS, max_idle=MAX_IDLE_SCRIPT_CONNECTIONS
+        pool, max_connections=MAX_SCRIPT_CONNECTIONS, max_idle=MAX_IDLE_SCRIPT_CONNECTIONS
     )
     return Connection(client, None, owned=True, direct=direct, url=url)
 

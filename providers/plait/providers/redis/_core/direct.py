@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
+from .watchdog import remaining
+
 
 class ScriptCalls:
     """``EVALSHA`` straight on connections of its own, made from a pool plait created.
@@ -26,7 +28,8 @@ class ScriptCalls:
     113-143 us against 56-66 us per call, measured on this project's machines. Replies and
     error replies are the same as through redis-py. A connection that fails or whose call is
     interrupted is closed; the caller's retry (``call_forever``) gets a fresh one. At most
-    ``max_connections`` are open at once and ``max_idle`` kept between calls.
+    ``max_connections`` are open at once and ``max_idle`` kept between calls; a call finding
+    them all busy waits for one, no longer than the caller's deadline (:func:`.watchdog.deadline`).
     """
 
     def __init__(
@@ -46,8 +49,17 @@ class ScriptCalls:
         and answer a repeat with the outcome they recorded (``_workflows/scripts.py``);
         ``run_execute`` finds its run already created.
         """
-        async with self._slots:
+        if self._slots.locked():  # every connection busy: wait no longer than the caller may
+            with anyio.move_on_after(remaining()) as waiting:
+                await self._slots.acquire()
+            if waiting.cancelled_caught:
+                raise redis_errors.TimeoutError("every script connection stayed busy")
+        else:
+            await self._slots.acquire()
+        try:
             return await self._call(script, keys, args)
+        finally:
+            self._slots.release()
 
     async def _call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         while True:

@@ -60,6 +60,11 @@ def deadline(seconds: float) -> Iterator[float]:
         _caller_deadline.reset(token)
 
 
+def remaining() -> float:
+    """Seconds left before this task's :func:`deadline` (``inf`` outside one)."""
+    return _caller_deadline.get() - time.monotonic()
+
+
 class _Sweeper:
     """The commands in flight of one event loop, and the timer that closes overdue ones."""
 
