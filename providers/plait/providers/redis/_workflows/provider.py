@@ -31,7 +31,7 @@ from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
 from .._core.notify import Notifications
 from .._core.retry import call_until
-from .._core.schedules import CatchUp, Overlap, ScheduleInfo
+from .._core.schedules import CatchUp, Overlap, ScheduleInfo, Schedules, ScheduleStore
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
 from .._core.wire import default_provider_id
@@ -48,7 +48,7 @@ from .lifecycle import Lifecycle
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
-from .schedules import WorkflowSchedules
+from .schedules import WorkflowSchedules, workflow_schedules
 from .scripts import RunScripts
 from .submission import script_call, seconds, submission_of
 from .timers import Timers
@@ -140,10 +140,16 @@ class RedisWorkflowProvider:
             connect_timeout=opts.connect_timeout.total_seconds(),
             kinds=WORKFLOW_KINDS,
         )
-        self._schedules = WorkflowSchedules(
-            self._connection,
+        self._schedule_store = ScheduleStore(self._connection, workflow_schedules(opts.prefix))
+        self.schedules = Schedules(self._schedule_store, WORKFLOW_KINDS)
+        """The workflow schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
+        ``delete`` (made and changed by :meth:`schedule`)."""
+        self._scheduling = WorkflowSchedules(
+            self.schedules,
+            self._schedule_store,
             self._scripts,
-            opts.prefix,
+            client=self._connection.client,
+            prefix=opts.prefix,
             timers=self._timers,
             definitions=self._definitions,
             retention_ms=int(opts.retention.total_seconds() * 1000),
@@ -151,9 +157,6 @@ class RedisWorkflowProvider:
             max_payload=opts.max_payload_bytes,
             payloads=self._payloads,
         )
-        self.schedules = self._schedules.schedules
-        """The workflow schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
-        ``delete`` (made and changed by :meth:`schedule`)."""
         self._heartbeat = Heartbeat(
             self._connection.client, opts.prefix, self.provider_id, announcements=self._announced
         )
@@ -171,7 +174,7 @@ class RedisWorkflowProvider:
             heartbeat=self._heartbeat,
             timers=self._timers,
             reconciler=self._reconciler,
-            scheduler=self._schedules.scheduler,
+            scheduler=self._scheduling.scheduler,
             intake=self._intake,
             enrollment=self._enrollment,
         )
@@ -467,7 +470,7 @@ class RedisWorkflowProvider:
             ImportError: a ``cron`` schedule without the ``cronsim`` package.
         """
         self._check_started()
-        return await self._schedules.put(
+        return await self._scheduling.put(
             schedule_id,
             definition,
             data,

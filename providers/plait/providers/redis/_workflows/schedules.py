@@ -17,8 +17,6 @@ from pydantic import BaseModel, ValidationError
 from plait.workflows import InvalidDefinitionError, InvalidInputError, Workflow, WorkflowStatus
 
 from .._core.codecs import PLAIN, Payloads
-from .._core.connection import Connection
-from .._core.errors import WORKFLOW_KINDS
 from .._core.keys import ScheduleKeys, WorkflowKeys
 from .._core.payload import UnstorableError, check_meta, stored_json
 from .._core.scheduler import Scheduler
@@ -175,14 +173,17 @@ def workflow_schedules(prefix: str) -> ScheduleKeys:
 
 
 class WorkflowSchedules:
-    """A provider's workflow schedules: stored under its prefix, fired by its scheduler."""
+    """A provider's workflow schedules (``schedules``, in ``store``): made by :meth:`put`, fired
+    by :attr:`scheduler`."""
 
     def __init__(
         self,
-        connection: Connection,
+        schedules: Schedules,
+        store: ScheduleStore,
         scripts: RunScripts,
-        prefix: str,
         *,
+        client: Any,
+        prefix: str,
         timers: Timers,
         definitions: dict[str, Workflow[Any, Any]],
         retention_ms: int,
@@ -194,12 +195,10 @@ class WorkflowSchedules:
         self._definitions = definitions
         self._max_payload = max_payload
         self._payloads = payloads
-        store = ScheduleStore(connection, workflow_schedules(prefix))
-        self.schedules = Schedules(store, WORKFLOW_KINDS)
-        """The stored schedules: ``list``, ``get``, ``pause``, ``resume``, ``delete``."""
+        self._schedules = schedules
         firing = WorkflowFiring(
             scripts,
-            connection.client,
+            client,
             prefix,
             retention_ms=retention_ms,
             default_timeout_ms=default_timeout_ms,
@@ -240,7 +239,7 @@ class WorkflowSchedules:
             payloads=self._payloads,
         )
         self._definitions.setdefault(definition.name, definition)
-        info = await self.schedules.put(schedule_id, spec)
+        info = await self._schedules.put(schedule_id, spec)
         self.scheduler.wake()
         return info
 
