@@ -32,8 +32,11 @@ codec) and never import each other; both stand on ``_core``::
       scheduler.py    the loop that fires due ticks, each once, with no leader
     _workflows/     the workflow engine
       provider.py     RedisWorkflowProvider: register, execute, signal, retry, reconcile, readiness,
-                      health
+                      health (the public face: each method delegates to the modules below)
       options.py      WorkflowProviderOptions
+      lifecycle.py    a started provider's background work and workers, from start() to stop()
+      submission.py   an execute's arguments checked, then its one script call
+      directory.py    finding runs and acting on them: handles, retry, list/find/retry/cancel_runs
       runs.py         the caller side: status, result, cancel, describe, watch
       search.py       finding runs through the status, meta and runs indexes, paged by cursor
       worker.py       intake: read, reclaim, start in batches, hold and release entries
@@ -47,7 +50,7 @@ codec) and never import each other; both stand on ``_core``::
       timers.py       retries due and deadlines passed
       reconciler.py   repairing runs that cannot advance by themselves
       waits.py        waits and sleeps parked, signals delivered
-      schedules.py    firing workflow schedules: each tick one execute
+      schedules.py    workflow schedules: stored specs, firing (each tick one execute), scheduler
       flow.py         an execute's per-key concurrency and debounce options
       scripts.py      RunScripts: typed calls of lua/run_*.lua
       codec.py        runs as stored: JSON, plans, records, errors

@@ -1,1 +1,1 @@
-"""The workflow engine: provider, caller side, worker, one attempt, timers, scripts, codec."""
+"""The workflow engine: provider, lifecycle, caller side, worker, one attempt, timers, scripts."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -13,19 +11,14 @@ from typing import Any, Self, TypeVar, Unpack, overload
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
-from pydantic import BaseModel, ValidationError
-from redis import exceptions as redis_errors
+from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
 from plait.workflows import (
     ConcurrencyKeyBusyError,
     IdempotencyConflictError,
     InvalidDefinitionError,
-    InvalidFilterError,
-    InvalidInputError,
-    InvalidRunStateError,
     ProviderClosedError,
-    RunNotFoundError,
     RunPage,
     Workflow,
     WorkflowConsumer,
@@ -36,58 +29,34 @@ from plait.workflows import (
 from .._core.codecs import Payloads
 from .._core.connection import Connection, connect, wrap
 from .._core.errors import WORKFLOW_KINDS, translated
-from .._core.keys import WorkflowKeys, workflow_of
 from .._core.notify import Notifications
-from .._core.payload import UnstorableError, check_key, check_meta, stored_json
 from .._core.retry import call_until
-from .._core.scheduler import Scheduler
-from .._core.schedules import (
-    CatchUp,
-    Overlap,
-    ScheduleInfo,
-    Schedules,
-    ScheduleStore,
-)
+from .._core.schedules import CatchUp, Overlap, ScheduleInfo, Schedules, ScheduleStore
 from .._core.supervisor import Supervisor
 from .._core.telemetry import Telemetry
-from .._core.tracing import outgoing_meta
-from .._core.watchdog import check_round_trip
 from .._core.wire import default_provider_id
 from .._ops.catalog import Enrollment
 from .._ops.health import Health, Readiness, check_health, check_readiness, with_liveness
 from .._ops.heartbeat import Heartbeat
-from . import search
 from .capabilities import Pins, announcement, pins_of
-from .codec import canonical_json, input_hash, limits_for, new_run_id, plan_of
-from .flow import debounce_of, per_key_of
+from .codec import new_run_id
+from .directory import RunDirectory
 from .handlers import Handlers
 from .intake import Intake
 from .lease import Leases
+from .lifecycle import Lifecycle
 from .options import WorkflowProviderKeywords, WorkflowProviderOptions
 from .reconciler import Reconciler, ReconcileStats
 from .runs import Runs
-from .schedules import WorkflowFiring, workflow_schedules, workflow_spec
+from .schedules import WorkflowSchedules, workflow_schedules
 from .scripts import RunScripts
+from .submission import script_call, seconds, submission_of
 from .timers import Timers
-from .waits import Signals, signal_names, start_of
+from .waits import Signals
 from .worker import Worker
-
-logger = logging.getLogger("plait.provider")
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT")
-
-
-def _seconds(value: timedelta | float | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _is_positive_duration(value: object) -> bool:
-    if isinstance(value, timedelta):
-        return value > timedelta(0)
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 class RedisWorkflowProvider:
@@ -175,22 +144,49 @@ class RedisWorkflowProvider:
         self.schedules = Schedules(self._schedule_store, WORKFLOW_KINDS)
         """The workflow schedules under this prefix: ``list``, ``get``, ``pause``, ``resume``,
         ``delete`` (made and changed by :meth:`schedule`)."""
-        firing = WorkflowFiring(
+        self._scheduling = WorkflowSchedules(
+            self.schedules,
+            self._schedule_store,
             self._scripts,
-            self._connection.client,
-            opts.prefix,
+            client=self._connection.client,
+            prefix=opts.prefix,
+            timers=self._timers,
+            definitions=self._definitions,
             retention_ms=int(opts.retention.total_seconds() * 1000),
-            default_timeout_ms=int(_seconds(opts.default_timeout) or 0) * 1000,
-            on_execute=self._scheduled,
+            default_timeout_ms=int(seconds(opts.default_timeout) or 0) * 1000,
+            max_payload=opts.max_payload_bytes,
+            payloads=self._payloads,
         )
-        self._scheduler = Scheduler(self._schedule_store, firing)
-        self._tg: anyio.abc.TaskGroup | None = None
         self._heartbeat = Heartbeat(
             self._connection.client, opts.prefix, self.provider_id, announcements=self._announced
         )
         self._pins: dict[Workflow[Any, Any], Pins] = {}
         """What runs of each definition executed here record (computed once per definition)."""
         self._enrollment = Enrollment(self._connection.client, opts.prefix)
+        self._lifecycle = Lifecycle(
+            self._connection,
+            self._workers,
+            options=opts,
+            runs=self._runs,
+            telemetry=self._telemetry,
+            leases=self._leases,
+            notifications=self._notifications,
+            heartbeat=self._heartbeat,
+            timers=self._timers,
+            reconciler=self._reconciler,
+            scheduler=self._scheduling.scheduler,
+            intake=self._intake,
+            enrollment=self._enrollment,
+        )
+        self._directory = RunDirectory(
+            self._connection,
+            self._scripts,
+            self._runs,
+            timers=self._timers,
+            definitions=self._definitions,
+            connect_timeout=opts.connect_timeout.total_seconds(),
+            check_started=self._check_started,
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Unpack[WorkflowProviderKeywords]) -> Self:
@@ -246,7 +242,7 @@ class RedisWorkflowProvider:
         Raises:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        await self._supervisor.start(self._work)
+        await self._supervisor.start(self._lifecycle.work)
 
     async def stop(self) -> None:
         """Stop taking steps, wait up to ``shutdown_timeout`` for running ones, release Redis.
@@ -276,100 +272,7 @@ class RedisWorkflowProvider:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout`` (raised
                 by ``tg.start``).
         """
-        await self._supervisor.serve(self._work, task_status=task_status)
-
-    async def _work(
-        self, stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        self._telemetry.find_tracer()
-        self._leases.start()
-        try:
-            await self._supervise(stopping, task_status)
-        finally:
-            await anyio.to_thread.run_sync(self._leases.stop)
-
-    async def _supervise(self, stopping: anyio.Event, task_status: TaskStatus[None]) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._notifications.run)
-            tg.start_soon(self._heartbeat.serve)
-            await tg.start(self._timers.serve)
-            tg.start_soon(self._reconciler.serve, self.options.reconcile_interval.total_seconds())
-            await self._enroll(list(self._workers))
-            tg.start_soon(self._scheduler.serve)
-            tg.start_soon(self._intake.serve)
-            await self._intake.prepare(list(self._workers.values()))  # pipelined
-            async with anyio.create_task_group() as starting:  # thousands: not one by one
-                for worker in self._workers.values():
-                    starting.start_soon(tg.start, self._run_worker, worker)
-            if self._workers:
-                stall = self.options.stall_timeout.total_seconds()
-                tg.start_soon(check_round_trip, self._connection.client, stall, self.provider_id)
-            self._runs.open()
-            task_status.started()
-            try:
-                with self._connection.on_clock(self._clock_moved, self._busy):
-                    await stopping.wait()
-            finally:
-                self._runs.close()
-            with anyio.CancelScope(shield=True):
-                await self._drain()
-            tg.cancel_scope.cancel()
-        self._tg = None
-
-    async def _clock_moved(self) -> None:
-        """A test moved the ``memory://`` clock: apply what came due now (plait.testing)."""
-        await self._timers.catch_up()
-        await self._scheduler.fire_due()
-
-    async def _busy(self) -> bool:
-        """Whether a step runs here or a job of this instance's workflows waits to be taken
-        (plait.testing: a virtual clock moves only once the work before is done)."""
-        if any(worker.running for worker in self._workers.values()):
-            return True
-        client = self._connection.client
-        for name in self._workers:
-            with contextlib.suppress(redis_errors.ResponseError):  # no stream yet
-                for group in await client.xinfo_groups(
-                    WorkflowKeys(self.options.prefix, name).jobs
-                ):
-                    if group["pending"] or group["lag"]:
-                        return True
-        return False
-
-    async def _drain(self) -> None:
-        timeout = self.options.shutdown_timeout.total_seconds()
-        async with anyio.create_task_group() as tg:
-            for worker in self._workers.values():
-                tg.start_soon(worker.drain, timeout)
-        left = sum(worker.running for worker in self._workers.values())
-        if left:
-            logger.warning(
-                "%s: %d running steps not handed back, left to be reclaimed", self.provider_id, left
-            )
-
-    async def _enroll(self, names: list[str]) -> None:
-        """Add ``names`` to the registry of workflows (``_ops/catalog.py``)."""
-        await call_until(
-            lambda: self._enrollment.workflows(names),
-            timeout=self.options.connect_timeout.total_seconds(),
-            what="start",
-            kinds=WORKFLOW_KINDS,
-        )
-
-    async def _run_worker(
-        self, worker: Worker, *, task_status: Any = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        async with anyio.create_task_group() as tg:
-            # Not waited for: the confirmation wakes the worker if it parked before it came.
-            tg.start_soon(self._intake.listen, worker.keys)
-            # Subscribed before the first start, so no cancel of an attempt goes unheard;
-            # resubscribed() catches up after a reconnect (and when the confirmation is late).
-            await self._notifications.listen(
-                worker.keys.cancel_channel, worker.cancel_run, subscribed=worker.resubscribed
-            )
-            await tg.start(worker.serve)
-            task_status.started()
+        await self._supervisor.serve(self._lifecycle.work, task_status=task_status)
 
     def register(self, consumer: WorkflowConsumer[Any, Any]) -> None:
         """Run ``consumer``'s steps on this instance (before or after :meth:`start`).
@@ -404,8 +307,7 @@ class RedisWorkflowProvider:
         self._pins = {d: pin for d, pin in self._pins.items() if d.name != name}
         self._definitions[name] = consumer.definition
         self._timers.watch(name)
-        if self._tg is not None:  # started: enroll it beside its worker's start
-            self._tg.start_soon(self._enrollment.alongside, name, lambda: self._run_worker(worker))
+        self._lifecycle.add(name, worker)
 
     # -- executing ---------------------------------------------------------------------------
 
@@ -462,83 +364,38 @@ class RedisWorkflowProvider:
             RedisCommandError: Redis refused the command (e.g. a key of the wrong type).
         """
         self._check_started()
-        if not isinstance(definition, Workflow):
-            raise TypeError(f"expected a Workflow, got {type(definition).__name__}")
-        name = definition.name
-        try:
-            model = definition.input.model_validate(data)
-            canonical = stored_json(
-                lambda: canonical_json(model.model_dump(mode="json")),
-                "the input",
-                limit=self.options.max_payload_bytes,
-            )
-            user_meta = None if meta is None else check_meta(meta)
-            if idempotency_key is not None:
-                check_key(idempotency_key)
-            limits = limits_for(definition, model)
-            per_key = per_key_of(definition, model, concurrency_key)
-            quiet = debounce_of(debounce, debounce_key, debounce_max_wait, idempotency_key, per_key)
-            sealed = self._payloads.seal(canonical, "the input")
-        except (ValidationError, UnstorableError) as error:
-            raise InvalidInputError(name, str(error)) from None
-        if timeout is not None and not _is_positive_duration(timeout):
-            raise InvalidInputError(name, f"timeout must be a positive timedelta, not {timeout!r}")
-        start_in_ms, start_at_ms = start_of(name, start_at, delay)
-        if (start_in_ms or start_at_ms) and (per_key is not None or quiet is not None):
-            raise InvalidInputError(
-                name, "a delayed start does not go with a concurrency key or debounce="
-            )
+        submission = submission_of(
+            definition,
+            data,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            meta=meta,
+            start_at=start_at,
+            delay=delay,
+            concurrency_key=concurrency_key,
+            debounce=debounce,
+            debounce_key=debounce_key,
+            debounce_max_wait=debounce_max_wait,
+            max_payload=self.options.max_payload_bytes,
+            default_timeout=self.options.default_timeout,
+            payloads=self._payloads,
+        )
+        name = submission.name
         run_id = new_run_id(name)
-        deadline = _seconds(timeout if timeout is not None else self.options.default_timeout)
         keys = self._runs.keys(name)
         self._definitions.setdefault(name, definition)
         with self._telemetry.producing(
             f"execute {name}", operation="execute", destination=name, message_id=run_id
         ):
-            common: dict[str, Any] = {
-                "input_hash": input_hash(canonical),
-                "input_json": sealed,
-                "meta_json": canonical_json(outgoing_meta(user_meta, correlation_id=run_id)),
-                "plan_json": plan_of(definition),
-                "timeout_ms": int(deadline * 1000) if deadline else 0,
-                "retention_ms": int(self.options.retention.total_seconds() * 1000),
-                "limits_json": limits,
-            }
-            if quiet is None:
-                ikey = idempotency_key or ""
-                signals = signal_names(definition)
-                indexed = [
-                    keys.meta_index(field, user_meta[field])
-                    for field in definition.indexed_meta
-                    if user_meta is not None and field in user_meta
-                ]
-
-                def call() -> Any:
-                    return self._scripts.execute(
-                        keys,
-                        run_id,
-                        idempotency_key=ikey,
-                        start_in_ms=start_in_ms,
-                        start_at_ms=start_at_ms,
-                        signals=signals,
-                        per_key=per_key,
-                        pinned=self._pinned(definition).args(),
-                        indexed=indexed,
-                        **common,
-                    )
-            else:
-                dkey, quiet_ms, max_wait_ms = quiet
-
-                def call() -> Any:
-                    return self._scripts.debounce(
-                        keys,
-                        run_id,
-                        debounce_key=dkey,
-                        quiet_ms=quiet_ms,
-                        max_wait_ms=max_wait_ms,
-                        **common,
-                    )
-
+            call = script_call(
+                self._scripts,
+                keys,
+                run_id,
+                submission,
+                definition=definition,
+                retention_ms=int(self.options.retention.total_seconds() * 1000),
+                pinned=lambda: self._pinned(definition).args(),
+            )
             outcome, found, earliest = await self._enrollment.alongside(
                 name,
                 lambda: call_until(
@@ -554,10 +411,11 @@ class RedisWorkflowProvider:
             raise IdempotencyConflictError(idempotency_key or "", found)
         if outcome == "busy":
             raise ConcurrencyKeyBusyError(name, found)
-        if deadline or start_in_ms or start_at_ms or quiet is not None:
+        debounced = submission.quiet is not None
+        if submission.deadline or submission.delayed or debounced:
             self._timers.watch(name)
         # the timer may be asleep until a later time: it must see this deadline (or start)
-        if earliest or start_in_ms or start_at_ms or (quiet is not None and outcome == "created"):
+        if earliest or submission.delayed or (debounced and outcome == "created"):
             self._timers.wake(name)
         return WorkflowHandle(
             self._runs, found, name, created=outcome == "created", output=definition.output
@@ -612,7 +470,7 @@ class RedisWorkflowProvider:
             ImportError: a ``cron`` schedule without the ``cronsim`` package.
         """
         self._check_started()
-        spec = workflow_spec(
+        return await self._scheduling.put(
             schedule_id,
             definition,
             data,
@@ -624,19 +482,7 @@ class RedisWorkflowProvider:
             catchup_window=catchup_window,
             timeout=timeout,
             meta=meta,
-            limit=self.options.max_payload_bytes,
-            payloads=self._payloads,
         )
-        self._definitions.setdefault(definition.name, definition)
-        info = await self.schedules.put(schedule_id, spec)
-        self._scheduler.wake()
-        return info
-
-    def _scheduled(self, workflow: str, earliest: bool) -> None:
-        """A schedule executed a run of ``workflow``: its timers must look after it."""
-        self._timers.watch(workflow)
-        if earliest:
-            self._timers.wake(workflow)
 
     async def signal(
         self,
@@ -688,11 +534,7 @@ class RedisWorkflowProvider:
         Raises:
             RunNotFoundError: no run has this id (or it expired after ``retention``).
         """
-        name = workflow.name if workflow is not None else workflow_of(run_id)
-        definition = workflow or self._definitions.get(name)
-        await self._runs.run_status(name, run_id)
-        output = definition.output if definition is not None else None
-        return WorkflowHandle(self._runs, run_id, name, created=False, output=output)
+        return await self._directory.get_handle(run_id, workflow)
 
     async def retry(self, run_id: str) -> WorkflowHandle[Any]:
         """Resume a FAILED or TIMED_OUT run as a new attempt of the same run (same id).
@@ -705,23 +547,7 @@ class RedisWorkflowProvider:
             InvalidRunStateError: the run is in any other status.
             RunNotFoundError: no run has this id.
         """
-        self._check_started()
-        name = workflow_of(run_id)
-        call = self._scripts.call_id()
-        outcome, status = await call_until(
-            lambda: self._scripts.retry(self._runs.keys(name), run_id, call=call),
-            timeout=self.options.connect_timeout.total_seconds(),
-            what=f"retry {run_id}",
-            kinds=WORKFLOW_KINDS,
-        )
-        if outcome == "unknown":
-            raise RunNotFoundError(run_id)
-        if outcome == "invalid":
-            raise InvalidRunStateError(run_id, status)
-        definition = self._definitions.get(name)
-        self._timers.watch(name)
-        output = definition.output if definition is not None else None
-        return WorkflowHandle(self._runs, run_id, name, created=False, output=output)
+        return await self._directory.retry(run_id)
 
     # -- finding and acting on runs ---------------------------------------------------------
 
@@ -744,22 +570,7 @@ class RedisWorkflowProvider:
         Raises:
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        self._check_started()
-        name, definition = self._definition_of(workflow)
-        owner = await call_until(
-            lambda: search.owner_of(
-                self._connection.client, self._runs.keys(name), idempotency_key
-            ),
-            timeout=self.options.connect_timeout.total_seconds(),
-            what=f"find a run of {name}",
-            kinds=WORKFLOW_KINDS,
-        )
-        if owner is None:
-            return None
-        try:
-            return await self.get_handle(owner, definition)
-        except RunNotFoundError:
-            return None
+        return await self._directory.find_run(workflow, idempotency_key=idempotency_key)
 
     async def list_runs(
         self,
@@ -797,24 +608,15 @@ class RedisWorkflowProvider:
                 not index, ``since`` after ``until``, a naive time, a foreign cursor).
             ProviderUnavailableError: Redis did not answer within ``connect_timeout``.
         """
-        self._check_started()
-        name, definition = self._definition_of(workflow)
-        query = search.query_of(
+        return await self._directory.list_runs(
+            workflow,
             status=status,
             since=since,
             until=until,
             meta=meta,
             idempotency_key=idempotency_key,
-            indexed=None if definition is None else definition.indexed_meta,
-        )
-        keys = self._runs.keys(name)
-        return await call_until(
-            lambda: search.page(
-                self._connection.client, keys, query, limit=search.check_limit(limit), cursor=cursor
-            ),
-            timeout=self.options.connect_timeout.total_seconds(),
-            what=f"list the runs of {name}",
-            kinds=WORKFLOW_KINDS,
+            limit=limit,
+            cursor=cursor,
         )
 
     async def retry_runs(
@@ -838,25 +640,9 @@ class RedisWorkflowProvider:
             InvalidFilterError: ``status`` is not FAILED or TIMED_OUT, or as
                 :meth:`list_runs`.
         """
-        if status not in (WorkflowStatus.FAILED, WorkflowStatus.TIMED_OUT):
-            raise InvalidFilterError(f"only FAILED and TIMED_OUT runs are retried, not {status}")
-        listed = await self.list_runs(
-            workflow,
-            status=status,
-            since=since,
-            until=until,
-            meta=meta,
-            limit=limit,
-            cursor=cursor,
+        return await self._directory.retry_runs(
+            workflow, status=status, since=since, until=until, meta=meta, limit=limit, cursor=cursor
         )
-        retried = []
-        for info in listed.runs:
-            try:
-                await self.retry(info.run_id)
-            except (InvalidRunStateError, RunNotFoundError):
-                continue
-            retried.append(info)
-        return RunPage(runs=tuple(retried), cursor=listed.cursor)
 
     async def cancel_runs(
         self,
@@ -878,34 +664,9 @@ class RedisWorkflowProvider:
         Raises:
             InvalidFilterError: ``status`` is not PENDING or RUNNING, or as :meth:`list_runs`.
         """
-        if status not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
-            raise InvalidFilterError(f"only PENDING and RUNNING runs are cancelled, not {status}")
-        listed = await self.list_runs(
-            workflow,
-            status=status,
-            since=since,
-            until=until,
-            meta=meta,
-            limit=limit,
-            cursor=cursor,
+        return await self._directory.cancel_runs(
+            workflow, status=status, since=since, until=until, meta=meta, limit=limit, cursor=cursor
         )
-        cancelled = []
-        for info in listed.runs:
-            try:
-                if await self._runs.cancel_run(info.workflow, info.run_id):
-                    cancelled.append(info)
-            except RunNotFoundError:
-                continue
-        return RunPage(runs=tuple(cancelled), cursor=listed.cursor)
-
-    def _definition_of(
-        self, workflow: Workflow[Any, OutputT] | str
-    ) -> tuple[str, Workflow[Any, OutputT] | None]:
-        if isinstance(workflow, Workflow):
-            return workflow.name, workflow
-        if not isinstance(workflow, str):
-            raise TypeError(f"expected a Workflow or its name, got {type(workflow).__name__}")
-        return workflow, self._definitions.get(workflow)
 
     async def reconcile(self) -> ReconcileStats:
         """Run one reconciler pass now (without the lock) and return what it found."""

@@ -1,8 +1,8 @@
 """Workflow schedules: their stored spec, and firing a tick as an ordinary ``execute``.
 
 The loop that decides which ticks fire is :mod:`.._core.scheduler`; here is what a workflow
-schedule stores (plan, limits and input hash, so any instance fires it without the definition)
-and how its tick runs.
+schedule stores (plan, limits and input hash, so any instance fires it without the definition),
+how its tick runs, and :class:`WorkflowSchedules`, a provider's schedules and their scheduler.
 """
 
 from __future__ import annotations
@@ -19,10 +19,22 @@ from plait.workflows import InvalidDefinitionError, InvalidInputError, Workflow,
 from .._core.codecs import PLAIN, Payloads
 from .._core.keys import ScheduleKeys, WorkflowKeys
 from .._core.payload import UnstorableError, check_meta, stored_json
-from .._core.schedules import StoredSchedule, check_schedule, schedule_meta, tick_key
+from .._core.scheduler import Scheduler
+from .._core.schedules import (
+    CatchUp,
+    Overlap,
+    ScheduleInfo,
+    Schedules,
+    ScheduleStore,
+    StoredSchedule,
+    check_schedule,
+    schedule_meta,
+    tick_key,
+)
 from .._core.tracing import outgoing_meta
 from .codec import canonical_json, input_hash, limits_for, new_run_id, plan_of
 from .scripts import RunScripts
+from .timers import Timers
 
 logger = logging.getLogger("plait.schedules")
 
@@ -159,3 +171,81 @@ def workflow_spec(
 def workflow_schedules(prefix: str) -> ScheduleKeys:
     """The keys of the workflow schedules under ``prefix``."""
     return ScheduleKeys(prefix, "workflows")
+
+
+class WorkflowSchedules:
+    """A provider's workflow schedules (``schedules``, in ``store``): made by :meth:`put`, fired
+    by :attr:`scheduler`."""
+
+    def __init__(
+        self,
+        schedules: Schedules,
+        store: ScheduleStore,
+        scripts: RunScripts,
+        *,
+        client: Any,
+        prefix: str,
+        timers: Timers,
+        definitions: dict[str, Workflow[Any, Any]],
+        retention_ms: int,
+        default_timeout_ms: int,
+        max_payload: int,
+        payloads: Payloads,
+    ) -> None:
+        self._timers = timers
+        self._definitions = definitions
+        self._max_payload = max_payload
+        self._payloads = payloads
+        self._schedules = schedules
+        firing = WorkflowFiring(
+            scripts,
+            client,
+            prefix,
+            retention_ms=retention_ms,
+            default_timeout_ms=default_timeout_ms,
+            on_execute=self._scheduled,
+        )
+        self.scheduler = Scheduler(store, firing)
+        """The loop that fires due ticks (run by the started provider)."""
+
+    async def put(
+        self,
+        schedule_id: str,
+        definition: Workflow[Any, Any],
+        data: BaseModel | Mapping[str, Any],
+        *,
+        cron: str | None,
+        every: timedelta | None,
+        timezone: str,
+        overlap: Overlap,
+        catchup: CatchUp,
+        catchup_window: timedelta,
+        timeout: timedelta | None,
+        meta: Mapping[str, str] | None,
+    ) -> ScheduleInfo:
+        """Create or replace schedule ``schedule_id`` (see ``RedisWorkflowProvider.schedule``)."""
+        spec = workflow_spec(
+            schedule_id,
+            definition,
+            data,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            overlap=overlap,
+            catchup=catchup,
+            catchup_window=catchup_window,
+            timeout=timeout,
+            meta=meta,
+            limit=self._max_payload,
+            payloads=self._payloads,
+        )
+        self._definitions.setdefault(definition.name, definition)
+        info = await self._schedules.put(schedule_id, spec)
+        self.scheduler.wake()
+        return info
+
+    def _scheduled(self, workflow: str, earliest: bool) -> None:
+        """A schedule executed a run of ``workflow``: its timers must look after it."""
+        self._timers.watch(workflow)
+        if earliest:
+            self._timers.wake(workflow)
