@@ -157,3 +157,32 @@ async def test_every_path_keeps_one_status_member_per_run(
     assert {info.run_id for info in page.runs} == {ok.run_id, retried.run_id, late.run_id}
     page = await workflows.list_runs(waiting, status=WorkflowStatus.RUNNING)
     assert [info.run_id for info in page.runs] == [parked.run_id]
+
+
+async def test_a_run_that_lived_long_stays_listed_after_it_ends(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    workflows = await open_provider(*consumers(set(), anyio.Event()))
+    handle = await workflows.execute(waiting, Job(mode="ok"))
+
+    async def parked() -> bool:
+        return bool(await handle.status() is WorkflowStatus.RUNNING)
+
+    await eventually(parked, what="the wait parked")
+    # the run was created long ago (it waited for its signal for days): as its record says
+    keys = WorkflowKeys(prefix, waiting.name)
+    client: Any = workflows._connection.client
+    created = int((await client.hget(keys.run(handle.run_id), "created")).decode())
+    await client.zrem(keys.status, f"RUNNING|{created:013d}|{handle.run_id}")
+    await client.zadd(keys.status, {f"RUNNING|{1_000:013d}|{handle.run_id}": 0})
+    await client.zadd(keys.runs, {handle.run_id: 1_000})
+    await client.hset(keys.run(handle.run_id), "created", 1_000)
+    assert await workflows.signal(handle.run_id, "go", Go(ok=True))
+    await handle.result(timeout=20)
+
+    await workflows.reconcile()
+
+    assert await handle.status() is WorkflowStatus.COMPLETED  # its record is kept
+    await index_holds(workflows, prefix, waiting.name)
+    listed = await workflows.list_runs(waiting, status=WorkflowStatus.COMPLETED)
+    assert [info.run_id for info in listed.runs] == [handle.run_id]
