@@ -148,7 +148,11 @@ async def test_every_path_keeps_one_status_member_per_run(
     await first.result(timeout=20)
     await queued.result(timeout=20)  # it waited for the key's slot, PENDING
     for handle in (held, delayed):
-        await eventually(lambda h=handle: status_is(h, WorkflowStatus.CANCELLED), what="cancel")
+
+        async def cancelled(handle: Any = handle) -> bool:
+            return await status_is(handle, WorkflowStatus.CANCELLED)
+
+        await eventually(cancelled, what="the run cancelled")
     await workflows.reconcile()
 
     for name in (mixed.name, waiting.name, keyed.name):
@@ -186,3 +190,30 @@ async def test_a_run_that_lived_long_stays_listed_after_it_ends(
     await index_holds(workflows, prefix, waiting.name)
     listed = await workflows.list_runs(waiting, status=WorkflowStatus.COMPLETED)
     assert [info.run_id for info in listed.runs] == [handle.run_id]
+
+
+async def test_a_record_with_a_damaged_creation_time_does_not_break_a_listing(
+    open_provider: OpenProvider, prefix: str
+) -> None:
+    hold = anyio.Event()
+    workflows = await open_provider(*consumers(set(), hold))
+    good = await workflows.execute(mixed, Job(mode="ok"))
+    await good.result(timeout=20)
+    damaged = await workflows.execute(mixed, Job(mode="hold"))
+
+    async def running() -> bool:
+        return bool(await damaged.status() is WorkflowStatus.RUNNING)
+
+    await eventually(running, what="the run running")
+    keys = WorkflowKeys(prefix, mixed.name)
+    client: Any = workflows._connection.client
+    created = int((await client.hget(keys.run(damaged.run_id), "created")).decode())
+    await client.zrem(keys.status, f"RUNNING|{created:013d}|{damaged.run_id}")
+    await client.zadd(keys.status, {f"RUNNING|{'x':0>13}|{damaged.run_id}": 0})
+    await client.hset(keys.run(damaged.run_id), "created", "x")
+    hold.set()
+    await damaged.result(timeout=20)
+
+    page = await workflows.list_runs(mixed, status=WorkflowStatus.COMPLETED)
+
+    assert good.run_id in {info.run_id for info in page.runs}
