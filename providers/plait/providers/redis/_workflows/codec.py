@@ -169,7 +169,7 @@ def options_of(definition: Workflow[Any, Any]) -> str:
 
 
 def _time(value: str | None) -> datetime | None:
-    if not value:
+    if not value or not (value.isascii() and value.isdigit()):  # damaged: as if absent
         return None
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 

@@ -28,6 +28,7 @@ from plait.workflows._errors import describe_exception
 from .._core.connection import Connection
 from .._core.errors import CONNECTION_ERRORS
 from .._core.keys import WorkflowKeys, reconcile_lock, workflow_of_key
+from .._core.wire import text
 from .._ops.catalog import workflow_names
 from .scripts import RunScripts
 
@@ -107,6 +108,37 @@ class Reconciler:
             except Exception:  # an error reply, a bug: the next pass tries again
                 logger.exception("reconciler: the pass failed")
 
+    async def _trim(self, keys: WorkflowKeys, horizon: int) -> None:
+        """Drop from the runs and status indexes the runs created before ``horizon`` whose
+        record is gone. A run created that long ago whose record is still there (it lived
+        longer than the horizon: waiting for days, say, then ended within its retention)
+        stays listed, by its status too, until its record expires."""
+        client = self._client
+        old = [text(member) for member in await client.zrangebyscore(keys.runs, "-inf", horizon)]
+        members: list[str] = []
+        for status in (status for status in WorkflowStatus if status.is_final):
+            members += [
+                text(member)
+                for member in await client.zrangebylex(
+                    keys.status, f"[{status.value}|", f"({status.value}|{horizon:013d}"
+                )
+            ]
+        ids = sorted(set(old) | {member.split("|", 2)[2] for member in members})
+        if not ids:
+            return
+        async with client.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.exists(keys.run(run_id))
+            kept = {run_id for run_id, n in zip(ids, await pipe.execute(), strict=True) if n}
+        gone_runs = [run_id for run_id in old if run_id not in kept]
+        gone_members = [m for m in members if m.split("|", 2)[2] not in kept]
+        async with client.pipeline(transaction=False) as pipe:
+            if gone_runs:
+                pipe.zrem(keys.runs, *gone_runs)
+            if gone_members:
+                pipe.zrem(keys.status, *gone_members)
+            await pipe.execute()
+
     async def run_pass(self) -> ReconcileStats:
         """One pass over every workflow's live runs (up to ``pass_limit`` runs of each, from
         where the last pass stopped); logs and returns its stats."""
@@ -118,18 +150,10 @@ class Reconciler:
             # The run indexes keep ids a little longer than the runs themselves live.
             keys = WorkflowKeys(self._prefix, name)
             horizon = now_ms - 2 * self._retention_ms - 3_600_000
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(keys.runs, "-inf", horizon)
-                # The status index, by lex per status: only ended runs leave it (a run still
-                # live, waiting for days, say, stays listed by its status).
-                for status in (status for status in WorkflowStatus if status.is_final):
-                    oldest, newest = f"[{status.value}|", f"({status.value}|{horizon:013d}"
-                    pipe.zremrangebylex(keys.status, oldest, newest)
-                replies = await pipe.execute(raise_on_error=False)
-            for error in replies:
-                if isinstance(error, redis_errors.ResponseError):  # another type: left alone
-                    logger.error("reconciler: %s cannot be trimmed: %s", keys.base, error)
-                    break
+            try:
+                await self._trim(keys, horizon)
+            except redis_errors.ResponseError as error:  # another type: left alone
+                logger.error("reconciler: %s cannot be trimmed: %s", keys.base, error)
         for name in names:
             key = WorkflowKeys(self._prefix, name).active
             try:

@@ -248,7 +248,8 @@ async def _by_status(
         candidates = []
         for member in members:
             _, at, run_id = member.split("|", 2)
-            candidates.append((run_id, int(at)))
+            # a record whose creation time does not parse has its member all the same
+            candidates.append((run_id, int(at) if at.isascii() and at.isdigit() else 0))
         matches = await _checked(client, keys, query, candidates, meta=query.meta, status=False)
         for member, (run_id, _), match in zip(members, candidates, matches, strict=True):
             examined += 1
