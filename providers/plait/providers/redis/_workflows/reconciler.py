@@ -60,6 +60,10 @@ class ReconcileStats:
     at: datetime = field(default_factory=lambda: datetime.now(tz=UTC))
 
 
+TRIM_BATCH = 10_000
+"""Index entries past the horizon one reconciler pass looks at per workflow and index."""
+
+
 class Reconciler:
     """Finds runs that cannot advance by themselves and repairs them, one Lua call per run.
 
@@ -114,13 +118,23 @@ class Reconciler:
         longer than the horizon: waiting for days, say, then ended within its retention)
         stays listed, by its status too, until its record expires."""
         client = self._client
-        old = [text(member) for member in await client.zrangebyscore(keys.runs, "-inf", horizon)]
+        # At most TRIM_BATCH of each per pass (a backlog goes in the next passes).
+        old = [
+            text(member)
+            for member in await client.zrangebyscore(
+                keys.runs, "-inf", horizon, start=0, num=TRIM_BATCH
+            )
+        ]
         members: list[str] = []
         for status in (status for status in WorkflowStatus if status.is_final):
             members += [
                 text(member)
                 for member in await client.zrangebylex(
-                    keys.status, f"[{status.value}|", f"({status.value}|{horizon:013d}"
+                    keys.status,
+                    f"[{status.value}|",
+                    f"({status.value}|{horizon:013d}",
+                    start=0,
+                    num=TRIM_BATCH,
                 )
             ]
         ids = sorted(set(old) | {member.split("|", 2)[2] for member in members})
