@@ -33,9 +33,10 @@ one attempt of a job::
                                                ``wait:<job>`` -> last ms a job was put back
                                                because no live instance announced it
     <prefix>:{<wf>}:status            zset     "STATUS|created ms (13 digits)|run id" -> 0: every
-                                               run under its current status, by creation time
-                                               (ZRANGEBYLEX; moved by every status change,
-                                               trimmed with ``runs``)
+                                               ended run under its end status, by creation time
+                                               (ZRANGEBYLEX; added when a run ends, removed by
+                                               a retry, trimmed with ``runs``; live runs are in
+                                               ``active``)
     <prefix>:{<wf>}:meta:<field>:<value>  zset run id -> created ms: the runs whose meta has
                                                that value of a field the workflow indexes
                                                (``Workflow(indexed_meta=)``; trimmed at
@@ -231,7 +232,7 @@ class WorkflowKeys:
 
     @property
     def status(self) -> str:
-        """Zset (by lex) of every run under its current status, by creation time."""
+        """Zset (by lex) of every ended run under its end status, by creation time."""
         return self.base + "status"
 
     def meta_index(self, name: str, value: str) -> str:

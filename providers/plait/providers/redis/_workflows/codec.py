@@ -34,9 +34,33 @@ from .._core.wire import lenient_text
 from .jobs import display_name, rollback_of
 
 
+class _RunIds:
+    """Run ids that sort as they are made in this process, like monotonic ULIDs: within one
+    millisecond the random part counts up, so indexes that order runs of the same millisecond
+    by id list them in execute order."""
+
+    __slots__ = ("_ms", "_random")
+
+    def __init__(self) -> None:
+        self._ms = 0
+        self._random = 0
+
+    def new(self, workflow: str) -> str:
+        ms = int(time.time() * 1000)
+        if ms <= self._ms:  # the same millisecond (or the clock went back): count up
+            self._random += 1
+        else:
+            self._ms, self._random = ms, int.from_bytes(os.urandom(8)) >> 2  # room to count
+        return f"{workflow}.{self._ms:012x}{self._random:016x}"
+
+
+_run_ids = _RunIds()
+
+
 def new_run_id(workflow: str) -> str:
-    """A time-ordered run id that names its workflow: ``<workflow>.<ms hex><random hex>``."""
-    return f"{workflow}.{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+    """A time-ordered run id that names its workflow: ``<workflow>.<ms hex><random hex>``
+    (ids made by one process sort in the order they were made)."""
+    return _run_ids.new(workflow)
 
 
 def canonical_json(value: Any) -> str:

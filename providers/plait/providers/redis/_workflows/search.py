@@ -6,7 +6,10 @@ at most :data:`BUDGET` candidates whatever the number of runs stored:
 
 - ``<base>meta:<field>:<value>`` (run id -> created ms) when a meta filter is given (the
   workflow must index the field, ``Workflow(indexed_meta=)``);
-- else ``<base>status`` (``STATUS|created ms|run id``, by lex) when a status is given;
+- else ``<base>status`` (``STATUS|created ms|run id``, by lex) when an end status is given
+  (COMPLETED, FAILED, CANCELLED, TIMED_OUT: the index holds ended runs only);
+- else ``<base>active`` (run id -> created ms) for a live status (PENDING, RUNNING,
+  COMPENSATING), checked against each candidate's record (live runs are few);
 - else ``<base>runs`` (run id -> created ms).
 
 The time range bounds the index's range; an idempotency key is one ``GET`` of
@@ -141,8 +144,12 @@ async def find(
         return await _by_score(
             client, keys, query, tag="m", index=index, limit=limit, cursor=cursor
         )
-    if query.status is not None:
+    if query.status is not None and query.status.is_final:
         return await _by_status(client, keys, query, limit=limit, cursor=cursor)
+    if query.status is not None:
+        return await _by_score(
+            client, keys, query, tag="a", index=keys.active, limit=limit, cursor=cursor
+        )
     return await _by_score(
         client, keys, query, tag="r", index=keys.runs, limit=limit, cursor=cursor
     )
@@ -166,19 +173,32 @@ async def _checked(
     meta: tuple[tuple[str, str], ...],
     status: bool,
 ) -> list[bool]:
-    """Whether each (run id, created ms) is in every index of ``meta`` (and of the status,
-    with ``status``): one pipeline of ``ZMSCORE``."""
+    """Whether each (run id, created ms) is in every index of ``meta`` and, with ``status``,
+    has the query's status (an end status by the status index, a live one by the record):
+    one pipeline."""
     if not candidates or (not meta and not status):
         return [True] * len(candidates)
     ids = [run_id for run_id, _ in candidates]
+    wanted = query.status if status else None
     async with client.pipeline(transaction=False) as pipe:
         for field, value in meta:
             pipe.zmscore(keys.meta_index(field, value), ids)
-        if status and query.status is not None:
-            members = [status_member(query.status.value, at, run_id) for run_id, at in candidates]
+        if wanted is not None and wanted.is_final:
+            members = [status_member(wanted.value, at, run_id) for run_id, at in candidates]
             pipe.zmscore(keys.status, members)
+        elif wanted is not None:
+            for run_id in ids:
+                pipe.hget(keys.run(run_id), "status")
         replies = await pipe.execute()
-    return [all(reply[i] is not None for reply in replies) for i in range(len(candidates))]
+    held = [all(reply[i] is not None for reply in replies[: len(meta)]) for i in range(len(ids))]
+    if wanted is not None and wanted.is_final:
+        return [ok and replies[-1][i] is not None for i, ok in enumerate(held)]
+    if wanted is not None:
+        statuses = replies[len(meta) :]
+        return [
+            ok and text(got or b"") == wanted.value for ok, got in zip(held, statuses, strict=True)
+        ]
+    return held
 
 
 async def _by_score(
@@ -276,7 +296,7 @@ async def page(
     infos = await records(client, keys, found.ids)
     # the record has the last word: an instance of an older plait (during a rolling deploy)
     # changes a run's status without moving its index entry
-    wanted = [info for info in infos if query.status is None or info.status is query.status]
+    wanted = [info for info in infos if _holds(info, query)]
     return RunPage(runs=tuple(wanted), cursor=found.cursor)
 
 

@@ -52,7 +52,6 @@ if redis.call('EXISTS', c.r) == 1 then return {'created', c.run, 0} end
 redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan', plan,
   'ikey', '', 'ihash', ihash, 'created', now, 'gi', 0, 'tok', 0, 'ret', retention, 'tmo', timeout,
   'lim', limits)
-restatus(c, nil, 'PENDING', now)
 local earliest = timeout > 0 and set_deadline(c, now + timeout)
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)

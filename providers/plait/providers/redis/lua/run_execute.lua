@@ -83,7 +83,6 @@ redis.call('HSET', c.r, 'status', 'PENDING', 'input', input, 'meta', meta, 'plan
 if sigs ~= '' then redis.call('HSET', c.r, 'sigs', sigs) end
 redis.call('ZADD', ACTIVE, now, c.run)
 redis.call('ZADD', RUNS, now, c.run)
-restatus(c, nil, 'PENDING', now)
 if indexed > 0 then  -- kept as long as the runs index keeps the run (the reconciler's horizon)
   local horizon = 2 * tonumber(retention) + 3600000
   for i = first_index, first_index + indexed - 1 do

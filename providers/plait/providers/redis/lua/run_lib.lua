@@ -88,14 +88,14 @@ end
 -- written nothing (redis.error_reply(MOVING)): clients try again, as for Redis's own TRYAGAIN.
 local MOVING = 'TRYAGAIN a key of the run is on another node while its slot moves'
 
--- The status index (STATUS) holds one member per run, 'STATUS|created ms (13 digits)|run id',
--- score 0: a status's runs sort by creation time (ZRANGEBYLEX). Every change of a run's status
--- moves its member (`from` nil: a new run); `created` is the record's field.
-local function restatus(c, from, to, created)
+-- The status index (STATUS) holds one member per ended run, 'STATUS|created ms (13 digits)|run
+-- id', score 0: an end status's runs sort by creation time (ZRANGEBYLEX). Live runs are not in
+-- it (ACTIVE lists them; their status is the record's), so a run's start and steps write
+-- nothing to it: finalize() adds the member, a retry removes it.
+local ENDED = {COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true}
+local function status_member(c, status, created)
   created = tostring(created or '')
-  local at = string.rep('0', 13 - #created) .. created .. '|' .. c.run
-  if from then redis.call('ZREM', STATUS, from .. '|' .. at) end
-  redis.call('ZADD', STATUS, 0, to .. '|' .. at)
+  return status .. '|' .. string.rep('0', 13 - #created) .. created .. '|' .. c.run
 end
 
 local function event(c, kind, job, attempt, data)
@@ -266,7 +266,8 @@ local key_release  -- (per-key concurrency, defined below advance())
 local function finalize(c, status, now)
   local was = redis.call('HMGET', c.r, 'status', 'created')
   redis.call('HSET', c.r, 'status', status, 'finished', now)
-  restatus(c, was[1] or nil, status, was[2])
+  if ENDED[was[1]] then redis.call('ZREM', STATUS, status_member(c, was[1], was[2])) end
+  redis.call('ZADD', STATUS, 0, status_member(c, status, was[2]))
   redis.call('ZREM', DEADLINES, c.run)
   redis.call('ZREM', ACTIVE, c.run)
   event(c, 'finished', '', '', status)
@@ -401,7 +402,6 @@ local function compensate(c, reason, err, now)
   local status = redis.call('HGET', c.r, 'status')
   if status ~= 'PENDING' and status ~= 'RUNNING' then return false end
   redis.call('HSET', c.r, 'status', 'COMPENSATING', 'reason', reason)
-  restatus(c, status, 'COMPENSATING', redis.call('HGET', c.r, 'created'))
   if err and err ~= '' then redis.call('HSET', c.r, 'err', err) end
   local live = {}
   for _, step in ipairs(c.plan[tonumber(redis.call('HGET', c.r, 'gi') or '0')] or {}) do
@@ -577,10 +577,7 @@ local function start(c, job, tok, entry, owner, call)
     end
     redis.call('HSET', c.r, job .. '|st', 'running', job .. '|ow', owner, job .. '|ci', call,
       job .. '|t0', now)
-    if status == 'PENDING' then
-      redis.call('HSET', c.r, 'status', 'RUNNING')
-      restatus(c, 'PENDING', 'RUNNING', redis.call('HGET', c.r, 'created'))
-    end
+    if status == 'PENDING' then redis.call('HSET', c.r, 'status', 'RUNNING') end
     event(c, 'step.started', job, at, '')
     return started(c, job, at, now, {v[4], v[5], v[3], v[6], v[7], v[8]})
   end

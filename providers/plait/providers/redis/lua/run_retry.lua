@@ -56,7 +56,7 @@ redis.call('HDEL', c.r, 'err', 'reason', 'finished', 'result')
 redis.call('HSET', c.r, 'status', 'RUNNING', 'rcall', call, 'jobs', table.concat(jobs, ','),
   'order', table.concat(order, ','), 'comp', '', 'rbact', '', 'infl', 0,
   'gi', (first or (#c.plan + 1)) - 1)
-restatus(c, status, 'RUNNING', redis.call('HGET', c.r, 'created'))
+redis.call('ZREM', STATUS, status_member(c, status, redis.call('HGET', c.r, 'created')))
 for _, key in ipairs({c.r, c.res, c.ev}) do redis.call('PERSIST', key) end
 if c.idem then redis.call('PERSIST', c.idem) end
 redis.call('ZADD', ACTIVE, now, c.run)
