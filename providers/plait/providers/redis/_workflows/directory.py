@@ -6,13 +6,14 @@ The provider's ``get_handle``, ``retry``, ``find_run``, ``list_runs``, ``retry_r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
 from plait.workflows import (
     InvalidFilterError,
     InvalidRunStateError,
+    RunInfo,
     RunNotFoundError,
     RunPage,
     Workflow,
@@ -153,6 +154,11 @@ class RunDirectory:
         """Retry one page of the runs :meth:`list_runs` lists; returns those retried."""
         if status not in (WorkflowStatus.FAILED, WorkflowStatus.TIMED_OUT):
             raise InvalidFilterError(f"only FAILED and TIMED_OUT runs are retried, not {status}")
+
+        async def retried(info: RunInfo) -> bool:
+            await self.retry(info.run_id)
+            return True
+
         listed = await self.list_runs(
             workflow,
             status=status,
@@ -163,14 +169,7 @@ class RunDirectory:
             limit=limit,
             cursor=cursor,
         )
-        retried = []
-        for info in listed.runs:
-            try:
-                await self.retry(info.run_id)
-            except (InvalidRunStateError, RunNotFoundError):
-                continue
-            retried.append(info)
-        return RunPage(runs=tuple(retried), cursor=listed.cursor)
+        return await _acted(listed, retried)
 
     async def cancel_runs(
         self,
@@ -186,6 +185,10 @@ class RunDirectory:
         """Cancel one page of the runs :meth:`list_runs` lists; returns those cancelled."""
         if status not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
             raise InvalidFilterError(f"only PENDING and RUNNING runs are cancelled, not {status}")
+
+        async def cancelled(info: RunInfo) -> bool:
+            return await self._runs.cancel_run(info.workflow, info.run_id)
+
         listed = await self.list_runs(
             workflow,
             status=status,
@@ -196,14 +199,7 @@ class RunDirectory:
             limit=limit,
             cursor=cursor,
         )
-        cancelled = []
-        for info in listed.runs:
-            try:
-                if await self._runs.cancel_run(info.workflow, info.run_id):
-                    cancelled.append(info)
-            except RunNotFoundError:
-                continue
-        return RunPage(runs=tuple(cancelled), cursor=listed.cursor)
+        return await _acted(listed, cancelled)
 
     def _definition_of(
         self, workflow: Workflow[Any, OutputT] | str
@@ -213,3 +209,16 @@ class RunDirectory:
         if not isinstance(workflow, str):
             raise TypeError(f"expected a Workflow or its name, got {type(workflow).__name__}")
         return workflow, self._definitions.get(workflow)
+
+
+async def _acted(listed: RunPage, act: Callable[[RunInfo], Awaitable[bool]]) -> RunPage:
+    """The runs of ``listed`` that ``act`` acted on, one after another, with its cursor (a run
+    that changed meanwhile, or is gone, is skipped)."""
+    done = []
+    for info in listed.runs:
+        try:
+            if await act(info):
+                done.append(info)
+        except (InvalidRunStateError, RunNotFoundError):
+            continue
+    return RunPage(runs=tuple(done), cursor=listed.cursor)
