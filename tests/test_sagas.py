@@ -224,6 +224,9 @@ def _straggler_consumer(
     on until its run is ``compensating``, then completes (sync: in its thread; async: shielded
     from the cancellation)."""
     consumer: WorkflowConsumer[Trip, None] = WorkflowConsumer(flow)
+    # b's handler has begun: a step stopped before its handler ran never completes (a cancel
+    # heard before the attempt registered stops it), so y fails only once b is under way
+    began = threading.Event()
 
     @consumer.step("x")
     async def x(ctx: StepContext[Trip]) -> str:
@@ -234,16 +237,18 @@ def _straggler_consumer(
 
         @consumer.step("y")
         async def y(ctx: StepContext[Trip]) -> None:
-            async def x_done() -> bool:
-                return (await handles[0].describe()).steps["x"].state == "completed"
+            async def x_done_and_b_begun() -> bool:
+                x_done = (await handles[0].describe()).steps["x"].state == "completed"
+                return x_done and began.is_set()
 
-            await eventually(x_done, what="x completed")
+            await eventually(x_done_and_b_begun, what="x completed and b began")
             raise RuntimeError("y refused")
 
     if sync:
 
         @consumer.step("b")
         def b_sync(ctx: StepContext[Trip]) -> str:
+            began.set()
             compensating.wait(10)
             log.append("b")
             return "B"
@@ -252,6 +257,7 @@ def _straggler_consumer(
 
         @consumer.step("b")
         async def b_async(ctx: StepContext[Trip]) -> str:
+            began.set()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(compensating.wait, 10)
             log.append("b")
