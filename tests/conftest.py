@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,10 @@ class RealClock:
     async def advance(self, by: timedelta) -> None:
         """Wait ``by``."""
         await asyncio.sleep(by.total_seconds())
+
+    def now(self) -> datetime:
+        """The time now (aware, UTC): the test Redis runs on this machine, on its clock."""
+        return datetime.now(UTC)
 
 
 Clock = VirtualClock | RealClock
