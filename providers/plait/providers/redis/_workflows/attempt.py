@@ -7,8 +7,10 @@ completion (which may take the workflow's next entries for this worker in the sa
 a retry, a failure for good, or a dead letter. A transition that cannot reach Redis is retried
 until it is recorded, never dropped.
 
-A cancel reaches a running attempt as a message on the workflow's ``cancel`` channel. Two
-messages could miss it, and are caught up with: one that arrives between the start reply and the
+A cancel reaches a running attempt as a message on the workflow's ``cancel`` channel, and the
+attempt stops once its job's state confirms it (one read): a message alone is not enough, as it
+may be late, published for an earlier attempt of a run that was retried since. Two messages
+could miss it, and are caught up with: one that arrives between the start reply and the
 attempt's registration (it may even come before the reply: pub/sub is another connection), and
 one lost while the pub/sub connection reconnected. So the run ids of the cancel messages heard
 are remembered for :data:`REMEMBERED` s, and the attempt of a run among them reads its job's
@@ -26,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -115,9 +117,10 @@ class Attempts:
             for _, scope in list(attempts.values()):
                 scope.cancel()
 
-    def cancel_run(self, run_id: str) -> None:
-        """Cancel the running attempts of ``run_id`` (not its compensation), and remember the
-        run for the attempts of it not registered yet (see the module's docstring)."""
+    def cancel_run(self, run_id: str) -> list[tuple[Job, anyio.CancelScope]]:
+        """A cancel message named ``run_id``: remember the run for its attempts not registered
+        yet (see the module's docstring), and return its running attempts (not its
+        compensation), which :meth:`stop_ended` stops once their jobs' state confirms it."""
         now = time.monotonic()
         heard = self._heard
         heard.pop(run_id, None)
@@ -127,9 +130,11 @@ class Attempts:
             if now - heard[oldest] < REMEMBERED and len(heard) <= _REMEMBERED_MOST:
                 break
             del heard[oldest]
-        for entry, (job, scope) in list(self._scopes.get(run_id, {}).items()):
-            if not compensates(job.name):
-                self._stop(entry, scope)
+        return [
+            (job, scope)
+            for job, scope in self._scopes.get(run_id, {}).values()
+            if not compensates(job.name)
+        ]
 
     def _stop(self, entry: str, scope: anyio.CancelScope) -> None:
         self._run_stopped.add(entry)
@@ -147,6 +152,16 @@ class Attempts:
             for job, scope in attempts.values()
             if not compensates(job.name)
         ]
+        await self.stop_ended(running, unread="run")
+
+    async def stop_ended(
+        self, running: list[tuple[Job, anyio.CancelScope]], *, unread: Literal["stop", "run"]
+    ) -> None:
+        """Stop the attempts of ``running`` whose job is no longer running with their token
+        (one pipeline of reads). A message alone never stops one: it may be late, published
+        for an earlier attempt of a run retried since. ``unread``: what an attempt does when
+        its job's state cannot be read (``stop`` after a message: it is all there is to go
+        on; its completion is token-checked either way)."""
         if not running:
             return
         pipe = self._client.pipeline(transaction=False)
@@ -158,9 +173,11 @@ class Attempts:
             logger.warning(
                 "%s: checking running steps for cancels failed (%s)", self._keys.jobs, error
             )
-            return
+            replies = [error] * len(running)
         for (job, scope), reply in zip(running, replies, strict=True):
-            if not isinstance(reply, Exception) and not _live(job, reply):
+            if isinstance(reply, Exception) and unread == "run":
+                continue
+            if isinstance(reply, Exception) or not _live(job, reply):
                 self._stop(job.entry, scope)
 
     def _doubtful(self, run_id: str) -> bool:

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import anyio
@@ -184,8 +185,12 @@ class Worker:
         return await hand_back(self, self._attempts, self._hand_back_bound)
 
     def cancel_run(self, run_id: str) -> None:
-        """Cancel this instance's running attempts of ``run_id`` (not its compensation)."""
-        self._attempts.cancel_run(run_id)
+        """A cancel message named ``run_id``: stop this instance's running attempts of it (not
+        its compensation) whose jobs' state confirms it (see ``attempt``)."""
+        running = self._attempts.cancel_run(run_id)
+        if running and self._tg is not None:
+            with suppress(RuntimeError):  # the worker stopped already
+                self._tg.start_soon(partial(self._attempts.stop_ended, running, unread="stop"))
 
     def resubscribed(self) -> None:
         """The ``cancel`` channel was subscribed (again): catch up with the cancels that may
