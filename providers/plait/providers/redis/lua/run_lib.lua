@@ -264,22 +264,21 @@ local key_release  -- (per-key concurrency, defined below advance())
 
 -- The run's idempotency key (c.idem) was found by sound() or spoil(), and checked with here().
 local function finalize(c, status, now)
-  local was = redis.call('HMGET', c.r, 'status', 'created')
+  local v = redis.call('HMGET', c.r, 'status', 'created', 'ret', 'pk')
   redis.call('HSET', c.r, 'status', status, 'finished', now)
-  if ENDED[was[1]] then redis.call('ZREM', STATUS, status_member(c, was[1], was[2])) end
-  redis.call('ZADD', STATUS, 0, status_member(c, status, was[2]))
+  if ENDED[v[1]] then redis.call('ZREM', STATUS, status_member(c, v[1], v[2])) end
+  redis.call('ZADD', STATUS, 0, status_member(c, status, v[2]))
   redis.call('ZREM', DEADLINES, c.run)
   redis.call('ZREM', ACTIVE, c.run)
   event(c, 'finished', '', '', status)
-  local v = redis.call('HMGET', c.r, 'ret', 'pk')
-  local ret = tonumber(v[1] or '') or 86400000
+  local ret = tonumber(v[3] or '') or 86400000
   redis.call('PEXPIRE', c.r, ret)
   redis.call('PEXPIRE', c.res, ret)
   redis.call('PEXPIRE', c.ev, ret)
   if c.idem then redis.call('PEXPIRE', c.idem, ret) end
   redis.call('HINCRBY', STATS, status, 1)
   redis.call('PUBLISH', c.base .. 'finished', c.run .. '|' .. status)
-  if v[2] then key_release(c, v[2], now) end
+  if v[4] then key_release(c, v[4], now) end
 end
 
 -- Before a transition that may advance, compensate or finish the run writes anything: reads
