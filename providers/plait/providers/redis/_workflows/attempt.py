@@ -175,9 +175,7 @@ class Attempts:
             )
             replies = [error] * len(running)
         for (job, scope), reply in zip(running, replies, strict=True):
-            if isinstance(reply, Exception) and unread == "run":
-                continue
-            if isinstance(reply, Exception) or not _live(job, reply):
+            if unread == "stop" if isinstance(reply, Exception) else not _live(job, reply):
                 self._stop(job.entry, scope)
 
     def _doubtful(self, run_id: str) -> bool:
@@ -191,18 +189,9 @@ class Attempts:
     async def _check(self, job: Job, scope: anyio.CancelScope) -> None:
         """Stop the attempt (inside ``scope``) when its job is no longer running with its
         token: the run was cancelled, and the message came before the attempt registered."""
-        try:
-            reply = await self._client.hmget(
-                self._keys.run(job.run_id), f"{job.name}|st", f"{job.name}|tk"
-            )
-        except BACKGROUND_ERRORS as error:  # the step runs: its completion is token-checked
-            logger.warning(
-                "run %s: checking %s for a cancel failed (%s)", job.run_id, job.name, error
-            )
-            return
-        if not _live(job, reply):
-            self._stop(job.entry, scope)
-            await anyio.lowlevel.checkpoint()  # raises the cancellation here
+        await self.stop_ended([(job, scope)], unread="run")  # unread: the step runs (its
+        # completion is token-checked)
+        await anyio.lowlevel.checkpoint()  # raises the cancellation here, if it was stopped
 
     async def process(self, entry: str, job: Job, started: StartReply) -> list[Taken]:
         """Run one started job; returns the entries its completion took for this worker.
